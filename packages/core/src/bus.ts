@@ -1,0 +1,911 @@
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
+import { EventEmitter } from 'eventemitter3';
+import { type BatchingOptions, PublishBatcher } from './batcher.js';
+import {
+  type DeadLetterReason,
+  type DeadLetterReasonKind,
+  dataSchemaUri,
+  decodeMessage,
+  type EnvelopeAttributes,
+  encodeJson,
+  userHeadersOf,
+} from './envelope.js';
+import {
+  BusClosedError,
+  CapabilityError,
+  ConfigError,
+  DeadLetterFailedError,
+  describeError,
+  NonRetryableError,
+  PayloadTooLargeError,
+  ValidationError,
+} from './errors.js';
+import type { EventData, EventDefinition, EventInput, Upcasters } from './event.js';
+import { DEAD_LETTER_HEADERS, Headers, JSON_CONTENT_TYPE, RESERVED_HEADER_PREFIX, SPEC_VERSION } from './headers.js';
+import type { IdempotencyStore } from './idempotency.js';
+import { type Logger, redactingLogger, silentLogger } from './logger.js';
+import { topicName, validateGroup, validateNamespace } from './naming.js';
+import {
+  type BackoffOptions,
+  type BreakerState,
+  backoffDelay,
+  CircuitBreaker,
+  type CircuitBreakerOptions,
+  type RandomSource,
+} from './resilience.js';
+import type {
+  ConnectionState,
+  Delivery,
+  OutgoingMessage,
+  StoredDeadLetter,
+  Transport,
+  TransportHealth,
+  TransportSubscription,
+} from './spi.js';
+
+/** Retry policy of a subscription. */
+export interface RetryPolicy {
+  /** Total deliveries including the first; after the last failure the message is dead-lettered. @defaultValue 5 */
+  maxAttempts?: number;
+  /** Backoff between attempts (exponential, full jitter, capped). @defaultValue `{ initialMs: 200, multiplier: 2, maxMs: 30000, minMs: 10 }` */
+  backoff?: BackoffOptions;
+}
+
+/** Idempotency configuration of the bus. */
+export interface IdempotencyOptions {
+  /** The store. Use a distributed one (Redis) when more than one process consumes. */
+  store: IdempotencyStore<never>;
+  /** How long a completed key is remembered, ms. @defaultValue 86400000 (24 h) */
+  ttlMs?: number;
+  /** How long a claim is held before another delivery may take the key, ms. @defaultValue 30000 */
+  leaseMs?: number;
+}
+
+/** Options of {@link EventBus}. */
+export interface BusOptions {
+  /** The broker transport. */
+  transport: Transport;
+  /** CloudEvents `source` of published events. @defaultValue `urn:busbar:<hostname>` */
+  source?: string;
+  /** Prefix of every broker object (tenant / environment). @defaultValue none */
+  namespace?: string;
+  /** Logger (pino-compatible); credentials are redacted before it sees anything. @defaultValue silent */
+  logger?: Logger;
+  /** Random source for jitter. @defaultValue Math.random */
+  random?: RandomSource;
+  /** Default `timeoutMs` of a publish. @defaultValue 10000 */
+  publishTimeoutMs?: number;
+  /** Largest encoded payload accepted on publish and on consume, bytes. @defaultValue 1048576 */
+  maxPayloadBytes?: number;
+  /** Largest total size of headers accepted, bytes. @defaultValue 65536 */
+  maxHeaderBytes?: number;
+  /** Publishes pending at once before `publishOverflow` applies. @defaultValue 10000 */
+  maxPendingPublishes?: number;
+  /** `'wait'` (within the publish timeout) or `'reject'` with `BackpressureError`. @defaultValue 'wait' */
+  publishOverflow?: 'wait' | 'reject';
+  /** Auto-batching of concurrent publishes. @defaultValue `{ maxBatchSize: 500, maxInFlightBatches: 1 }` */
+  batching?: BatchingOptions;
+  /** Circuit breaker around publishing, or `false` to disable. @defaultValue `{ failureThreshold: 5, recoveryTimeoutMs: 5000 }` */
+  breaker?: CircuitBreakerOptions | false;
+  /** Idempotent consumption. @defaultValue none (every delivery runs the handler) */
+  idempotency?: IdempotencyOptions;
+  /** Default retry policy of subscriptions. */
+  retry?: RetryPolicy;
+  /** How long `close()` waits for in-flight handlers before aborting them, ms. @defaultValue 10000 */
+  closeTimeoutMs?: number;
+}
+
+/** Options of {@link EventBus.publish}. */
+export interface PublishOptions {
+  /** Partition / ordering key. Messages with one key keep their order where the transport promises it. */
+  key?: string;
+  /** Idempotency key; a consumer group with an idempotency store handles each key once. @defaultValue the message id */
+  idempotencyKey?: string;
+  /** User headers (string values; names may not start with `ce_` nor be `content-type`). */
+  headers?: Record<string, string>;
+  /** Reject with `PublishTimeoutError` after this many ms. @defaultValue `BusOptions.publishTimeoutMs` */
+  timeoutMs?: number;
+  /** Message id. @defaultValue a random UUID */
+  id?: string;
+  /** W3C trace context to propagate. */
+  traceparent?: string;
+  /** W3C trace state to propagate. */
+  tracestate?: string;
+}
+
+/** What `publish` resolves with. */
+export interface PublishReceipt {
+  /** The message id (CloudEvents `id`). */
+  readonly id: string;
+  /** The idempotency key it carries. */
+  readonly idempotencyKey: string;
+}
+
+/** Options of {@link EventBus.subscribe}. */
+export interface SubscribeOptions {
+  /** Consumer group: members compete, different groups each get every message. */
+  group: string;
+  /** Handlers running at once for this subscription (and prefetch). @defaultValue 1 */
+  concurrency?: number;
+  /** Retry policy. @defaultValue the bus's `retry`, else `{ maxAttempts: 5 }` */
+  retry?: RetryPolicy;
+  /** Aborting it closes the subscription. */
+  signal?: AbortSignal;
+  /** Where a *new* group starts. `'earliest'` needs `capabilities.newGroupFromEarliest`. @defaultValue 'latest' */
+  startFrom?: 'latest' | 'earliest';
+  /** `'key'`: one message per key at a time, in order (needs `capabilities.orderedByKey`). @defaultValue 'none' */
+  ordering?: 'none' | 'key';
+  /** Abort the handler's signal and count a failure after this many ms. @defaultValue none */
+  handlerTimeoutMs?: number;
+  /** Extra upcasters (merged over the event's own). */
+  upcasters?: Upcasters;
+  /** Use the bus's idempotency store for this subscription. @defaultValue true when one is configured */
+  idempotent?: boolean;
+}
+
+/** What a handler receives beside the data. */
+export interface HandlerContext {
+  /** CloudEvents id. */
+  readonly id: string;
+  /** Idempotency key. */
+  readonly idempotencyKey: string;
+  /** 1-based attempt number of this delivery. */
+  readonly attempt: number;
+  /** The subscription's max attempts. */
+  readonly maxAttempts: number;
+  /** User headers (without the `ce_*` attributes). */
+  readonly headers: Readonly<Record<string, string>>;
+  /** All CloudEvents attributes. */
+  readonly attributes: EnvelopeAttributes;
+  /** Fires on shutdown past the close deadline, or at `handlerTimeoutMs`. */
+  readonly signal: AbortSignal;
+  /** Broker position (for logs). */
+  readonly position: string;
+  /**
+   * Extend the broker lease / visibility (and the idempotency lease) by `ms`.
+   * @throws CapabilityError where the transport has no leases (then none is needed: the message
+   * stays with this consumer until settled).
+   */
+  extendLease(ms: number): Promise<void>;
+  /** Ask for a retry after `delayMs` (default: the policy's backoff). Counts as a failed attempt. */
+  retry(options?: { delayMs?: number; reason?: string }): never;
+  /** Send the message to the dead letters now with `reason`. */
+  deadLetter(reason: string): never;
+  /**
+   * Register an effect that commits atomically with the idempotency store's completion mark
+   * (exactly once per key and group). `tx` is the store's transaction type (a Redis `MULTI` for the
+   * Redis store). @throws ConfigError without an idempotency store.
+   */
+  commitWithCompletion<TTx = unknown>(effect: (tx: TTx) => void): void;
+}
+
+/** A handler. Resolve → ack; throw → retry per policy (or dead letter). */
+export type Handler<E extends EventDefinition> = (data: EventData<E>, ctx: HandlerContext) => unknown;
+
+/** Outcome of one delivery, a discriminated union on `status`. */
+export type DeliveryOutcome =
+  | { readonly status: 'acked'; readonly durationMs: number }
+  | { readonly status: 'duplicate' }
+  | { readonly status: 'retried'; readonly delayMs: number; readonly error: string }
+  | { readonly status: 'dead-lettered'; readonly reason: DeadLetterReason }
+  | { readonly status: 'released' }
+  | { readonly status: 'settle-failed'; readonly error: string };
+
+/** Common fields of lifecycle events about a delivery. */
+export interface DeliveryInfo {
+  readonly id: string;
+  readonly type: string;
+  readonly topic: string;
+  readonly group: string;
+  readonly attempt: number;
+  readonly idempotencyKey: string | undefined;
+}
+
+/** Lifecycle events (`bus.on(name, listener)`): seams for metrics and tracing. */
+export interface BusEvents {
+  /** A publish was confirmed durable by the transport. */
+  published: [info: { id: string; type: string; topic: string }];
+  /** A delivery reached the bus (before decoding). */
+  delivered: [info: DeliveryInfo];
+  /** A delivery was settled; `outcome.status` says how. */
+  outcome: [info: DeliveryInfo, outcome: DeliveryOutcome];
+  /** Transport connection state changed. */
+  connection: [state: ConnectionState, detail: string | undefined];
+  /** Circuit breaker state changed. */
+  breaker: [state: BreakerState];
+}
+
+/** A dead letter as read back through {@link DeadLetterQueue}. */
+export interface DeadLetterView {
+  /** Original message id. */
+  readonly id: string;
+  /** Why it was dead-lettered. */
+  readonly reason: DeadLetterReason;
+  /** Credential-free error description. */
+  readonly error: string;
+  /** Attempts made. */
+  readonly attempts: number;
+  /** RFC 3339 times. */
+  readonly firstFailure: string;
+  readonly lastFailure: string;
+  /** Original destination and position. */
+  readonly origin: string;
+  readonly position: string;
+  /** Group that failed. */
+  readonly group: string;
+  /** All headers as stored. */
+  readonly headers: Readonly<Record<string, string>>;
+  /** The original body, byte-for-byte. */
+  readonly body: Uint8Array;
+  /** Broker handle. */
+  readonly handle: string;
+}
+
+/** Options of {@link DeadLetterQueue.replay}. */
+export interface ReplayOptions {
+  /** Only dead letters this accepts are replayed. @defaultValue all */
+  filter?: (deadLetter: DeadLetterView) => boolean;
+  /** Replay at most this many. @defaultValue 1000 */
+  limit?: number;
+  /** Report what would be replayed; change nothing. @defaultValue false */
+  dryRun?: boolean;
+}
+
+/** Dead letters of one event and group. */
+export interface DeadLetterQueue {
+  /** Reads up to `limit` dead letters (oldest first) without changing them. */
+  list(options?: { limit?: number }): Promise<DeadLetterView[]>;
+  /** Re-delivers the selected dead letters to their group only, attempt count reset. */
+  replay(options?: ReplayOptions): Promise<DeadLetterView[]>;
+}
+
+/** A running subscription. */
+export interface Subscription {
+  /** Group name. */
+  readonly group: string;
+  /** Handlers running now. */
+  readonly inFlight: number;
+  /** Stops intake, waits for in-flight handlers up to `timeoutMs`, releases the rest. */
+  close(options?: { timeoutMs?: number }): Promise<void>;
+  /** Resolves when the subscription has closed (by `close`, its signal or the bus). */
+  readonly closed: Promise<void>;
+}
+
+/** Health report. */
+export interface BusHealth {
+  readonly status: 'up' | 'degraded' | 'down';
+  readonly transport: TransportHealth;
+  readonly breaker: BreakerState | 'disabled';
+  readonly pendingPublishes: number;
+  readonly subscriptions: number;
+}
+
+class RetryRequest {
+  constructor(
+    readonly delayMs: number | undefined,
+    readonly reason: string,
+  ) {}
+}
+class DeadLetterRequest {
+  constructor(readonly reason: string) {}
+}
+
+const HEADER_NAME = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
+
+/**
+ * The event bus: typed publish / subscribe over any {@link Transport}.
+ *
+ * - `publish` resolves only when the transport reports the message durable (see the transport's
+ *   `capabilities.durability`), and rejects with a typed error otherwise. It is safe to call
+ *   concurrently; concurrent publishes are coalesced into batches automatically.
+ * - Delivery is **at-least-once**: a message is acknowledged only after its handler resolved; a
+ *   crash redelivers it. Use idempotency keys (and an idempotency store) for effects that must
+ *   happen once.
+ * - Failed handlers are retried per policy, the delay held by the broker, for the failing group
+ *   only; exhausted or hopeless messages go to that group's dead letters with their reason.
+ */
+export class EventBus extends EventEmitter<BusEvents> {
+  /** The transport (for capabilities and health). */
+  readonly transport: Transport;
+  private readonly logger: Logger;
+  private readonly source: string;
+  private readonly namespace: string | undefined;
+  private readonly random: RandomSource;
+  private readonly publishTimeoutMs: number;
+  private readonly maxPayloadBytes: number;
+  private readonly maxHeaderBytes: number;
+  private readonly breaker: CircuitBreaker | undefined;
+  private readonly batcher: PublishBatcher;
+  private readonly subscriptions = new Set<SubscriptionImpl>();
+  private readonly connecting: Promise<void>;
+  private state: 'open' | 'closing' | 'closed' = 'open';
+  private closing: Promise<void> | undefined;
+
+  constructor(readonly options: BusOptions) {
+    super();
+    this.transport = options.transport;
+    this.logger = redactingLogger(options.logger ?? silentLogger);
+    this.source = options.source ?? `urn:busbar:${hostname()}`;
+    this.namespace = options.namespace === undefined ? undefined : validateNamespace(options.namespace);
+    this.random = options.random ?? Math.random;
+    this.publishTimeoutMs = positive(options.publishTimeoutMs ?? 10_000, 'publishTimeoutMs');
+    this.maxPayloadBytes = positive(options.maxPayloadBytes ?? 1024 * 1024, 'maxPayloadBytes');
+    this.maxHeaderBytes = positive(options.maxHeaderBytes ?? 64 * 1024, 'maxHeaderBytes');
+    this.breaker =
+      options.breaker === false
+        ? undefined
+        : new CircuitBreaker({
+            name: this.transport.name,
+            ...options.breaker,
+            onStateChange: (s) => {
+              this.logger.warn({ breaker: s, transport: this.transport.name }, 'circuit breaker state changed');
+              this.emit('breaker', s);
+              if (options.breaker) options.breaker.onStateChange?.(s);
+            },
+          });
+    this.batcher = new PublishBatcher({
+      transport: this.transport,
+      breaker: this.breaker,
+      maxPending: positive(options.maxPendingPublishes ?? 10_000, 'maxPendingPublishes'),
+      overflow: options.publishOverflow ?? 'wait',
+      ...options.batching,
+      onSent: (m) => this.emit('published', { id: m.id, type: m.headers[Headers.type] ?? '', topic: m.topic }),
+    });
+    this.connecting = this.transport
+      .connect({
+        logger: this.logger,
+        emit: (e) => this.emit('connection', e.state, e.detail),
+      })
+      .catch((error: unknown) => {
+        this.logger.error({ err: describeError(error) }, 'transport failed to connect');
+        throw error;
+      });
+    // Avoid an unhandled rejection when nobody awaits `ready()`; errors surface on use.
+    this.connecting.catch(() => {});
+  }
+
+  /** Resolves once the transport connected (or rejects with its configuration error). */
+  ready(): Promise<void> {
+    return this.connecting;
+  }
+
+  /** The broker-level name of an event's destination (namespace applied). */
+  topicOf(event: EventDefinition): string {
+    return topicName(this.namespace, event.type);
+  }
+
+  /**
+   * Publishes `data` as `event`. Validates against the schema and size limit before any I/O
+   * (`ValidationError`, `PayloadTooLargeError`), then resolves once the transport reports the
+   * message durable. Rejects with `PublishTimeoutError` (outcome unknown: re-publish with the same
+   * idempotency key), `BrokerUnavailableError`, `CircuitOpenError`, `PublishRejectedError`,
+   * `BackpressureError` or `BusClosedError`.
+   */
+  async publish<E extends EventDefinition>(event: E, data: EventInput<E>, options: PublishOptions = {}): Promise<PublishReceipt> {
+    if (this.state !== 'open') throw new BusClosedError();
+    const message = this.encode(event, data, options);
+    this.breaker?.admit();
+    await this.connecting;
+    await this.batcher.publish(message, options.timeoutMs ?? this.publishTimeoutMs);
+    return { id: message.id, idempotencyKey: message.headers[Headers.idempotencyKey] as string };
+  }
+
+  /** Builds the outgoing message without sending it (validation included). */
+  encode<E extends EventDefinition>(event: E, data: EventInput<E>, options: PublishOptions = {}): OutgoingMessage {
+    const parsed = event.schema.safeParse(data);
+    if (!parsed.success) {
+      throw new ValidationError(
+        `payload for "${event.type}" does not match its schema`,
+        parsed.error.issues.map((i) => ({ path: i.path, message: i.message })),
+      );
+    }
+    const body = encodeJson(parsed.data);
+    if (body.byteLength > this.maxPayloadBytes) throw new PayloadTooLargeError(body.byteLength, this.maxPayloadBytes);
+    const id = options.id ?? randomUUID();
+    const headers: Record<string, string> = {};
+    let headerBytes = 0;
+    for (const [k, v] of Object.entries(options.headers ?? {})) {
+      if (!HEADER_NAME.test(k) || k.startsWith(RESERVED_HEADER_PREFIX) || k.toLowerCase() === Headers.contentType) {
+        throw new ValidationError(`header name "${k.slice(0, 60)}" is invalid or reserved`);
+      }
+      if (typeof v !== 'string') throw new ValidationError(`header "${k}" must be a string`);
+      headerBytes += k.length + v.length;
+      headers[k] = v;
+    }
+    if (headerBytes > this.maxHeaderBytes / 2) throw new ValidationError(`user headers exceed ${this.maxHeaderBytes / 2} bytes`);
+    if (options.key !== undefined && (typeof options.key !== 'string' || options.key.length === 0 || options.key.length > 1024)) {
+      throw new ValidationError('key must be a non-empty string of at most 1024 characters');
+    }
+    const idempotencyKey = options.idempotencyKey ?? id;
+    if (typeof idempotencyKey !== 'string' || idempotencyKey.length === 0 || idempotencyKey.length > 512) {
+      throw new ValidationError('idempotencyKey must be a non-empty string of at most 512 characters');
+    }
+    headers[Headers.id] = id;
+    headers[Headers.source] = this.source;
+    headers[Headers.specversion] = SPEC_VERSION;
+    headers[Headers.type] = event.type;
+    headers[Headers.time] = new Date().toISOString();
+    headers[Headers.contentType] = JSON_CONTENT_TYPE;
+    headers[Headers.dataschema] = dataSchemaUri(event.type, event.version);
+    headers[Headers.eventVersion] = String(event.version);
+    headers[Headers.idempotencyKey] = idempotencyKey;
+    if (options.key !== undefined) headers[Headers.partitionKey] = options.key;
+    if (options.traceparent) headers[Headers.traceparent] = options.traceparent;
+    if (options.tracestate) headers[Headers.tracestate] = options.tracestate;
+    return { topic: this.topicOf(event), id, key: options.key, headers, body };
+  }
+
+  /**
+   * Subscribes `handler` to `event` as a member of `options.group`. Resolves once the group's
+   * starting position is fixed: nothing published after it resolves is missed by the group.
+   * @throws CapabilityError for `ordering: 'key'` / `startFrom: 'earliest'` the transport lacks.
+   */
+  async subscribe<E extends EventDefinition>(event: E, options: SubscribeOptions, handler: Handler<E>): Promise<Subscription> {
+    if (this.state !== 'open') throw new BusClosedError();
+    validateGroup(options.group);
+    const caps = this.transport.capabilities;
+    const ordering = options.ordering ?? 'none';
+    const startFrom = options.startFrom ?? 'latest';
+    if (ordering === 'key' && !caps.orderedByKey) {
+      throw new CapabilityError('orderedByKey', `transport ${this.transport.name} cannot keep per-key order for a group`);
+    }
+    if (startFrom === 'earliest' && !caps.newGroupFromEarliest) {
+      throw new CapabilityError(
+        'newGroupFromEarliest',
+        `transport ${this.transport.name} cannot start a new group at the earliest message`,
+      );
+    }
+    const concurrency = options.concurrency ?? 1;
+    if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 10_000) {
+      throw new ConfigError(`concurrency must be an integer in 1..10000, got ${concurrency}`);
+    }
+    const retry = { ...this.options.retry, ...options.retry };
+    const maxAttempts = retry.maxAttempts ?? 5;
+    if (!Number.isInteger(maxAttempts) || maxAttempts < 1) throw new ConfigError(`retry.maxAttempts must be an integer ≥ 1`);
+    if (options.signal?.aborted) throw new BusClosedError('the subscription signal is already aborted');
+    await this.connecting;
+    const sub = new SubscriptionImpl(this, event, options, handler as Handler<EventDefinition>, {
+      topic: this.topicOf(event),
+      concurrency,
+      maxAttempts,
+      backoff: retry.backoff ?? {},
+      ordering,
+      startFrom,
+    });
+    await sub.start();
+    this.subscriptions.add(sub);
+    void sub.closed.then(() => this.subscriptions.delete(sub));
+    if (this.state !== 'open') {
+      await sub.close();
+      throw new BusClosedError();
+    }
+    return sub;
+  }
+
+  /** The dead letters of `event` for `group`, to list and replay. */
+  deadLetters(event: EventDefinition, group: string): DeadLetterQueue {
+    validateGroup(group);
+    const target = { topic: this.topicOf(event), group };
+    const scan = async (options: ReplayOptions, dryRun: boolean): Promise<DeadLetterView[]> => {
+      const chosen: DeadLetterView[] = [];
+      const limit = options.limit ?? 1000;
+      await this.connecting;
+      await this.transport.processDeadLetters(target, {
+        limit,
+        dryRun,
+        select: (stored) => {
+          const view = toDeadLetterView(stored);
+          if (options.filter && !options.filter(view)) return undefined;
+          chosen.push(view);
+          return replayHeaders(stored.headers);
+        },
+      });
+      return chosen;
+    };
+    return {
+      list: (o = {}) => scan({ limit: o.limit ?? 1000 }, true),
+      replay: (o = {}) => scan(o, o.dryRun ?? false),
+    };
+  }
+
+  /** Health: transport connection state, breaker state, pending publishes. */
+  health(): BusHealth {
+    const transport = this.transport.health();
+    const breaker = this.breaker?.state ?? 'disabled';
+    const status =
+      this.state !== 'open' || transport.state === 'closed'
+        ? 'down'
+        : transport.state === 'connected' && breaker === 'closed'
+          ? 'up'
+          : transport.state === 'disconnected'
+            ? 'down'
+            : 'degraded';
+    return { status, transport, breaker, pendingPublishes: this.batcher.pendingCount, subscriptions: this.subscriptions.size };
+  }
+
+  /**
+   * Graceful shutdown: refuses new publishes and subscriptions, stops every subscription's intake,
+   * waits for in-flight handlers up to `timeoutMs` (then aborts their signals and releases their
+   * messages for redelivery), waits for pending publishes to settle, then closes the transport.
+   * Idempotent.
+   */
+  close(options: { timeoutMs?: number } = {}): Promise<void> {
+    if (this.closing) return this.closing;
+    this.state = 'closing';
+    const timeoutMs = options.timeoutMs ?? this.options.closeTimeoutMs ?? 10_000;
+    this.closing = (async () => {
+      await Promise.allSettled([...this.subscriptions].map((s) => s.close({ timeoutMs })));
+      await this.batcher.drain();
+      try {
+        await this.transport.close();
+      } finally {
+        this.state = 'closed';
+      }
+    })();
+    return this.closing;
+  }
+
+  /** @internal */
+  get internals() {
+    return {
+      logger: this.logger,
+      random: this.random,
+      maxPayloadBytes: this.maxPayloadBytes,
+      maxHeaderBytes: this.maxHeaderBytes,
+    };
+  }
+}
+
+interface ResolvedSubscription {
+  topic: string;
+  concurrency: number;
+  maxAttempts: number;
+  backoff: BackoffOptions;
+  ordering: 'none' | 'key';
+  startFrom: 'latest' | 'earliest';
+}
+
+interface Running {
+  delivery: Delivery;
+  controller: AbortController;
+  settled: boolean;
+  done: Promise<void>;
+}
+
+class SubscriptionImpl implements Subscription {
+  private transportSub: TransportSubscription | undefined;
+  private readonly running = new Set<Running>();
+  private closing: Promise<void> | undefined;
+  private resolveClosed!: () => void;
+  readonly closed = new Promise<void>((r) => {
+    this.resolveClosed = r;
+  });
+  private readonly store: IdempotencyOptions | undefined;
+  private readonly scope: string;
+
+  constructor(
+    private readonly bus: EventBus,
+    private readonly event: EventDefinition,
+    private readonly options: SubscribeOptions,
+    private readonly handler: Handler<EventDefinition>,
+    private readonly resolved: ResolvedSubscription,
+  ) {
+    this.store = options.idempotent === false ? undefined : bus.options.idempotency;
+    this.scope = `${resolved.topic}|${options.group}`;
+  }
+
+  get group(): string {
+    return this.options.group;
+  }
+
+  get inFlight(): number {
+    return this.running.size;
+  }
+
+  async start(): Promise<void> {
+    this.transportSub = await this.bus.transport.subscribe(
+      {
+        topic: this.resolved.topic,
+        group: this.options.group,
+        concurrency: this.resolved.concurrency,
+        startFrom: this.resolved.startFrom,
+        orderedByKey: this.resolved.ordering === 'key',
+      },
+      (d) => this.onDelivery(d),
+    );
+    this.options.signal?.addEventListener('abort', () => void this.close(), { once: true });
+  }
+
+  close(options: { timeoutMs?: number } = {}): Promise<void> {
+    if (this.closing) return this.closing;
+    const timeoutMs = options.timeoutMs ?? this.bus.options.closeTimeoutMs ?? 10_000;
+    this.closing = (async () => {
+      try {
+        await this.transportSub?.stop();
+        const all = Promise.allSettled([...this.running].map((r) => r.done));
+        let timer: NodeJS.Timeout | undefined;
+        const timedOut = await Promise.race([
+          all.then(() => false),
+          new Promise<boolean>((r) => {
+            timer = setTimeout(() => r(true), timeoutMs);
+          }),
+        ]);
+        clearTimeout(timer);
+        if (timedOut) {
+          for (const r of this.running) {
+            r.controller.abort(new BusClosedError('subscription closed before the handler finished'));
+            await this.settle(r, { status: 'released' }, () => r.delivery.release(), undefined);
+          }
+        }
+        await this.transportSub?.close();
+      } finally {
+        this.resolveClosed();
+      }
+    })();
+    return this.closing;
+  }
+
+  private info(d: Delivery, idempotencyKey?: string): DeliveryInfo {
+    return {
+      id: d.headers[Headers.id] ?? '',
+      type: this.event.type,
+      topic: this.resolved.topic,
+      group: this.options.group,
+      attempt: d.attempt,
+      idempotencyKey,
+    };
+  }
+
+  private onDelivery(delivery: Delivery): void {
+    const running: Running = {
+      delivery,
+      controller: new AbortController(),
+      settled: false,
+      done: Promise.resolve(),
+    };
+    this.running.add(running);
+    running.done = this.process(running)
+      .catch((error: unknown) => {
+        this.bus.internals.logger.error({ err: describeError(error), group: this.options.group }, 'delivery processing failed');
+      })
+      .finally(() => this.running.delete(running));
+  }
+
+  /** Settles a delivery once; a later settle attempt (e.g. after a release on close) is ignored. */
+  private async settle(
+    r: Running,
+    outcome: DeliveryOutcome,
+    op: () => Promise<void>,
+    idempotencyKey: string | undefined,
+  ): Promise<boolean> {
+    if (r.settled) return false;
+    r.settled = true;
+    const info = this.info(r.delivery, idempotencyKey);
+    try {
+      await op();
+    } catch (error) {
+      const failed: DeliveryOutcome = { status: 'settle-failed', error: describeError(error) };
+      this.bus.internals.logger.error(
+        { ...info, err: failed.error, wanted: outcome.status },
+        'could not settle delivery; it will be redelivered',
+      );
+      this.bus.emit('outcome', info, failed);
+      return false;
+    }
+    this.bus.emit('outcome', info, outcome);
+    return true;
+  }
+
+  private deadLetterHeaders(d: Delivery, reason: DeadLetterReason, error: string): Record<string, string> {
+    const now = new Date().toISOString();
+    const first = Number(d.headers[Headers.firstFailure]);
+    return {
+      [Headers.deadLetterReason]: reason.kind,
+      [Headers.deadLetterError]: truncate(error || reason.detail, 2000),
+      [Headers.deadLetterFirstFailure]: Number.isFinite(first) && first > 0 ? new Date(first).toISOString() : now,
+      [Headers.deadLetterLastFailure]: now,
+      [Headers.deadLetterAttempts]: String(d.attempt),
+      [Headers.deadLetterOrigin]: this.resolved.topic,
+      [Headers.deadLetterPosition]: d.position,
+      [Headers.deadLetterGroup]: this.options.group,
+    };
+  }
+
+  private async deadLetter(r: Running, reason: DeadLetterReason, handlerError: unknown, key: string | undefined): Promise<void> {
+    const headers = this.deadLetterHeaders(r.delivery, reason, reason.detail);
+    this.bus.internals.logger.warn({ ...this.info(r.delivery, key), reason: reason.kind, detail: reason.detail }, 'dead-lettering message');
+    await this.settle(
+      r,
+      { status: 'dead-lettered', reason },
+      async () => {
+        try {
+          await r.delivery.deadLetter(headers);
+        } catch (error) {
+          throw new DeadLetterFailedError(
+            `dead-letter write failed: ${describeError(error)}; handler failure: ${reason.detail}`,
+            handlerError,
+            error,
+          );
+        }
+      },
+      key,
+    );
+  }
+
+  private async process(r: Running): Promise<void> {
+    const d = r.delivery;
+    this.bus.emit('delivered', this.info(d));
+    const { maxPayloadBytes, maxHeaderBytes } = this.bus.internals;
+    const decoded = decodeMessage(d, this.event, { maxPayloadBytes, maxHeaderBytes }, this.options.upcasters);
+    if (!decoded.ok) {
+      await this.deadLetter(r, decoded.reason, undefined, undefined);
+      return;
+    }
+    const key = decoded.attributes.idempotencyKey;
+    const store = this.store;
+    let token: string | undefined;
+    if (store) {
+      let claim: Awaited<ReturnType<IdempotencyStore['claim']>>;
+      try {
+        claim = await store.store.claim(this.scope, key, store.leaseMs ?? 30_000);
+      } catch (error) {
+        await this.retryOrDeadLetter(r, error, undefined, key);
+        return;
+      }
+      if (claim.status === 'completed') {
+        await this.settle(r, { status: 'duplicate' }, () => d.ack(), key);
+        return;
+      }
+      if (claim.status === 'in-progress') {
+        await this.retryOrDeadLetter(r, new Error(`idempotency key ${key} is being handled elsewhere`), undefined, key);
+        return;
+      }
+      token = claim.token;
+    }
+
+    const effects: ((tx: never) => void)[] = [];
+    const started = Date.now();
+    const ctx: HandlerContext = {
+      id: decoded.attributes.id,
+      idempotencyKey: key,
+      attempt: d.attempt,
+      maxAttempts: this.resolved.maxAttempts,
+      headers: decoded.userHeaders,
+      attributes: decoded.attributes,
+      signal: r.controller.signal,
+      position: d.position,
+      extendLease: async (ms) => {
+        if (!d.extendLease) {
+          throw new CapabilityError('leaseExtension', `transport ${this.bus.transport.name} has no leases to extend`);
+        }
+        await d.extendLease(ms);
+        if (store && token && store.store.extend) await store.store.extend(this.scope, key, token, ms);
+      },
+      retry: (o = {}) => {
+        throw new RetryRequest(o.delayMs, o.reason ?? 'handler requested a retry');
+      },
+      deadLetter: (reason) => {
+        throw new DeadLetterRequest(reason);
+      },
+      commitWithCompletion: (effect) => {
+        if (!store) throw new ConfigError('commitWithCompletion needs an idempotency store (BusOptions.idempotency)');
+        effects.push(effect as (tx: never) => void);
+      },
+    };
+
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const run = Promise.resolve().then(() => this.handler(decoded.data, ctx));
+      if (this.options.handlerTimeoutMs !== undefined) {
+        const ms = this.options.handlerTimeoutMs;
+        await Promise.race([
+          run,
+          new Promise((_, reject) => {
+            timer = setTimeout(() => {
+              const err = new Error(`handler exceeded handlerTimeoutMs (${ms} ms)`);
+              r.controller.abort(err);
+              reject(err);
+            }, ms);
+          }),
+        ]);
+      } else {
+        await run;
+      }
+    } catch (error) {
+      clearTimeout(timer);
+      if (store && token) await store.store.release(this.scope, key, token).catch(() => {});
+      if (r.settled) return;
+      if (error instanceof DeadLetterRequest) {
+        await this.deadLetter(r, { kind: 'handler-requested', detail: truncate(error.reason, 2000) }, error, key);
+      } else if (error instanceof NonRetryableError) {
+        await this.deadLetter(r, { kind: 'non-retryable', detail: describeError(error) }, error, key);
+      } else if (error instanceof RetryRequest) {
+        await this.retryOrDeadLetter(r, new Error(error.reason), error.delayMs, key);
+      } else {
+        await this.retryOrDeadLetter(r, error, undefined, key);
+      }
+      return;
+    }
+    clearTimeout(timer);
+    if (r.settled) return; // released on close while running: the message comes back
+    if (store && token) {
+      try {
+        await store.store.complete(this.scope, key, token, store.ttlMs ?? 86_400_000, effects);
+      } catch (error) {
+        await this.retryOrDeadLetter(r, error, undefined, key);
+        return;
+      }
+    }
+    await this.settle(r, { status: 'acked', durationMs: Date.now() - started }, () => d.ack(), key);
+  }
+
+  private async retryOrDeadLetter(r: Running, error: unknown, requestedDelay: number | undefined, key: string | undefined): Promise<void> {
+    const d = r.delivery;
+    const detail = describeError(error);
+    if (d.attempt >= this.resolved.maxAttempts) {
+      await this.deadLetter(r, { kind: 'max-attempts', detail: `${d.attempt} attempts failed; last: ${detail}` }, error, key);
+      return;
+    }
+    const cap = this.bus.transport.capabilities.maxRetryDelayMs;
+    const delayMs = Math.min(cap, Math.max(0, requestedDelay ?? backoffDelay(d.attempt, this.resolved.backoff, this.bus.internals.random)));
+    const first = d.headers[Headers.firstFailure] ?? String(Date.now());
+    await this.settle(r, { status: 'retried', delayMs, error: detail }, () => d.retry(delayMs, { [Headers.firstFailure]: first }), key);
+  }
+}
+
+function positive(n: number, name: string): number {
+  if (!Number.isFinite(n) || n <= 0) throw new ConfigError(`${name} must be a positive number, got ${n}`);
+  return n;
+}
+
+function truncate(s: string, n: number): string {
+  return s.length > n ? `${s.slice(0, n)}…` : s;
+}
+
+const REASON_KINDS: ReadonlySet<string> = new Set<DeadLetterReasonKind>([
+  'max-attempts',
+  'non-retryable',
+  'handler-requested',
+  'schema-invalid',
+  'undecodable',
+  'invalid-envelope',
+  'payload-too-large',
+  'unsupported-version',
+  'upcast-failed',
+]);
+
+function toDeadLetterView(stored: StoredDeadLetter): DeadLetterView {
+  const h = stored.headers;
+  const kind = h[Headers.deadLetterReason] ?? '';
+  const error = h[Headers.deadLetterError] ?? '';
+  return {
+    id: h[Headers.id] ?? '',
+    reason: (REASON_KINDS.has(kind)
+      ? { kind, detail: error }
+      : { kind: 'invalid-envelope', detail: `unknown reason "${kind}": ${error}` }) as DeadLetterReason,
+    error,
+    attempts: Number(h[Headers.deadLetterAttempts] ?? 0),
+    firstFailure: h[Headers.deadLetterFirstFailure] ?? '',
+    lastFailure: h[Headers.deadLetterLastFailure] ?? '',
+    origin: h[Headers.deadLetterOrigin] ?? '',
+    position: h[Headers.deadLetterPosition] ?? '',
+    group: h[Headers.deadLetterGroup] ?? '',
+    headers: h,
+    body: stored.body,
+    handle: stored.handle,
+  };
+}
+
+/** Headers a dead letter is replayed with: dead-letter metadata removed, attempt reset to 1. */
+export function replayHeaders(headers: Readonly<Record<string, string>>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(headers)) {
+    if (!DEAD_LETTER_HEADERS.includes(k) && k !== Headers.firstFailure) out[k] = v;
+  }
+  out[Headers.attempt] = '1';
+  out[Headers.replayCount] = String(Number(headers[Headers.replayCount] ?? 0) + 1);
+  return out;
+}
+
+export { userHeadersOf };

@@ -1,0 +1,221 @@
+/**
+ * The Transport SPI: the small interface a broker implements. Everything about *meaning* —
+ * validation, envelopes, retry policy, dead-letter metadata, idempotency, batching, the breaker —
+ * lives in `EventBus`; a transport holds only broker mechanics: how to append durably, how a group
+ * consumes, how to acknowledge, how to hold a message back for a delay, where dead letters go and
+ * how to reconnect.
+ *
+ * Contract summary (each method documents its part):
+ * - `publish` appends a batch and resolves per message only once the broker holds it as durably as
+ *   it can (`capabilities.durability` says how durably).
+ * - `subscribe` resolves once the group's starting position is fixed: nothing published after it
+ *   resolves can be missed by the group.
+ * - Every {@link Delivery} handed to the consumer callback is settled exactly once by core, through
+ *   `ack`, `retry`, `deadLetter` or `release`; until it is, the transport counts it as in flight and
+ *   never has more than `concurrency` in flight per subscription.
+ * - Retries, dead letters and replays reach **only the group that failed**.
+ * - All methods are safe to call concurrently.
+ */
+import type { Logger } from './logger.js';
+
+/** A message as it crosses the SPI: CloudEvents attributes in headers, data as bytes. */
+export interface WireMessage {
+  /** Headers: the `ce_*` attributes (see `Headers`) plus user headers. Values are strings. */
+  readonly headers: Readonly<Record<string, string>>;
+  /** The event data, byte-for-byte. */
+  readonly body: Uint8Array;
+}
+
+/** A message to append. */
+export interface OutgoingMessage extends WireMessage {
+  /** The broker-level destination name (already namespaced and validated by core). */
+  readonly topic: string;
+  /** The CloudEvents id (also in headers), for logging and correlation. */
+  readonly id: string;
+  /** Partition / ordering key, if any. */
+  readonly key?: string | undefined;
+}
+
+/** Per-message result of {@link Transport.publish}. */
+export type PublishOutcome = { readonly ok: true } | { readonly ok: false; readonly error: Error };
+
+/** Where a group consumes from. */
+export interface SubscriptionSpec {
+  /** Broker-level destination name of the event (namespaced). */
+  readonly topic: string;
+  /**
+   * Consumer group name as the user gave it (validated by core). Broker object names derived from
+   * it must include `topic`, which carries the namespace, e.g. `<topic>.<group>`.
+   */
+  readonly group: string;
+  /** Maximum deliveries in flight for this subscription (prefetch). */
+  readonly concurrency: number;
+  /** Where a group that does not exist yet starts. `'latest'` unless the user asked otherwise. */
+  readonly startFrom: 'latest' | 'earliest';
+  /** Whether deliveries with the same key must be handed over one at a time, in order. */
+  readonly orderedByKey: boolean;
+}
+
+/**
+ * One received message. Core settles it exactly once. A settle method resolves once the broker has
+ * recorded the outcome; if it rejects, core logs it and the message will be redelivered
+ * (at-least-once).
+ */
+export interface Delivery extends WireMessage {
+  /**
+   * Attempt number of this delivery, 1-based: from the broker's delivery count or the
+   * `Headers.attempt` header the transport carried through retries, whichever it trusts more.
+   * Must survive consumer restarts.
+   */
+  readonly attempt: number;
+  /** Human-readable broker position (partition/offset, stream entry id, delivery tag …). */
+  readonly position: string;
+  /** The partition / ordering key, if the broker has one. */
+  readonly key?: string | undefined;
+  /** Acknowledge: the group is done with this message. */
+  ack(): Promise<void>;
+  /**
+   * Redeliver to **this group only** after at least `delayMs`, held by the broker (not by a
+   * sleeping process holding an unacknowledged message), with `Headers.attempt` = attempt + 1 and
+   * `extraHeaders` merged into the headers. Must not duplicate into other groups.
+   */
+  retry(delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void>;
+  /**
+   * Write this message (original body byte-for-byte, original headers plus `deadLetterHeaders`) to
+   * the group's dead-letter destination, then acknowledge the original. If the write fails this
+   * rejects and the original is left unacknowledged.
+   */
+  deadLetter(deadLetterHeaders: Readonly<Record<string, string>>): Promise<void>;
+  /**
+   * Give the message back without counting a failure (used on shutdown): it will be delivered
+   * again, to this or another member of the group.
+   */
+  release(): Promise<void>;
+  /**
+   * Extend the lease/visibility of this delivery by `ms`, where the broker has one
+   * (`capabilities.leaseExtension`); otherwise absent.
+   */
+  extendLease?(ms: number): Promise<void>;
+}
+
+/** A running group consumption. */
+export interface TransportSubscription {
+  /**
+   * Stop taking new deliveries. Resolves once no further delivery will be handed to the callback.
+   * Deliveries already handed over are still settled by core afterwards (ack/retry/release).
+   */
+  stop(): Promise<void>;
+  /** Release resources after in-flight deliveries were settled. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** A stored dead letter, as read back for inspection and replay. */
+export interface StoredDeadLetter extends WireMessage {
+  /** Broker-specific handle of the dead letter (entry id, offset …). */
+  readonly handle: string;
+}
+
+/** Selects dead letters of one (topic, group). */
+export interface DeadLetterTarget {
+  readonly topic: string;
+  readonly group: string;
+}
+
+/** Options of {@link Transport.processDeadLetters}. */
+export interface DeadLetterScan {
+  /** Stop after this many dead letters were *selected*. */
+  readonly limit: number;
+  /** Only report what would be replayed; change nothing. */
+  readonly dryRun: boolean;
+  /**
+   * Called for each dead letter in order; returns replacement headers to replay it with (core
+   * strips the dead-letter headers and resets the attempt) or `undefined` to keep it.
+   */
+  readonly select: (deadLetter: StoredDeadLetter) => Readonly<Record<string, string>> | undefined;
+}
+
+/** Connection state a transport reports. */
+export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'disconnected' | 'closed';
+
+/** What {@link Transport.health} returns. */
+export interface TransportHealth {
+  readonly state: ConnectionState;
+  /** Credential-free detail (last error …). */
+  readonly detail?: string;
+}
+
+/** What the broker can do natively; core fills in the rest or refuses at configuration time. */
+export interface TransportCapabilities {
+  /**
+   * What a resolved publish means: `'disk'` — persisted (fsync policy is the broker's);
+   * `'replicated'` — acknowledged by all in-sync replicas; `'memory'` — accepted by a broker that
+   * keeps nothing on disk (or may not, depending on its configuration).
+   */
+  readonly durability: 'disk' | 'replicated' | 'memory' | 'configurable';
+  /** Deliveries with the same key reach a group in publish order (and `orderedByKey` works). */
+  readonly orderedByKey: boolean;
+  /** A group that does not exist yet can start from the earliest retained message. */
+  readonly newGroupFromEarliest: boolean;
+  /** Members of one group are each given a share of the messages (round-robin-like). */
+  readonly balancedAssignment: boolean;
+  /** Deliveries support {@link Delivery.extendLease}. */
+  readonly leaseExtension: boolean;
+  /** Longest retry delay the broker can hold, in ms (core caps delays to it). */
+  readonly maxRetryDelayMs: number;
+  /** Maximum length of a broker object name, in bytes. */
+  readonly maxNameLength: number;
+  /** Characters allowed in a broker object name. */
+  readonly namePattern: RegExp;
+}
+
+/** Lifecycle signal a transport emits through its context. */
+export interface TransportEvent {
+  readonly kind: 'connection';
+  readonly state: ConnectionState;
+  readonly detail?: string;
+}
+
+/** What core hands a transport at `connect`. */
+export interface TransportContext {
+  /** Redacting logger. */
+  readonly logger: Logger;
+  /** Report lifecycle changes (connection state). */
+  emit(event: TransportEvent): void;
+}
+
+/** The broker seam. One instance is owned by one `EventBus`. */
+export interface Transport {
+  /** Short name used in logs and test names, e.g. `rabbitmq`. */
+  readonly name: string;
+  /** What the broker can do natively. */
+  readonly capabilities: TransportCapabilities;
+  /**
+   * Connect (or start connecting). Must not throw when the broker is merely down: the transport
+   * keeps reconnecting with backoff and fails publishes with `BrokerUnavailableError` meanwhile.
+   * Throws `ConfigError` for configuration that can never work.
+   */
+  connect(context: TransportContext): Promise<void>;
+  /**
+   * Append a batch durably. Resolves with one outcome per message, in order, once each is durable
+   * or has failed; rejects only for a failure of the whole batch. Must honour `signal` (stop
+   * waiting, never leave the caller hanging). Errors: `BrokerUnavailableError` (not connected),
+   * `PublishRejectedError` (nack, unroutable), anything else is treated as unknown outcome.
+   */
+  publish(batch: readonly OutgoingMessage[], signal: AbortSignal): Promise<readonly PublishOutcome[]>;
+  /**
+   * Start consuming `spec.topic` as `spec.group`. Resolves once the group's starting position is
+   * fixed. `onDelivery` is called with at most `spec.concurrency` unsettled deliveries at a time; it
+   * never throws and core always settles each delivery.
+   */
+  subscribe(spec: SubscriptionSpec, onDelivery: (delivery: Delivery) => void): Promise<TransportSubscription>;
+  /**
+   * Walk the dead letters of one (topic, group) oldest first, and re-deliver the selected ones to
+   * that group only (removing them from the dead letters), unless `dryRun`. Returns the selected
+   * ones.
+   */
+  processDeadLetters(target: DeadLetterTarget, scan: DeadLetterScan): Promise<readonly StoredDeadLetter[]>;
+  /** Current connection state. */
+  health(): TransportHealth;
+  /** Close connections. Called by core after subscriptions were drained and publishes settled. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,44 @@
+import { defineConfig } from 'vitest/config';
+
+// One root config; `pnpm vitest run` runs every project. Packages resolve to their built `dist`
+// (the test command builds first with `tsc -b`).
+export default defineConfig({
+  test: {
+    reporters: process.env.CI ? ['default', ['junit', { outputFile: 'reports/junit.xml' }]] : ['default'],
+    projects: [
+      {
+        test: { name: 'core', include: ['packages/core/test/**/*.test.ts'], environment: 'node' },
+      },
+      {
+        test: { name: 'memory', include: ['packages/memory/test/**/*.test.ts'], environment: 'node' },
+      },
+      {
+        test: {
+          name: 'rabbitmq',
+          include: ['integration/rabbitmq/**/*.test.ts'],
+          environment: 'node',
+          testTimeout: 60_000,
+          hookTimeout: 120_000,
+        },
+      },
+      {
+        test: {
+          name: 'redis-streams',
+          include: ['integration/redis-streams/**/*.test.ts'],
+          environment: 'node',
+          testTimeout: 60_000,
+          hookTimeout: 120_000,
+        },
+      },
+      {
+        test: {
+          name: 'kafka',
+          include: ['integration/kafka/**/*.test.ts'],
+          environment: 'node',
+          testTimeout: 90_000,
+          hookTimeout: 180_000,
+        },
+      },
+    ],
+  },
+});
