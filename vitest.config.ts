@@ -4,6 +4,8 @@ import { defineConfig } from 'vitest/config';
 // (the test command builds first with `tsc -b`).
 export default defineConfig({
   test: {
+    // Transports share 2 cores with their brokers: one test file at a time keeps timings honest.
+    fileParallelism: false,
     reporters: process.env.CI ? ['default', ['junit', { outputFile: 'reports/junit.xml' }]] : ['default'],
     projects: [
       {

@@ -160,9 +160,19 @@ cmd_fetch() {
     return 0
   fi
   command -v mvn >/dev/null 2>&1 || die "mvn not found: needed once to fetch Kafka $KAFKA_VERSION from Maven Central"
+  mkdir -p "$DIST_DIR"
+  # The cache may be shared by several data dirs: one fetch at a time.
+  if command -v flock >/dev/null 2>&1; then
+    exec 8>"$DIST_DIR/.fetch.lock"
+    flock -w 600 8 || die "timed out waiting for another fetch into $DIST_DIR"
+    if cache_complete; then
+      exec 8>&-
+      log "jars cached in $LIB_DIR by a concurrent fetch"
+      return 0
+    fi
+  fi
   local t0 tmp
   t0="$(now)"
-  mkdir -p "$DIST_DIR"
   write_pom
   tmp="$DIST_DIR/libs.tmp.$$"
   rm -rf "$tmp"
@@ -178,6 +188,7 @@ cmd_fetch() {
   mv "$tmp" "$LIB_DIR"
   (cd "$LIB_DIR" && ls -1 -- *.jar) >"$FETCH_STAMP.tmp"
   mv "$FETCH_STAMP.tmp" "$FETCH_STAMP"
+  exec 8>&-
   log "fetched $(wc -l <"$FETCH_STAMP") jars ($(du -sh "$LIB_DIR" | cut -f1)) in $(elapsed_since "$t0")s into $LIB_DIR"
 }
 
@@ -428,7 +439,7 @@ cmd_start() {
     -Dlog4j2.configurationFile="$LOG4J_CONF" \
     -Dkafka.logs.dir="$BROKER_LOG_DIR" \
     -cp "$LIB_DIR/*" kafka.Kafka "$SERVER_PROPERTIES" \
-    >"$STDOUT_LOG" 2>&1 </dev/null &
+    >"$STDOUT_LOG" 2>&1 </dev/null 8>&- 9>&- &
 
   local i
   for i in $(seq 1 50); do
@@ -485,17 +496,27 @@ cmd_reset() {
   cmd_stop
   # Delete only what this script creates, never the whole (possibly
   # user-chosen) BUSBAR_KAFKA_DATA_DIR.
-  rm -rf -- "$LOG_DIRS" "$CONF_DIR" "$BROKER_LOG_DIR" "$PID_FILE"
+  rm -rf -- "$LOG_DIRS" "$CONF_DIR" "$BROKER_LOG_DIR" "$PID_FILE" "$DATA_DIR/.kafka.sh.lock"
   rmdir -- "$DATA_DIR" 2>/dev/null || true
   log "reset: deleted broker data under $DATA_DIR"
 }
 
+# start/stop/reset/fetch of one data dir are serialised (e.g. several test
+# workers calling `start` at once): the first starts the broker, the others
+# then find it running and only re-check readiness.
+take_lock() {
+  command -v flock >/dev/null 2>&1 || return 0
+  mkdir -p "$DATA_DIR"
+  exec 9>"$DATA_DIR/.kafka.sh.lock"
+  flock -w $(( START_TIMEOUT + 120 )) 9 || die "timed out waiting for another kafka.sh on $DATA_DIR"
+}
+
 case "${1:-}" in
-  start) cmd_start ;;
-  stop) cmd_stop ;;
+  start) take_lock; cmd_start ;;
+  stop) take_lock; cmd_stop ;;
   status) cmd_status ;;
-  reset) cmd_reset ;;
-  fetch) cmd_fetch ;;
+  reset) take_lock; cmd_reset ;;
+  fetch) take_lock; cmd_fetch ;;
   *)
     echo "usage: $0 {start|stop|status|reset|fetch}" >&2
     exit 2

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+
 // Readiness probe + smoke test for the local Kafka broker started by kafka.sh.
 //
 // 1. Waits (up to BUSBAR_KAFKA_SMOKE_TIMEOUT_MS) until the broker answers
@@ -10,7 +11,7 @@
 //
 // That exercises, with whatever versions kafkajs negotiates via ApiVersions:
 // Metadata, CreateTopics, InitProducerId, Produce, ListOffsets,
-// FindCoordinator, JoinGroup, SyncGroup, Heartbeat, Fetch, OffsetCommit,
+// FindCoordinator, JoinGroup, SyncGroup, Fetch, OffsetCommit, Heartbeat,
 // OffsetFetch, LeaveGroup, DeleteGroups and DeleteTopics. Kafka 4.x dropped
 // many old protocol versions (KIP-896); if kafkajs ever picked one of those
 // the broker would answer UNSUPPORTED_VERSION and this script would fail.
@@ -25,20 +26,16 @@
 //                                 (e.g. a scratch dir) instead of the repo's node_modules
 // Exit code 0 on success, 1 on failure/timeout (error printed to stderr).
 
+import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 
 process.env.KAFKAJS_NO_PARTITIONER_WARNING = '1';
 
 const started = Date.now();
 const timeoutMs = Number(process.env.BUSBAR_KAFKA_SMOKE_TIMEOUT_MS || 90000);
 const deadline = started + timeoutMs;
-const brokers = (
-  process.env.BUSBAR_KAFKA_SMOKE_BROKERS ||
-  process.env.BUSBAR_KAFKA_BROKERS ||
-  '127.0.0.1:9092'
-)
+const brokers = (process.env.BUSBAR_KAFKA_SMOKE_BROKERS || process.env.BUSBAR_KAFKA_BROKERS || '127.0.0.1:9092')
   .split(',')
   .map((s) => s.trim())
   .filter(Boolean);
@@ -85,20 +82,22 @@ const { Kafka, logLevel } = await loadKafkajs();
 // producer ids from the controller, and kafkajs logs that (retriable, retried)
 // response at ERROR level; such known-transient responses are only counted.
 const TRANSIENT = [
-  'The coordinator is loading and hence can\'t process requests',
+  "The coordinator is loading and hence can't process requests",
   'The group coordinator is not available',
   'The coordinator is not available',
   'There is no leader for this topic-partition',
 ];
 let transientErrors = 0;
-const logCreator = () => ({ namespace, label, log: entry }) => {
-  const { message, ...extra } = entry;
-  if (namespace === 'Connection' && TRANSIENT.some((t) => String(extra.error ?? '').startsWith(t))) {
-    transientErrors += 1;
-    return;
-  }
-  process.stderr.write(`[kafka-smoke] kafkajs ${label} ${namespace}: ${message} ${JSON.stringify(extra)}\n`);
-};
+const logCreator =
+  () =>
+  ({ namespace, label, log: entry }) => {
+    const { message, ...extra } = entry;
+    if (namespace === 'Connection' && TRANSIENT.some((t) => String(extra.error ?? '').startsWith(t))) {
+      transientErrors += 1;
+      return;
+    }
+    process.stderr.write(`[kafka-smoke] kafkajs ${label} ${namespace}: ${message} ${JSON.stringify(extra)}\n`);
+  };
 
 async function waitForBroker() {
   // Silent client: connection refused while the JVM boots is expected.
@@ -134,7 +133,9 @@ async function waitForBroker() {
     await admin.disconnect().catch(() => {});
     await sleep(Math.min(250, Math.max(0, remaining())));
   }
-  throw new Error(`broker at ${brokers.join(',')} not ready within ${timeoutMs}ms (${attempts} attempts); last error: ${lastErr?.message ?? lastErr}`);
+  throw new Error(
+    `broker at ${brokers.join(',')} not ready within ${timeoutMs}ms (${attempts} attempts); last error: ${lastErr?.message ?? lastErr}`,
+  );
 }
 
 async function smoke() {
@@ -173,7 +174,10 @@ async function smoke() {
     allowAutoTopicCreation: false,
     sessionTimeout: 10000,
     rebalanceTimeout: 10000,
-    heartbeatInterval: 1000,
+    heartbeatInterval: 200,
+    // kafkajs heartbeats from its fetch loop, not from a background thread:
+    // a long-poll Fetch (maxWaitTimeInMs, default 5 s) delays the next
+    // Heartbeat, so sessionTimeout must stay well above maxWaitTimeInMs.
     maxWaitTimeInMs: 100,
   });
   for (const c of [admin, producer, consumer]) c.on(c.events.REQUEST, record);
@@ -224,6 +228,10 @@ async function smoke() {
       },
     });
     await withTimeout(got, Math.max(1, remaining()), 'consume + commit through consumer group');
+    // Stay in the group until at least one Heartbeat has been answered.
+    const hbDeadline = Date.now() + Math.min(5000, remaining());
+    while (!apis.has('Heartbeat') && Date.now() < hbDeadline) await sleep(50);
+    if (!apis.has('Heartbeat')) throw new Error('no Heartbeat request was sent within 5s of joining the group');
 
     const committed = await admin.fetchOffsets({ groupId, topics: [topic] });
     const committedOffset = committed[0]?.partitions.find((p) => p.partition === 0)?.offset;
@@ -256,7 +264,9 @@ try {
   if (!waitOnly) {
     const t0 = Date.now();
     const apis = await withTimeout(smoke(), Math.max(1, remaining()), 'smoke test');
-    log(`smoke test passed in ${((Date.now() - t0) / 1000).toFixed(1)}s (create topic, idempotent produce acks=-1, list offsets, group consume + commit, delete group + topic)`);
+    log(
+      `smoke test passed in ${((Date.now() - t0) / 1000).toFixed(1)}s (create topic, idempotent produce acks=-1, list offsets, group consume + commit + heartbeat, delete group + topic)`,
+    );
     log(`apis: ${apis}`);
     if (transientErrors > 0) log(`(${transientErrors} transient coordinator-loading response(s) were retried by kafkajs)`);
   }

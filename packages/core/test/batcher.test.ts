@@ -1,0 +1,157 @@
+// Unit tests of core's publish path against a scripted Transport stub. (The conformance and
+// integration suites run against real brokers; this file only checks core's own logic.)
+import { describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import {
+  BackpressureError,
+  BrokerUnavailableError,
+  BusClosedError,
+  CircuitOpenError,
+  EventBus,
+  type OutgoingMessage,
+  PayloadTooLargeError,
+  PublishRejectedError,
+  PublishTimeoutError,
+  type Transport,
+  ValidationError,
+  defineEvent,
+} from '../src/index.js';
+
+const Ping = defineEvent({ type: 'ping', schema: z.object({ n: z.number() }) });
+
+class ScriptedTransport implements Transport {
+  readonly name = 'scripted';
+  readonly capabilities = {
+    durability: 'memory' as const,
+    orderedByKey: false,
+    newGroupFromEarliest: false,
+    balancedAssignment: false,
+    leaseExtension: false,
+    maxRetryDelayMs: 1000,
+    maxNameLength: 255,
+    namePattern: /^[\w.-]+$/,
+  };
+  batches: OutgoingMessage[][] = [];
+  private gates: (() => void)[] = [];
+  hold = false;
+  fail: ((m: OutgoingMessage) => Error | undefined) | undefined;
+  down = false;
+  async connect() {}
+  async publish(batch: readonly OutgoingMessage[], signal: AbortSignal) {
+    this.batches.push([...batch]);
+    if (this.down) throw new BrokerUnavailableError('connection refused to amqp://u:pw@h');
+    if (this.hold) {
+      await new Promise<void>((resolve, reject) => {
+        this.gates.push(resolve);
+        signal.addEventListener('abort', () => reject(signal.reason), { once: true });
+      });
+    }
+    return batch.map((m) => {
+      const error = this.fail?.(m);
+      return error ? { ok: false as const, error } : { ok: true as const };
+    });
+  }
+  openGates() {
+    for (const g of this.gates.splice(0)) g();
+  }
+  async subscribe(): Promise<never> {
+    throw new Error('not used');
+  }
+  async processDeadLetters() {
+    return [];
+  }
+  health() {
+    return { state: 'connected' as const };
+  }
+  async close() {}
+}
+
+describe('EventBus publish path', () => {
+  it('coalesces publishes issued during a round trip into the next batch, keeping per-message results', async () => {
+    const t = new ScriptedTransport();
+    const bus = new EventBus({ transport: t, breaker: false });
+    t.hold = true;
+    t.fail = (m) => (new TextDecoder().decode(m.body) === '{"n":13}' ? new PublishRejectedError('nack') : undefined);
+    const first = bus.publish(Ping, { n: 0 });
+    await new Promise((r) => setImmediate(r));
+    const rest = Array.from({ length: 99 }, (_, i) => bus.publish(Ping, { n: i + 1 }));
+    await new Promise((r) => setImmediate(r));
+    expect(t.batches.map((b) => b.length)).toEqual([1]);
+    t.hold = false;
+    t.openGates();
+    const results = await Promise.allSettled([first, ...rest]);
+    expect(t.batches.map((b) => b.length)).toEqual([1, 99]);
+    const rejected = results.filter((r) => r.status === 'rejected');
+    expect(rejected).toHaveLength(1);
+    expect((rejected[0] as PromiseRejectedResult).reason).toBeInstanceOf(PublishRejectedError);
+  });
+
+  it('validates before any I/O', async () => {
+    const t = new ScriptedTransport();
+    const bus = new EventBus({ transport: t, maxPayloadBytes: 64 });
+    await expect(bus.publish(Ping, { n: 'x' } as never)).rejects.toBeInstanceOf(ValidationError);
+    const Big = defineEvent({ type: 'big', schema: z.object({ s: z.string() }) });
+    await expect(bus.publish(Big, { s: 'x'.repeat(100) })).rejects.toBeInstanceOf(PayloadTooLargeError);
+    await expect(bus.publish(Ping, { n: 1 }, { headers: { ce_id: 'x' } })).rejects.toBeInstanceOf(ValidationError);
+    await expect(bus.publish(Ping, { n: 1 }, { headers: { 'content-type': 'x' } })).rejects.toBeInstanceOf(ValidationError);
+    expect(t.batches).toHaveLength(0);
+  });
+
+  it('times out with PublishTimeoutError (outcome unknown) and never hangs', async () => {
+    const t = new ScriptedTransport();
+    t.hold = true;
+    const bus = new EventBus({ transport: t, breaker: false });
+    await expect(bus.publish(Ping, { n: 1 }, { timeoutMs: 30 })).rejects.toBeInstanceOf(PublishTimeoutError);
+  });
+
+  it('rejects past the pending limit with BackpressureError when configured to', async () => {
+    const t = new ScriptedTransport();
+    t.hold = true;
+    const bus = new EventBus({ transport: t, breaker: false, maxPendingPublishes: 2, publishOverflow: 'reject' });
+    const a = bus.publish(Ping, { n: 1 });
+    const b = bus.publish(Ping, { n: 2 });
+    await expect(bus.publish(Ping, { n: 3 })).rejects.toBeInstanceOf(BackpressureError);
+    t.openGates();
+    t.hold = false;
+    t.openGates();
+    await a;
+    t.openGates();
+    await b;
+  });
+
+  it('waits for capacity under the default overflow policy', async () => {
+    const t = new ScriptedTransport();
+    t.hold = true;
+    const bus = new EventBus({ transport: t, breaker: false, maxPendingPublishes: 1 });
+    const a = bus.publish(Ping, { n: 1 });
+    const b = bus.publish(Ping, { n: 2 });
+    await new Promise((r) => setImmediate(r));
+    expect(bus.health().pendingPublishes).toBe(1);
+    t.hold = false;
+    t.openGates();
+    await Promise.all([a, b]);
+    expect(t.batches.flat()).toHaveLength(2);
+  });
+
+  it('opens the breaker on a dead broker so publishes fail fast without I/O', async () => {
+    const t = new ScriptedTransport();
+    t.down = true;
+    const bus = new EventBus({ transport: t, breaker: { failureThreshold: 2, recoveryTimeoutMs: 60_000 } });
+    await expect(bus.publish(Ping, { n: 1 })).rejects.toBeInstanceOf(BrokerUnavailableError);
+    const err = await bus.publish(Ping, { n: 2 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(BrokerUnavailableError);
+    expect(String((err as Error).message)).not.toContain('pw@');
+    const calls = t.batches.length;
+    await expect(bus.publish(Ping, { n: 3 })).rejects.toBeInstanceOf(CircuitOpenError);
+    expect(t.batches.length).toBe(calls);
+    expect(bus.health().breaker).toBe('open');
+  });
+
+  it('rejects publish and subscribe after close with BusClosedError', async () => {
+    const bus = new EventBus({ transport: new ScriptedTransport() });
+    await bus.close();
+    await expect(bus.publish(Ping, { n: 1 })).rejects.toBeInstanceOf(BusClosedError);
+    await expect(bus.subscribe(Ping, { group: 'g' }, () => {})).rejects.toBeInstanceOf(BusClosedError);
+    expect(bus.health().status).toBe('down');
+  });
+});

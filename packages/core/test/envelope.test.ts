@@ -1,0 +1,114 @@
+import { describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { ConfigError, Headers, decodeMessage, defineEvent, encodeJson } from '../src/index.js';
+
+const V2 = defineEvent({
+  type: 'user.created',
+  version: 2,
+  schema: z.object({ id: z.string(), email: z.string(), name: z.string() }),
+  upcasters: { 1: (v1) => ({ ...(v1 as object), name: 'unknown' }) },
+});
+const limits = { maxPayloadBytes: 1024, maxHeaderBytes: 4096 };
+
+function headers(over: Record<string, string | undefined> = {}): Record<string, string> {
+  const h: Record<string, string | undefined> = {
+    [Headers.id]: 'm1',
+    [Headers.source]: 'urn:test',
+    [Headers.specversion]: '1.0',
+    [Headers.type]: 'user.created',
+    [Headers.contentType]: 'application/json',
+    [Headers.eventVersion]: '2',
+    ...over,
+  };
+  return Object.fromEntries(Object.entries(h).filter(([, v]) => v !== undefined)) as Record<string, string>;
+}
+const bytes = (s: string) => new TextEncoder().encode(s);
+
+describe('decodeMessage', () => {
+  it('decodes a valid message, defaulting the idempotency key to the id', () => {
+    const r = decodeMessage({ headers: { ...headers(), 'x-tenant': 'a' }, body: encodeJson({ id: '1', email: 'a@b', name: 'A' }) }, V2, limits);
+    expect(r.ok).toBe(true);
+    if (!r.ok) return;
+    expect(r.data).toEqual({ id: '1', email: 'a@b', name: 'A' });
+    expect(r.attributes.idempotencyKey).toBe('m1');
+    expect(r.userHeaders).toEqual({ 'x-tenant': 'a' });
+  });
+
+  it('upcasts an older version', () => {
+    const r = decodeMessage({ headers: headers({ [Headers.eventVersion]: '1' }), body: encodeJson({ id: '1', email: 'a@b' }) }, V2, limits);
+    expect(r.ok && r.data).toEqual({ id: '1', email: 'a@b', name: 'unknown' });
+  });
+
+  it.each([
+    ['not JSON', 'not json', 'undecodable'],
+    ['truncated JSON', '{"id":"1","em', 'undecodable'],
+    ['__proto__ key', '{"id":"1","email":"a","name":"b","__proto__":{"polluted":true}}', 'undecodable'],
+    ['constructor.prototype', '{"constructor":{"prototype":{"polluted":true}}}', 'undecodable'],
+    ['schema-invalid data', '{"id":1}', 'schema-invalid'],
+  ])('dead-letters %s with reason %s', (_name, body, kind) => {
+    const r = decodeMessage({ headers: headers(), body: bytes(body) }, V2, limits);
+    expect(r.ok).toBe(false);
+    if (!r.ok) expect(r.reason.kind).toBe(kind);
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+  });
+
+  it.each([
+    ['missing id', { [Headers.id]: undefined }, /ce_id/],
+    ['missing source', { [Headers.source]: undefined }, /ce_source/],
+    ['wrong specversion', { [Headers.specversion]: '0.3' }, /specversion/],
+    ['other type', { [Headers.type]: 'order.placed' }, /order\.placed/],
+    ['non-JSON content type', { [Headers.contentType]: 'text/plain' }, /text\/plain/],
+    ['bad version', { [Headers.eventVersion]: 'two' }, /eventversion/],
+  ])('rejects an envelope with %s as invalid-envelope naming the problem', (_n, over, detail) => {
+    const r = decodeMessage({ headers: headers(over), body: encodeJson({ id: '1', email: 'a', name: 'b' }) }, V2, limits);
+    expect(r.ok).toBe(false);
+    if (!r.ok) {
+      expect(r.reason.kind).toBe('invalid-envelope');
+      expect(r.reason.detail).toMatch(detail);
+    }
+  });
+
+  it('rejects oversize bodies and headers', () => {
+    const big = decodeMessage({ headers: headers(), body: new Uint8Array(2048) }, V2, limits);
+    expect(!big.ok && big.reason.kind).toBe('payload-too-large');
+    const hdr = decodeMessage({ headers: { ...headers(), huge: 'x'.repeat(5000) }, body: encodeJson({}) }, V2, limits);
+    expect(!hdr.ok && hdr.reason.kind).toBe('invalid-envelope');
+  });
+
+  it('refuses a newer version and a version without upcaster', () => {
+    const newer = decodeMessage({ headers: headers({ [Headers.eventVersion]: '3' }), body: encodeJson({}) }, V2, limits);
+    expect(!newer.ok && newer.reason.kind).toBe('unsupported-version');
+    const V3 = defineEvent({ type: 'user.created', version: 3, schema: z.object({}) });
+    const gap = decodeMessage({ headers: headers({ [Headers.eventVersion]: '2' }), body: encodeJson({}) }, V3, limits);
+    expect(!gap.ok && gap.reason.kind).toBe('unsupported-version');
+  });
+
+  it('reports an upcaster that throws', () => {
+    const E = defineEvent({
+      type: 'user.created',
+      version: 2,
+      schema: z.object({}),
+      upcasters: {
+        1: () => {
+          throw new Error('boom');
+        },
+      },
+    });
+    const r = decodeMessage({ headers: headers({ [Headers.eventVersion]: '1' }), body: encodeJson({}) }, E, limits);
+    expect(!r.ok && r.reason.kind).toBe('upcast-failed');
+  });
+
+  it('rejects invalid UTF-8 as undecodable', () => {
+    const r = decodeMessage({ headers: headers(), body: new Uint8Array([0xff, 0xfe, 0x00]) }, V2, limits);
+    expect(!r.ok && r.reason.kind).toBe('undecodable');
+  });
+});
+
+describe('defineEvent', () => {
+  it('validates the type, version and upcasters', () => {
+    expect(() => defineEvent({ type: 'Bad Type', schema: z.object({}) })).toThrow(ConfigError);
+    expect(() => defineEvent({ type: 'ok', version: 0, schema: z.object({}) })).toThrow(ConfigError);
+    expect(() => defineEvent({ type: 'ok', version: 2, schema: z.object({}), upcasters: { 2: (x) => x } })).toThrow(ConfigError);
+    expect(defineEvent({ type: 'ok.v', schema: z.object({}) }).version).toBe(1);
+  });
+});
