@@ -1,1 +1,125 @@
-export {};
+/**
+ * The Busbar demo — the seed's scenario, end to end:
+ *   a user service publishes `user.created`; billing and notifications, in separate groups, each
+ *   react; a poison event is retried with growing delays, dead-lettered with its reason, and replayed
+ *   once fixed; a duplicate publish with the same idempotency key has one effect.
+ *
+ * In-memory by default; any broker with BUSBAR_TRANSPORT=rabbitmq|kafka|redis-streams (URLs from
+ * BUSBAR_RABBITMQ_URL / BUSBAR_KAFKA_BROKERS / BUSBAR_REDIS_URL).
+ */
+import { randomUUID } from 'node:crypto';
+import {
+  type DeliveryOutcome,
+  EventBus,
+  MemoryIdempotencyStore,
+  OutcomeSpy,
+  type Transport,
+  defineEvent,
+  readBusbarEnv,
+} from '@busbar/core';
+import { z } from 'zod';
+
+const UserCreated = defineEvent({
+  type: 'user.created',
+  version: 1,
+  schema: z.object({ userId: z.string(), email: z.email(), plan: z.enum(['free', 'pro']) }),
+});
+
+async function createTransport(): Promise<Transport> {
+  const env = readBusbarEnv();
+  switch (env.transport) {
+    case 'memory':
+      return new (await import('@busbar/memory')).MemoryTransport();
+    case 'rabbitmq':
+      return new (await import('@busbar/rabbitmq')).RabbitMqTransport({ url: env.rabbitmqUrl });
+    case 'kafka':
+      return new (await import('@busbar/kafka')).KafkaTransport({ brokers: [...env.kafkaBrokers] });
+    case 'redis-streams':
+      return new (await import('@busbar/redis-streams')).RedisStreamsTransport({ url: env.redisUrl });
+  }
+}
+
+const c = { dim: '\x1b[2m', red: '\x1b[31m', green: '\x1b[32m', yellow: '\x1b[33m', cyan: '\x1b[36m', reset: '\x1b[0m' };
+const say = (who: string, color: string, text: string) => console.log(`${color}${who.padEnd(13)}${c.reset} ${text}`);
+
+async function main(): Promise<void> {
+  const transport = await createTransport();
+  // A run-unique namespace keeps repeated demo runs on a shared broker apart.
+  const namespace = `demo-${randomUUID().slice(0, 8)}`;
+  const bus = new EventBus({
+    transport,
+    namespace,
+    source: 'urn:busbar:demo:user-service',
+    idempotency: { store: new MemoryIdempotencyStore() },
+    retry: { maxAttempts: 4, backoff: { initialMs: 150, multiplier: 2, maxMs: 2000 } },
+  });
+  const spy = new OutcomeSpy(bus);
+  await bus.ready();
+  console.log(`${c.dim}transport: ${transport.name} · namespace: ${namespace}${c.reset}\n`);
+
+  let billingBroken = true;
+  const invoices = new Map<string, number>();
+  await bus.subscribe(UserCreated, { group: 'billing', concurrency: 4 }, async (user, ctx) => {
+    if (user.email.startsWith('poison') && billingBroken) {
+      say('billing', c.red, `attempt ${ctx.attempt}: payment provider rejects ${user.email}`);
+      throw new Error(`payment provider rejected ${user.email}`);
+    }
+    invoices.set(ctx.idempotencyKey, (invoices.get(ctx.idempotencyKey) ?? 0) + 1);
+    say('billing', c.green, `opened a ${user.plan} account for ${user.userId} (attempt ${ctx.attempt})`);
+  });
+  await bus.subscribe(UserCreated, { group: 'notifications', concurrency: 4 }, async (user) => {
+    say('notifications', c.cyan, `sent a welcome email to ${user.email}`);
+  });
+
+  bus.on('outcome', (info, outcome: DeliveryOutcome) => {
+    if (outcome.status === 'retried') {
+      say('bus', c.yellow, `${info.group}: attempt ${info.attempt} failed, retry in ${outcome.delayMs} ms (held by the transport)`);
+    }
+  });
+
+  console.log('1) a user signs up');
+  const alice = await bus.publish(UserCreated, { userId: 'u-1', email: 'alice@example.com', plan: 'pro' });
+  say('user-service', c.dim, `published user.created ${alice.id}`);
+  await Promise.all([spy.waitFor(alice.id, { group: 'billing', status: 'acked' }), spy.waitFor(alice.id, { group: 'notifications', status: 'acked' })]);
+
+  console.log('\n2) the same sign-up is published twice with one idempotency key');
+  const key = 'signup-u-2';
+  const first = await bus.publish(UserCreated, { userId: 'u-2', email: 'bob@example.com', plan: 'free' }, { idempotencyKey: key });
+  const again = await bus.publish(UserCreated, { userId: 'u-2', email: 'bob@example.com', plan: 'free' }, { idempotencyKey: key });
+  await spy.waitFor(first.id, { group: 'billing', status: 'acked' });
+  await spy.waitFor(again.id, { group: 'billing', status: 'duplicate' });
+  say('bus', c.dim, `second copy ${again.id.slice(0, 8)}… acknowledged as a duplicate, handler not run`);
+  say('check', c.green, `invoices for ${key}: ${invoices.get(key)} (expected 1)`);
+
+  console.log('\n3) a poison event: retried with growing delays, then dead-lettered');
+  const poison = await bus.publish(UserCreated, { userId: 'u-3', email: 'poison@example.com', plan: 'pro' });
+  const dead = await spy.waitFor(poison.id, { group: 'billing', status: 'dead-lettered', timeoutMs: 30_000 });
+  if (dead.outcome.status === 'dead-lettered') {
+    say('bus', c.red, `dead-lettered after ${dead.info.attempt} attempts — reason ${dead.outcome.reason.kind}: ${dead.outcome.reason.detail}`);
+  }
+  const dlq = bus.deadLetters(UserCreated, 'billing');
+  const [letter] = await dlq.list();
+  if (letter) {
+    say('dead letters', c.dim, `billing holds ${letter.id.slice(0, 8)}… reason=${letter.reason.kind} attempts=${letter.attempts}`);
+    say('dead letters', c.dim, `payload intact: ${new TextDecoder().decode(letter.body)}`);
+  }
+
+  console.log('\n4) billing is fixed; the dead letter is replayed to billing only');
+  billingBroken = false;
+  const replayed = await dlq.replay({ filter: (d) => d.id === poison.id });
+  say('bus', c.dim, `replayed ${replayed.length} dead letter(s)`);
+  await spy.waitUntil((r) => r.info.id === poison.id && r.info.group === 'billing' && r.outcome.status === 'acked', { timeoutMs: 30_000 });
+  const notifiedPoison = spy.of(poison.id).filter((r) => r.info.group === 'notifications').length;
+  say('check', c.green, `notifications saw the poison event ${notifiedPoison} time(s) (expected 1: replay reaches only billing)`);
+
+  await bus.close();
+  spy.dispose();
+  const ok = invoices.get(key) === 1 && notifiedPoison === 1 && replayed.length === 1;
+  console.log(ok ? `\n${c.green}demo finished: all checks passed${c.reset}` : `\n${c.red}demo finished with failed checks${c.reset}`);
+  process.exitCode = ok ? 0 : 1;
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exitCode = 1;
+});
