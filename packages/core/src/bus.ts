@@ -385,7 +385,7 @@ export class EventBus extends EventEmitter<BusEvents> {
   async publish<E extends EventDefinition>(event: E, data: EventInput<E>, options: PublishOptions = {}): Promise<PublishReceipt> {
     if (this.state !== 'open') throw new BusClosedError();
     const message = this.encode(event, data, options);
-    this.breaker?.admit();
+    this.breaker?.assertNotOpen();
     await this.connecting;
     await this.batcher.publish(message, options.timeoutMs ?? this.publishTimeoutMs);
     return { id: message.id, idempotencyKey: message.headers[Headers.idempotencyKey] as string };

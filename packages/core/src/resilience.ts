@@ -234,6 +234,20 @@ export class CircuitBreaker {
     }
   }
 
+  /**
+   * Throws {@link CircuitOpenError} while the breaker is open (before its recovery timeout), without
+   * taking the half-open trial slot. For a cheap fail-fast check ahead of queued work.
+   */
+  assertNotOpen(): void {
+    if (this.state === 'open') {
+      const retryAt = this.openedAt + this.recoveryMs;
+      throw new CircuitOpenError(
+        `circuit to ${this.options.name ?? 'broker'} is open; next trial at ${new Date(retryAt).toISOString()}`,
+        retryAt,
+      );
+    }
+  }
+
   /** Throws {@link CircuitOpenError} if a call may not pass now; otherwise admits it. */
   admit(): void {
     const state = this.state;

@@ -7,6 +7,7 @@ import {
   BrokerUnavailableError,
   BusClosedError,
   CircuitOpenError,
+  defineEvent,
   EventBus,
   type OutgoingMessage,
   PayloadTooLargeError,
@@ -14,7 +15,6 @@ import {
   PublishTimeoutError,
   type Transport,
   ValidationError,
-  defineEvent,
 } from '../src/index.js';
 
 const Ping = defineEvent({ type: 'ping', schema: z.object({ n: z.number() }) });
@@ -145,6 +145,21 @@ describe('EventBus publish path', () => {
     await expect(bus.publish(Ping, { n: 3 })).rejects.toBeInstanceOf(CircuitOpenError);
     expect(t.batches.length).toBe(calls);
     expect(bus.health().breaker).toBe('open');
+  });
+
+  it('half-opens after the recovery timeout and closes again once the broker is back', async () => {
+    const t = new ScriptedTransport();
+    t.down = true;
+    let now = 0;
+    const clock = { now: () => now, setTimer: () => () => {} };
+    const bus = new EventBus({ transport: t, breaker: { failureThreshold: 1, recoveryTimeoutMs: 1000, clock } });
+    await expect(bus.publish(Ping, { n: 1 })).rejects.toBeInstanceOf(BrokerUnavailableError);
+    await expect(bus.publish(Ping, { n: 2 })).rejects.toBeInstanceOf(CircuitOpenError);
+    t.down = false;
+    now += 1000;
+    expect(bus.health().breaker).toBe('half-open');
+    await expect(bus.publish(Ping, { n: 3 })).resolves.toMatchObject({ id: expect.any(String) });
+    expect(bus.health().breaker).toBe('closed');
   });
 
   it('rejects publish and subscribe after close with BusClosedError', async () => {

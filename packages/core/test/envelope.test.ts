@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { ConfigError, Headers, decodeMessage, defineEvent, encodeJson } from '../src/index.js';
+import { ConfigError, decodeMessage, defineEvent, encodeJson, Headers } from '../src/index.js';
 
 const V2 = defineEvent({
   type: 'user.created',
@@ -26,7 +26,11 @@ const bytes = (s: string) => new TextEncoder().encode(s);
 
 describe('decodeMessage', () => {
   it('decodes a valid message, defaulting the idempotency key to the id', () => {
-    const r = decodeMessage({ headers: { ...headers(), 'x-tenant': 'a' }, body: encodeJson({ id: '1', email: 'a@b', name: 'A' }) }, V2, limits);
+    const r = decodeMessage(
+      { headers: { ...headers(), 'x-tenant': 'a' }, body: encodeJson({ id: '1', email: 'a@b', name: 'A' }) },
+      V2,
+      limits,
+    );
     expect(r.ok).toBe(true);
     if (!r.ok) return;
     expect(r.data).toEqual({ id: '1', email: 'a@b', name: 'A' });

@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import {
   ConfigError,
+  checkBrokerName,
   LeaseLostError,
   MemoryIdempotencyStore,
-  checkBrokerName,
   readBusbarEnv,
   redact,
   redactingLogger,

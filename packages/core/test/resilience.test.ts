@@ -1,15 +1,15 @@
 import { describe, expect, it } from 'vitest';
 import {
   BusError,
+  backoffDelay,
   CircuitBreaker,
   CircuitOpenError,
   type Clock,
-  TimeoutError,
-  ValidationError,
-  backoffDelay,
   retry,
   seededRandom,
   settleAll,
+  TimeoutError,
+  ValidationError,
   withTimeout,
 } from '../src/index.js';
 
@@ -190,7 +190,10 @@ describe('settleAll', () => {
       running--;
       return running;
     };
-    await settleAll(Array.from({ length: 10 }, () => task), { concurrency: 3 });
+    await settleAll(
+      Array.from({ length: 10 }, () => task),
+      { concurrency: 3 },
+    );
     expect(max).toBe(3);
   });
 });
