@@ -32,7 +32,9 @@ import {
   backoffDelay,
   CircuitBreaker,
   type CircuitBreakerOptions,
+  type Clock,
   type RandomSource,
+  systemClock,
 } from './resilience.js';
 import type {
   ConnectionState,
@@ -74,6 +76,8 @@ export interface BusOptions {
   logger?: Logger;
   /** Random source for jitter. @defaultValue Math.random */
   random?: RandomSource;
+  /** Time source for failure timestamps in retry and dead-letter headers. @defaultValue systemClock */
+  clock?: Clock;
   /** Default `timeoutMs` of a publish. @defaultValue 10000 */
   publishTimeoutMs?: number;
   /** Largest encoded payload accepted on publish and on consume, bytes. @defaultValue 1048576 */
@@ -355,7 +359,9 @@ export class EventBus extends EventEmitter<BusEvents> {
     this.connecting = this.transport
       .connect({
         logger: this.logger,
-        emit: (e) => this.emit('connection', e.state, e.detail),
+        // Deferred: a transport may report its state before the constructor returned and
+        // before anyone could call bus.on('connection').
+        emit: (e) => queueMicrotask(() => this.emit('connection', e.state, e.detail)),
       })
       .catch((error: unknown) => {
         this.logger.error({ err: describeError(error) }, 'transport failed to connect');
@@ -551,6 +557,7 @@ export class EventBus extends EventEmitter<BusEvents> {
     return {
       logger: this.logger,
       random: this.random,
+      clock: this.options.clock ?? systemClock,
       maxPayloadBytes: this.maxPayloadBytes,
       maxHeaderBytes: this.maxHeaderBytes,
     };
@@ -698,7 +705,7 @@ class SubscriptionImpl implements Subscription {
   }
 
   private deadLetterHeaders(d: Delivery, reason: DeadLetterReason, error: string): Record<string, string> {
-    const now = new Date().toISOString();
+    const now = new Date(this.bus.internals.clock.now()).toISOString();
     const first = Number(d.headers[Headers.firstFailure]);
     return {
       [Headers.deadLetterReason]: reason.kind,
@@ -849,7 +856,7 @@ class SubscriptionImpl implements Subscription {
     }
     const cap = this.bus.transport.capabilities.maxRetryDelayMs;
     const delayMs = Math.min(cap, Math.max(0, requestedDelay ?? backoffDelay(d.attempt, this.resolved.backoff, this.bus.internals.random)));
-    const first = d.headers[Headers.firstFailure] ?? String(Date.now());
+    const first = d.headers[Headers.firstFailure] ?? String(this.bus.internals.clock.now());
     await this.settle(r, { status: 'retried', delayMs, error: detail }, () => d.retry(delayMs, { [Headers.firstFailure]: first }), key);
   }
 }

@@ -74,6 +74,8 @@ export class OutcomeSpy {
         this.waiters.delete(waiter);
         reject(new TimeoutError(`timed out after ${timeoutMs} ms waiting for ${options.label ?? 'an outcome'}`));
       }, timeoutMs);
+      // Not unref'd on purpose: a waiting spy keeps the process alive until its outcome or timeout
+      // (transports' own timers, e.g. retry delays, are unref'd).
       this.waiters.add(waiter);
     });
   }

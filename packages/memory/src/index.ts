@@ -1,1 +1,15 @@
-export {};
+/**
+ * `@busbar/memory`: an in-memory Busbar transport with the observable semantics of the broker
+ * transports (durable groups, competing members, per-group retries and dead letters, per-key
+ * ordering), deterministic for unit tests (`idle()`, `ManualClock`).
+ */
+export {
+  type IdleOptions,
+  MemoryBroker,
+  type MemoryMember,
+  type MemoryProbe,
+  type MemoryRawClient,
+  type RawMessage,
+} from './broker.js';
+export { ManualClock } from './clock.js';
+export { MemoryTransport, type MemoryTransportOptions, memoryTransport } from './transport.js';

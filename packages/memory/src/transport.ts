@@ -1,0 +1,152 @@
+import {
+  BrokerUnavailableError,
+  type Clock,
+  type ConnectionState,
+  checkBrokerName,
+  type DeadLetterScan,
+  type DeadLetterTarget,
+  type Delivery,
+  type OutgoingMessage,
+  type PublishOutcome,
+  type StoredDeadLetter,
+  type SubscriptionSpec,
+  systemClock,
+  type Transport,
+  type TransportCapabilities,
+  type TransportContext,
+  type TransportHealth,
+  type TransportSubscription,
+} from '@busbar/core';
+import { type IdleOptions, MemoryBroker, type MemoryMember, type MemoryRawClient } from './broker.js';
+
+/** Options of {@link MemoryTransport}. */
+export interface MemoryTransportOptions {
+  /**
+   * The in-memory broker. Pass one broker to several transports (several buses) to model several
+   * processes sharing a broker. @defaultValue a new {@link MemoryBroker} for this transport
+   */
+  broker?: MemoryBroker;
+  /**
+   * Time source of retry delays. Pass a `ManualClock` to make delays elapse only on
+   * `clock.advance(ms)`. @defaultValue `systemClock` (real, unref'd timers)
+   */
+  clock?: Clock;
+  /** Longest retry delay held, ms (core caps delays to it). @defaultValue 86400000 (24 h) */
+  maxRetryDelayMs?: number;
+}
+
+/**
+ * In-memory {@link Transport} with the observable semantics of the broker transports: durable
+ * groups, competing members (round-robin), per-group retries after a delay, per-group dead letters
+ * and replay, per-key ordering, redelivery of anything unsettled. Deterministic for unit tests:
+ * {@link MemoryTransport.idle} and a `ManualClock`. Nothing survives the process.
+ */
+export class MemoryTransport implements Transport {
+  /** `'memory'`. */
+  readonly name = 'memory';
+  /** Everything on, durability `'memory'`, no lease extension (a message stays with its member until settled). */
+  readonly capabilities: TransportCapabilities;
+  /** The broker this transport appends to and consumes from. */
+  readonly broker: MemoryBroker;
+  private readonly clock: Clock;
+  private state: ConnectionState = 'disconnected';
+  private context: TransportContext | undefined;
+  private readonly members = new Set<MemoryMember>();
+  private rawClient: MemoryRawClient | undefined;
+
+  /** @param options - see {@link MemoryTransportOptions}; all optional. */
+  constructor(options: MemoryTransportOptions = {}) {
+    this.broker = options.broker ?? new MemoryBroker();
+    this.clock = options.clock ?? systemClock;
+    this.capabilities = Object.freeze({
+      durability: 'memory',
+      orderedByKey: true,
+      newGroupFromEarliest: true,
+      balancedAssignment: true,
+      leaseExtension: false,
+      maxRetryDelayMs: options.maxRetryDelayMs ?? 86_400_000,
+      maxNameLength: 255,
+      namePattern: /^[\w.\-:|]+$/,
+    });
+  }
+
+  /** A raw client of {@link MemoryTransport.broker}: write below the bus, observe a topic. */
+  get raw(): MemoryRawClient {
+    this.rawClient ??= this.broker.rawClient();
+    return this.rawClient;
+  }
+
+  /**
+   * Marks the transport connected and reports it, on a microtask: a listener attached to the bus
+   * right after `new EventBus(…)` still sees the `connection` event.
+   */
+  async connect(context: TransportContext): Promise<void> {
+    this.context = context;
+    await Promise.resolve();
+    if (this.state === 'closed') throw new BrokerUnavailableError('memory transport is closed');
+    this.setState('connected');
+  }
+
+  /** Appends the batch (bodies copied); every outcome is ok. Rejects if `signal` is aborted or the transport is not connected. */
+  async publish(batch: readonly OutgoingMessage[], signal: AbortSignal): Promise<readonly PublishOutcome[]> {
+    this.assertConnected();
+    signal.throwIfAborted();
+    for (const m of batch) checkBrokerName(m.topic, this.capabilities, 'topic');
+    for (const m of batch) this.broker.append(m.topic, m);
+    return batch.map(() => ({ ok: true }) as const);
+  }
+
+  /** Joins `spec.group` on `spec.topic`; the group's position is fixed when this resolves. */
+  async subscribe(spec: SubscriptionSpec, onDelivery: (delivery: Delivery) => void): Promise<TransportSubscription> {
+    this.assertConnected();
+    checkBrokerName(`${spec.topic}.${spec.group}`, this.capabilities, 'group queue');
+    const member = this.broker.join(spec, onDelivery, this.clock);
+    this.members.add(member);
+    return {
+      stop: async () => member.stop(),
+      close: async () => {
+        member.close();
+        this.members.delete(member);
+      },
+    };
+  }
+
+  /** Walks the group's dead letters oldest first and re-enqueues the selected ones to that group only (unless `dryRun`). */
+  async processDeadLetters(target: DeadLetterTarget, scan: DeadLetterScan): Promise<readonly StoredDeadLetter[]> {
+    this.assertConnected();
+    return this.broker.processDeadLetters(target, scan);
+  }
+
+  /** `'disconnected'` before `connect`, `'connected'`, then `'closed'`. */
+  health(): TransportHealth {
+    return { state: this.state };
+  }
+
+  /** Closes this transport's subscriptions (unsettled deliveries go back to their groups). Idempotent. */
+  async close(): Promise<void> {
+    if (this.state === 'closed') return;
+    for (const m of this.members) m.close();
+    this.members.clear();
+    await this.rawClient?.close();
+    this.setState('closed');
+  }
+
+  /** See {@link MemoryBroker.idle} (covers every transport sharing the broker). */
+  idle(options?: IdleOptions): Promise<void> {
+    return this.broker.idle(options);
+  }
+
+  private assertConnected(): void {
+    if (this.state !== 'connected') throw new BrokerUnavailableError(`memory transport is ${this.state}`);
+  }
+
+  private setState(state: ConnectionState): void {
+    this.state = state;
+    this.context?.emit({ kind: 'connection', state });
+  }
+}
+
+/** Creates a {@link MemoryTransport}. */
+export function memoryTransport(options?: MemoryTransportOptions): MemoryTransport {
+  return new MemoryTransport(options);
+}
