@@ -1,1 +1,8 @@
-export {};
+/**
+ * `@busbar/redis-streams`: the Busbar transport on Redis Streams and the Redis idempotency store.
+ */
+export { BODY_FIELD, decodeFields, encodeFields } from './codec.js';
+export { RedisIdempotencyStore, type RedisIdempotencyStoreOptions } from './idempotency.js';
+export { type GroupKeys, groupKeys, streamKey } from './keys.js';
+export type { ReconnectOptions, RedisStreamsOptions, RetentionPolicy } from './options.js';
+export { REDIS_STREAMS_CAPABILITIES, RedisStreamsTransport } from './transport.js';

@@ -1,0 +1,260 @@
+/**
+ * Redis-specific behaviour on the real Redis: the idempotency store (atomic effect exactly once,
+ * lease loss, usable with another transport), where retries wait (the failing group's delayed set,
+ * attempt carried across a restart), and the opt-in `acked` retention.
+ */
+import { randomUUID } from 'node:crypto';
+import { defineEvent, EventBus, LeaseLostError, OutcomeSpy } from '@busbar/core';
+import { MemoryBroker, MemoryTransport } from '@busbar/memory';
+import { RedisIdempotencyStore, RedisStreamsTransport } from '@busbar/redis-streams';
+import { type ChainableCommander, Redis } from 'ioredis';
+import { afterAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { brokerForTests } from '../brokers/resolve.js';
+import { deleteNamespace, IdSet, rawDecode, streamOf } from './helpers.js';
+
+const broker = await brokerForTests('redis');
+const FAST = { initialMs: 20, maxMs: 50, minMs: 10 };
+const ns = (tag: string) => `rs${tag}${randomUUID().replaceAll('-', '').slice(0, 10)}`;
+const Paid = defineEvent({ type: 'order.paid', schema: z.object({ order: z.string() }) });
+
+describe.skipIf(!broker)('redis-streams specifics', () => {
+  const url = broker?.url ?? '';
+  const admin = new Redis(url);
+  admin.on('error', () => {});
+  afterAll(async () => {
+    admin.disconnect();
+    await broker?.stop();
+  });
+
+  it('configuration errors are ConfigErrors without credentials; an unreachable Redis fails publishes fast', async () => {
+    expect(() => new RedisStreamsTransport({ url: 'http://app:s3cret@localhost:6379' })).toThrow(/redis:\/\//);
+    try {
+      new RedisStreamsTransport({ url: 'http://app:s3cret@localhost:6379' });
+    } catch (error) {
+      expect((error as Error).name).toBe('ConfigError');
+      expect((error as Error).message).not.toContain('s3cret');
+    }
+    const closedPort = 1; // nothing listens on port 1
+    const bus = new EventBus({
+      transport: new RedisStreamsTransport({ url: `redis://app:s3cret@127.0.0.1:${closedPort}`, reconnect: { initialMs: 20, maxMs: 100 } }),
+      namespace: ns('u'),
+    });
+    try {
+      await bus.ready();
+      const error = await bus.publish(Paid, { order: 'x' }, { timeoutMs: 2_000 }).then(
+        () => undefined,
+        (e: unknown) => e as Error,
+      );
+      expect(error).toMatchObject({ code: 'BROKER_UNAVAILABLE' });
+      expect(error?.message).not.toContain('s3cret');
+      expect(['connecting', 'reconnecting', 'disconnected']).toContain(bus.health().transport.state);
+      expect(JSON.stringify(bus.health())).not.toContain('s3cret');
+    } finally {
+      await bus.close();
+    }
+  });
+
+  it('RedisIdempotencyStore: claim / complete with an atomic effect / duplicate / lost lease', async () => {
+    const scope = `${ns('i')}|g`;
+    const counter = `${scope}:counter`;
+    const store = new RedisIdempotencyStore({ client: admin });
+    try {
+      const first = await store.claim(scope, 'k1', 5_000);
+      expect(first.status).toBe('acquired');
+      expect((await store.claim(scope, 'k1', 5_000)).status).toBe('in-progress');
+      if (first.status !== 'acquired') throw new Error('unreachable');
+      await store.complete(scope, 'k1', first.token, 60_000, [(tx) => void tx.incr(counter)]);
+      expect(await admin.get(counter)).toBe('1');
+      expect(await admin.get(store.keyOf(scope, 'k1'))).toBe('done');
+      expect((await store.claim(scope, 'k1', 5_000)).status).toBe('completed');
+
+      // Lease lost: another holder took the key; the effect must not apply.
+      const a = await store.claim(scope, 'k2', 5_000);
+      if (a.status !== 'acquired') throw new Error('expected acquired');
+      await admin.del(store.keyOf(scope, 'k2')); // as if the lease had expired
+      const b = await store.claim(scope, 'k2', 5_000);
+      expect(b.status).toBe('acquired');
+      await expect(store.complete(scope, 'k2', a.token, 60_000, [(tx) => void tx.incr(counter)])).rejects.toBeInstanceOf(LeaseLostError);
+      await expect(store.extend(scope, 'k2', a.token, 5_000)).rejects.toBeInstanceOf(LeaseLostError);
+      await store.release(scope, 'k2', a.token); // not the holder: a no-op
+      expect(await admin.get(store.keyOf(scope, 'k2'))).not.toBeNull();
+      if (b.status !== 'acquired') throw new Error('expected acquired');
+      await store.extend(scope, 'k2', b.token, 10_000);
+      expect(await admin.pttl(store.keyOf(scope, 'k2'))).toBeGreaterThan(5_000);
+      await store.release(scope, 'k2', b.token);
+      expect(await admin.get(store.keyOf(scope, 'k2'))).toBeNull();
+      expect(await admin.get(counter)).toBe('1');
+    } finally {
+      await store.close();
+      await admin.del(counter, store.keyOf(scope, 'k1'), store.keyOf(scope, 'k2'));
+    }
+  });
+
+  for (const kind of ['redis-streams', 'memory'] as const) {
+    it(`an effect committed with the completion mark happens once per idempotency key (${kind} transport)`, async () => {
+      const namespace = ns('e');
+      const counter = `${namespace}:paid`;
+      const store = new RedisIdempotencyStore({ url });
+      const transport = kind === 'memory' ? new MemoryTransport({ broker: new MemoryBroker() }) : new RedisStreamsTransport({ url });
+      const bus = new EventBus({ transport, namespace, idempotency: { store }, retry: { backoff: FAST } });
+      const spy = new OutcomeSpy(bus);
+      try {
+        let runs = 0;
+        await bus.subscribe(Paid, { group: 'billing', concurrency: 3 }, (_d, ctx) => {
+          runs++;
+          ctx.commitWithCompletion<ChainableCommander>((tx) => void tx.incr(counter));
+        });
+        const receipts = [];
+        for (let i = 0; i < 3; i++) receipts.push(await bus.publish(Paid, { order: 'o-1' }, { idempotencyKey: 'order-o-1' }));
+        const outcomes = await Promise.all(
+          receipts.map((r) =>
+            spy.waitUntil((o) => o.info.id === r.id && (o.outcome.status === 'acked' || o.outcome.status === 'duplicate'), {
+              timeoutMs: 15_000,
+            }),
+          ),
+        );
+        expect(outcomes.filter((o) => o.outcome.status === 'acked')).toHaveLength(1);
+        expect(await admin.get(counter)).toBe('1');
+        expect(runs).toBeLessThanOrEqual(3);
+      } finally {
+        spy.dispose();
+        await bus.close();
+        await store.close();
+        await admin.del(counter);
+        await deleteNamespace(admin, namespace);
+      }
+    });
+  }
+
+  it('a retry waits in the failing group’s delayed set, reaches only that group, and keeps its attempt across a restart', async () => {
+    const namespace = ns('r');
+    const topic = `${namespace}.${Paid.type}`;
+    const stream = streamOf(topic);
+    const mk = () =>
+      new EventBus({
+        transport: new RedisStreamsTransport({ url, retryPollMs: 100 }),
+        namespace,
+        retry: { maxAttempts: 5, backoff: FAST },
+      });
+    const bus1 = mk();
+    const spy1 = new OutcomeSpy(bus1);
+    let bus2: EventBus | undefined;
+    try {
+      const other = new IdSet();
+      await bus1.subscribe(Paid, { group: 'audit' }, (_d, ctx) => void other.add(ctx.id));
+      const failing = await bus1.subscribe(Paid, { group: 'billing' }, (_d, ctx) => ctx.retry({ delayMs: 60_000, reason: 'later' }));
+      const { id } = await bus1.publish(Paid, { order: 'o-2' });
+      await spy1.waitFor(id, { status: 'retried', group: 'billing', timeoutMs: 10_000 });
+      await other.waitFor(1, 10_000, 'audit delivery');
+
+      // Held by Redis: one member in billing's delayed set, carrying attempt 2; nothing pending.
+      const delayed = `${stream}:billing:delayed`;
+      const [member, score] = await admin.zrangeBuffer(delayed, 0, -1, 'WITHSCORES');
+      expect(await admin.zcard(delayed)).toBe(1);
+      expect(Number(score?.toString())).toBeGreaterThan(Date.now() + 30_000);
+      expect(member?.toString('latin1')).toContain('ce_busbarattempt');
+      expect((await admin.xpending(stream, 'billing'))[0]).toBe(0);
+      await failing.close();
+
+      // Make it due now (as time would), then a new process consumes it as attempt 2.
+      await admin.zadd(delayed, 0, member as Buffer);
+      expect(await admin.zcard(delayed)).toBe(1);
+      await bus1.close();
+      bus2 = mk();
+      const spy2 = new OutcomeSpy(bus2);
+      const attempts: number[] = [];
+      await bus2.subscribe(Paid, { group: 'billing' }, (_d, ctx) => void attempts.push(ctx.attempt));
+      await spy2.waitFor(id, { status: 'acked', timeoutMs: 10_000 });
+      spy2.dispose();
+      expect(attempts).toEqual([2]);
+      expect(await admin.xlen(`${stream}:billing:retry`)).toBe(0); // acked retry copies are deleted
+      expect(other.total).toBe(1); // the audit group never saw the retry
+      expect(await admin.exists(`${stream}:audit:delayed`, `${stream}:audit:retry`)).toBeLessThanOrEqual(1);
+      expect(await admin.zcard(`${stream}:audit:delayed`)).toBe(0);
+    } finally {
+      spy1.dispose();
+      await bus1.close();
+      await bus2?.close();
+      await deleteNamespace(admin, namespace);
+    }
+  });
+
+  it('dead letters land in the group’s dlq stream byte-for-byte and replay through the core API', async () => {
+    const namespace = ns('d');
+    const stream = streamOf(`${namespace}.${Paid.type}`);
+    const bus = new EventBus({ transport: new RedisStreamsTransport({ url }), namespace, retry: { backoff: FAST } });
+    const spy = new OutcomeSpy(bus);
+    try {
+      let fail = true;
+      const handled = new IdSet();
+      await bus.subscribe(Paid, { group: 'billing' }, (_d, ctx) => {
+        if (fail) ctx.deadLetter('bad order');
+        handled.add(ctx.id);
+      });
+      const { id } = await bus.publish(Paid, { order: 'o-3' });
+      await spy.waitFor(id, { status: 'dead-lettered', timeoutMs: 10_000 });
+      const rows = (await admin.callBuffer('XRANGE', `${stream}:billing:dlq`, '-', '+')) as [Buffer, Buffer[]][];
+      expect(rows).toHaveLength(1);
+      const dl = rawDecode((rows[0] as [Buffer, Buffer[]])[1]);
+      expect(Buffer.from(dl.body).toString()).toBe(JSON.stringify({ order: 'o-3' }));
+      expect(dl.headers).toMatchObject({ ce_id: id, ce_busbardlreason: 'handler-requested', ce_busbardlgroup: 'billing' });
+      fail = false;
+      const replayed = await bus.deadLetters(Paid, 'billing').replay();
+      expect(replayed.map((d) => d.id)).toEqual([id]);
+      await handled.waitFor(1, 10_000, 'replayed delivery');
+      expect(await admin.xlen(`${stream}:billing:dlq`)).toBe(0);
+    } finally {
+      spy.dispose();
+      await bus.close();
+      await deleteNamespace(admin, namespace);
+    }
+  });
+
+  it("retention 'acked' trims only below what every group has read and acknowledged (XTRIM MINID)", async () => {
+    const namespace = ns('t');
+    const topic = `${namespace}.${Paid.type}`;
+    const stream = streamOf(topic);
+    const transport = new RedisStreamsTransport({ url, retention: { trim: 'acked', intervalMs: 60_000 } });
+    const bus = new EventBus({ transport, namespace, retry: { backoff: FAST } });
+    try {
+      const fast = new IdSet();
+      await bus.subscribe(Paid, { group: 'fast' }, (_d, ctx) => void fast.add(ctx.id));
+      const lagging = await bus.subscribe(Paid, { group: 'lagging' }, () => {});
+      await lagging.close(); // the group exists and has read nothing
+      for (let i = 0; i < 10; i++) await bus.publish(Paid, { order: `o-${i}` });
+      await fast.waitFor(10, 10_000, 'fast group');
+      expect(await transport.trimAcked(topic)).toBe(0); // 'lagging' still has all 10 to read
+      expect(await admin.xlen(stream)).toBe(10);
+
+      const spy = new OutcomeSpy(bus);
+      let held: (() => void) | undefined;
+      const release = new Promise<void>((r) => {
+        held = r;
+      });
+      let first = true;
+      await bus.subscribe(Paid, { group: 'lagging', concurrency: 10 }, async () => {
+        if (first) {
+          first = false;
+          await release; // keep the oldest entry pending
+        }
+      });
+      await spy.waitUntil(
+        (o) =>
+          o.info.group === 'lagging' && o.outcome.status === 'acked' && spy.outcomes.filter((x) => x.info.group === 'lagging').length === 9,
+        { timeoutMs: 10_000 },
+      );
+      expect(await transport.trimAcked(topic)).toBe(0); // the oldest one is still pending
+      held?.();
+      await spy.waitUntil(() => spy.outcomes.filter((x) => x.info.group === 'lagging' && x.outcome.status === 'acked').length === 10, {
+        timeoutMs: 10_000,
+      });
+      spy.dispose();
+      expect(await transport.trimAcked(topic)).toBe(10);
+      expect(await admin.xlen(stream)).toBe(0);
+    } finally {
+      await bus.close();
+      await deleteNamespace(admin, namespace);
+    }
+  });
+});

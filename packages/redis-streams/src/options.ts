@@ -1,0 +1,63 @@
+import type { RedisOptions } from 'ioredis';
+
+/** Retention of the event streams. */
+export type RetentionPolicy =
+  /** Keep every entry (default): the stream grows until you trim it yourself. */
+  | { readonly trim: 'none' }
+  /**
+   * Periodically `XTRIM … MINID` below the oldest entry any group of the stream has still to read
+   * or acknowledge. Entries are never dropped unconsumed by an existing group; a group created
+   * later with `startFrom: 'earliest'` sees only what is left. With no group, nothing is trimmed.
+   */
+  | {
+      readonly trim: 'acked';
+      /** How often each subscription trims its stream, ms. @defaultValue 10000 */
+      readonly intervalMs?: number;
+    };
+
+/** Reconnection backoff (exponential with jitter). */
+export interface ReconnectOptions {
+  /** First delay, ms. @defaultValue 50 */
+  readonly initialMs?: number;
+  /** Largest delay, ms. @defaultValue 5000 */
+  readonly maxMs?: number;
+}
+
+/** Options of {@link RedisStreamsTransport}. */
+export interface RedisStreamsOptions {
+  /**
+   * `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS). Credentials are never logged.
+   * @defaultValue `BUSBAR_REDIS_URL`, else `redis://localhost:6379` (core's `readBusbarEnv`)
+   */
+  url?: string;
+  /**
+   * Passed to ioredis as is (TLS options, ACL `username`/`password`, timeouts …), over the URL.
+   * The transport sets `lazyConnect`, `enableOfflineQueue` and `retryStrategy` itself unless given here.
+   * @defaultValue `{}`
+   */
+  redisOptions?: RedisOptions;
+  /** Prefix of every key. @defaultValue 'busbar' */
+  keyPrefix?: string;
+  /**
+   * Visibility timeout: an entry left pending by a consumer for longer than this is claimed by a
+   * live member of the group (`XAUTOCLAIM`). Keep it above your handlers' run time, or extend the
+   * lease from the handler (`ctx.extendLease`). @defaultValue 30000
+   */
+  claimIdleMs?: number;
+  /** How often a subscription looks for entries to claim, ms. @defaultValue 1000 */
+  claimIntervalMs?: number;
+  /** `BLOCK` time of one `XREADGROUP`, ms (also the longest a stop may wait). @defaultValue 1000 */
+  blockMs?: number;
+  /** Longest interval between two checks of the delayed retry set, ms. @defaultValue 1000 */
+  retryPollMs?: number;
+  /** Retention of the event streams. @defaultValue `{ trim: 'none' }` */
+  retention?: RetentionPolicy;
+  /**
+   * Consumer name of this process's subscriptions. A stable name (e.g. the pod name) lets a
+   * restarted process resume its own pending entries at once instead of after `claimIdleMs`.
+   * @defaultValue `<hostname>-<pid>-<random>`, unique per subscription
+   */
+  consumerName?: string;
+  /** Reconnection backoff. @defaultValue `{ initialMs: 50, maxMs: 5000 }` */
+  reconnect?: ReconnectOptions;
+}

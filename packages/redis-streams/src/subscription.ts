@@ -1,0 +1,514 @@
+import { randomUUID } from 'node:crypto';
+import {
+  BrokerUnavailableError,
+  type Delivery,
+  describeError,
+  Headers,
+  type Logger,
+  type SubscriptionSpec,
+  type TransportSubscription,
+} from '@busbar/core';
+import type { Redis } from 'ioredis';
+import { decodeFields, encodeFields } from './codec.js';
+import type { GroupKeys } from './keys.js';
+import { ACK, CLAIM_OWN, DEAD_LETTER, DROP_CONSUMER, MOVE, RETRY, TRIM_ACKED } from './scripts.js';
+import type { RedisStreamsTransport, ResolvedSettings } from './transport.js';
+
+/** Idle time given to a released entry so that any member's next `XAUTOCLAIM` takes it (one year). */
+const RELEASED_IDLE_MS = 365 * 24 * 3_600_000;
+/** Most delayed retries moved by one run of the mover script. */
+const MOVE_BATCH = 100;
+
+/** @internal */
+export interface SubscriptionOptions {
+  readonly transport: RedisStreamsTransport;
+  readonly client: Redis;
+  readonly settings: ResolvedSettings;
+  readonly spec: SubscriptionSpec;
+  readonly keys: GroupKeys;
+  readonly consumer: string;
+  readonly logger: Logger;
+  readonly onDelivery: (delivery: Delivery) => void;
+  readonly onClosed: (sub: RedisStreamSubscription) => void;
+}
+
+/** One stream entry as read from Redis. */
+interface Entry {
+  readonly stream: string;
+  readonly id: string;
+  /** `null` when the entry was deleted while pending. */
+  readonly fields: Buffer[] | null;
+  /** Redis's delivery count (1 for a first delivery). */
+  deliveryCount: number;
+}
+
+type ReadReply = [Buffer, [Buffer, Buffer[] | null][]][] | null;
+
+/** Attempt carried in the `Headers.attempt` header (1 when absent or invalid). */
+function headerAttempt(headers: Readonly<Record<string, string>>): number {
+  const n = Number(headers[Headers.attempt]);
+  return Number.isInteger(n) && n >= 1 ? n : 1;
+}
+
+/**
+ * @internal One group member: a read loop on a dedicated connection (own pending entries first,
+ * then claims of idle entries, then new entries of the event stream and the group's retry stream),
+ * plus the mover of the group's due retries.
+ */
+export class RedisStreamSubscription implements TransportSubscription {
+  private readonly conn: Redis;
+  private readonly inFlight = new Map<string, { timer?: NodeJS.Timeout }>();
+  private readonly buffer: Entry[] = [];
+  /** Entries settled while a read of pending entries is in flight (its reply may predate the settle). */
+  private settledDuring: Set<string> | undefined;
+  private readonly streams: readonly string[];
+  private clientId: string | undefined;
+  private blocked = false;
+  private stopping = false;
+  private closed = false;
+  private loop: Promise<void> = Promise.resolve();
+  private stopped: Promise<void> | undefined;
+  private waiter: (() => void) | undefined;
+  private needPending = true;
+  private readonly pendingCursor = new Map<string, string>();
+  private readonly claimCursor = new Map<string, string>();
+  private nextClaimAt = 0;
+  private moveTimer: NodeJS.Timeout | undefined;
+  private moveAt = Number.POSITIVE_INFINITY;
+  private trimTimer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly o: SubscriptionOptions) {
+    this.streams = [o.keys.retry, o.keys.stream];
+    this.conn = o.transport.newConnection({
+      enableOfflineQueue: true,
+      // Commands in flight when the connection drops are sent again after the reconnect (without
+      // it ioredis would leave their promises pending forever).
+      autoResendUnfulfilledCommands: true,
+      maxRetriesPerRequest: null,
+      connectionName: `busbar:sub:${o.consumer}`,
+    });
+    // A read whose reply was lost still delivered its entries to this consumer's pending list:
+    // read them again (id 0) once the connection is back.
+    this.conn.on('close', () => {
+      this.needPending = true;
+      this.pendingCursor.clear();
+    });
+    this.conn.on('ready', () => {
+      this.conn.call('CLIENT', 'ID').then(
+        (id) => {
+          this.clientId = String(id);
+        },
+        () => {},
+      );
+    });
+  }
+
+  private get group(): string {
+    return this.o.spec.group;
+  }
+
+  /** Creates the group on the event stream (at `$` or `0`) and on its retry stream (at `0`), then starts reading. */
+  async start(): Promise<void> {
+    await this.ensureGroups(this.o.spec.startFrom === 'earliest' ? '0' : '$');
+    try {
+      await this.conn.connect();
+    } catch (error) {
+      this.conn.disconnect();
+      throw new BrokerUnavailableError(`could not open the consumer connection: ${describeError(error)}`, { cause: error });
+    }
+    this.loop = this.run();
+    this.scheduleMove(0);
+    const retention = this.o.settings.retention;
+    if (retention.trim === 'acked') {
+      this.trimTimer = setInterval(() => void this.trim(), retention.intervalMs ?? 10_000);
+      this.trimTimer.unref();
+    }
+  }
+
+  private async ensureGroups(start: '$' | '0'): Promise<void> {
+    const client = this.o.transport.ready();
+    const create = async (key: string, from: string) => {
+      try {
+        await client.call('XGROUP', 'CREATE', key, this.group, from, 'MKSTREAM');
+      } catch (error) {
+        if (!(error instanceof Error && error.message.startsWith('BUSYGROUP'))) throw error;
+      }
+    };
+    await create(this.o.keys.stream, start);
+    await create(this.o.keys.retry, '0');
+  }
+
+  // ---------------------------------------------------------------- read loop
+
+  private async run(): Promise<void> {
+    let failures = 0;
+    while (!this.stopping) {
+      try {
+        const free = this.o.spec.concurrency - this.inFlight.size;
+        if (free <= 0) {
+          await this.waitForWake(60_000);
+          continue;
+        }
+        if (this.buffer.length > 0) {
+          for (const e of this.buffer.splice(0, free)) this.dispatch(e);
+          continue;
+        }
+        let entries: Entry[];
+        this.settledDuring = new Set();
+        if (this.needPending) {
+          entries = await this.readOwnPending(free);
+          if (entries.length === 0) this.needPending = false;
+        } else if (Date.now() >= this.nextClaimAt) {
+          entries = await this.autoclaim(free);
+        } else {
+          this.settledDuring = undefined;
+          entries = await this.readNew(free);
+        }
+        const settled = this.settledDuring;
+        this.settledDuring = undefined;
+        failures = 0;
+        await this.accept(settled ? entries.filter((e) => !settled.has(`${e.stream}\u0000${e.id}`)) : entries, free);
+      } catch (error) {
+        this.blocked = false;
+        this.settledDuring = undefined;
+        if (this.stopping) break;
+        failures++;
+        this.needPending = true;
+        const text = describeError(error);
+        this.o.logger.warn({ group: this.group, stream: this.o.keys.stream, err: text, failures }, 'redis read failed; retrying');
+        if (text.includes('NOGROUP')) await this.ensureGroups('0').catch(() => {});
+        const { initialMs, maxMs } = this.o.settings.reconnect;
+        const cap = Math.min(maxMs, initialMs * 2 ** Math.min(failures, 16));
+        await this.waitForWake(Math.round(initialMs + Math.random() * Math.max(0, cap - initialMs)));
+      }
+    }
+  }
+
+  private waitForWake(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      const self = this;
+      function done() {
+        clearTimeout(timer);
+        if (self.waiter === done) self.waiter = undefined;
+        resolve();
+      }
+      this.waiter = done;
+    });
+  }
+
+  private wake(): void {
+    this.waiter?.();
+  }
+
+  private known(e: { stream: string; id: string }): boolean {
+    const k = `${e.stream}\u0000${e.id}`;
+    return this.inFlight.has(k) || this.buffer.some((b) => b.stream === e.stream && b.id === e.id);
+  }
+
+  /** Entries this consumer already owns (after a reconnect or a restart under a stable name), `XREADGROUP … 0`. */
+  private async readOwnPending(count: number): Promise<Entry[]> {
+    for (const stream of this.streams) {
+      const cursor = this.pendingCursor.get(stream) ?? '0';
+      const reply = (await this.conn.callBuffer(
+        'XREADGROUP',
+        'GROUP',
+        this.group,
+        this.o.consumer,
+        'COUNT',
+        count,
+        'STREAMS',
+        stream,
+        cursor,
+      )) as ReadReply;
+      const entries = parseRead(reply, 0);
+      const last = entries[entries.length - 1];
+      if (!last) {
+        this.pendingCursor.delete(stream);
+        continue;
+      }
+      this.pendingCursor.set(stream, last.id);
+      await this.fillDeliveryCounts(entries);
+      return entries;
+    }
+    return [];
+  }
+
+  /** Entries idle for longer than `claimIdleMs` in any member's pending list, `XAUTOCLAIM`. */
+  private async autoclaim(count: number): Promise<Entry[]> {
+    const out: Entry[] = [];
+    let complete = true;
+    for (const stream of this.streams) {
+      const cursor = this.claimCursor.get(stream) ?? '0-0';
+      const reply = (await this.conn.callBuffer(
+        'XAUTOCLAIM',
+        stream,
+        this.group,
+        this.o.consumer,
+        this.o.settings.claimIdleMs,
+        cursor,
+        'COUNT',
+        count,
+      )) as [Buffer, [Buffer, Buffer[] | null][], Buffer[]?];
+      const next = reply[0].toString();
+      this.claimCursor.set(stream, next);
+      if (next !== '0-0') complete = false;
+      for (const [id, fields] of reply[1]) out.push({ stream, id: id.toString(), fields, deliveryCount: 1 });
+    }
+    if (complete) this.nextClaimAt = Date.now() + this.o.settings.claimIntervalMs;
+    if (out.length > 0) {
+      await this.fillDeliveryCounts(out);
+      this.o.logger.info({ group: this.group, stream: this.o.keys.stream, claimed: out.length }, 'claimed idle entries of the group');
+    }
+    return out;
+  }
+
+  /** New entries of the event stream and the group's retry stream, `XREADGROUP … BLOCK … > >`. */
+  private async readNew(count: number): Promise<Entry[]> {
+    const block = Math.max(1, Math.min(this.o.settings.blockMs, this.nextClaimAt - Date.now()));
+    this.blocked = true;
+    try {
+      const reply = (await this.conn.callBuffer(
+        'XREADGROUP',
+        'GROUP',
+        this.group,
+        this.o.consumer,
+        'COUNT',
+        count,
+        'BLOCK',
+        block,
+        'STREAMS',
+        ...this.streams,
+        '>',
+        '>',
+      )) as ReadReply;
+      return parseRead(reply, 1);
+    } finally {
+      this.blocked = false;
+    }
+  }
+
+  private async fillDeliveryCounts(entries: Entry[]): Promise<void> {
+    const pipeline = this.conn.pipeline();
+    for (const e of entries) pipeline.call('XPENDING', e.stream, this.group, e.id, e.id, 1);
+    const replies = (await pipeline.exec()) ?? [];
+    entries.forEach((e, i) => {
+      const row = (replies[i]?.[1] as [string, string, number, number][] | undefined)?.[0];
+      if (row) e.deliveryCount = Number(row[3]);
+    });
+  }
+
+  /** Hands over up to `free` entries, keeps the rest for later; releases everything when stopping. */
+  private async accept(entries: Entry[], free: number): Promise<void> {
+    let slots = free;
+    for (const e of entries) {
+      if (this.known(e)) continue;
+      if (e.fields === null) {
+        // Deleted while pending (trimmed or replaced): nothing to deliver, clear it from the group.
+        await this.o.client.call('XACK', e.stream, this.group, e.id).catch(() => {});
+        continue;
+      }
+      if (this.stopping) {
+        await this.releaseEntry(e).catch(() => {});
+      } else if (slots > 0) {
+        slots--;
+        this.dispatch(e);
+      } else {
+        this.buffer.push(e);
+      }
+    }
+  }
+
+  private releaseEntry(e: Entry): Promise<unknown> {
+    return CLAIM_OWN.run(
+      this.o.transport.ready(),
+      [e.stream],
+      [this.group, e.id, this.o.consumer, RELEASED_IDLE_MS, String(Math.max(0, e.deliveryCount - 1))],
+    );
+  }
+
+  // ---------------------------------------------------------------- deliveries
+
+  private dispatch(e: Entry): void {
+    const message = decodeFields(e.fields ?? []);
+    const attempt = headerAttempt(message.headers) + Math.max(0, e.deliveryCount - 1);
+    const key = `${e.stream}\u0000${e.id}`;
+    const slot: { timer?: NodeJS.Timeout } = {};
+    this.inFlight.set(key, slot);
+    const isRetryStream = e.stream === this.o.keys.retry ? '1' : '0';
+    const { group, consumer } = { group: this.group, consumer: this.o.consumer };
+    let settled = false;
+    const settle = async (op: (client: Redis) => Promise<void>): Promise<void> => {
+      if (settled) throw new Error(`delivery ${e.id} was already settled`);
+      settled = true;
+      clearInterval(slot.timer);
+      try {
+        await op(this.o.transport.ready());
+      } catch (error) {
+        this.needPending = true; // still pending in Redis: read it again once Redis answers
+        throw error;
+      } finally {
+        this.inFlight.delete(key);
+        this.settledDuring?.add(key);
+        this.wake();
+      }
+    };
+    const claimOwn = async (idleMs: number, retryCount: string): Promise<void> => {
+      const owned = await CLAIM_OWN.run(
+        this.o.transport.ready(),
+        [e.stream],
+        [group, e.id, consumer, Math.max(0, Math.round(idleMs)), retryCount],
+      );
+      if (Number(owned) !== 1) throw new Error(`lease of ${e.stream} ${e.id} was lost: another consumer claimed it`);
+    };
+    const delivery: Delivery = {
+      headers: message.headers,
+      body: message.body,
+      attempt,
+      position: `${e.stream}/${e.id}`,
+      key: message.headers[Headers.partitionKey],
+      ack: () =>
+        settle(async (client) => {
+          await ACK.run(client, [e.stream], [group, e.id, isRetryStream]);
+        }),
+      retry: (delayMs, extraHeaders) =>
+        settle(async (client) => {
+          const delay = Math.max(0, Math.round(delayMs));
+          const headers = { ...message.headers, ...extraHeaders, [Headers.attempt]: String(attempt + 1) };
+          const done = await RETRY.run(
+            client,
+            [e.stream, this.o.keys.delayed],
+            [group, e.id, consumer, delay, isRetryStream, randomUUID(), ...encodeFields(headers, message.body)],
+          );
+          if (Number(done) === 1) this.scheduleMove(delay);
+        }),
+      deadLetter: (deadLetterHeaders) =>
+        settle(async (client) => {
+          await DEAD_LETTER.run(
+            client,
+            [e.stream, this.o.keys.dlq],
+            [group, e.id, consumer, isRetryStream, ...encodeFields({ ...message.headers, ...deadLetterHeaders }, message.body)],
+          );
+        }),
+      release: () =>
+        settle(async () => {
+          await claimOwn(RELEASED_IDLE_MS, String(Math.max(0, e.deliveryCount - 1)));
+        }),
+      extendLease: async (ms) => {
+        if (settled) return;
+        const idle = this.o.settings.claimIdleMs;
+        clearInterval(slot.timer);
+        await claimOwn(idle - Math.min(ms, idle), '');
+        if (ms <= idle) return;
+        // Redis idles count from the last claim: keep re-claiming until `ms` is covered.
+        const until = Date.now() + ms;
+        slot.timer = setInterval(() => {
+          const left = until - Date.now();
+          if (left <= idle) clearInterval(slot.timer);
+          claimOwn(idle - Math.min(Math.max(0, left), idle), '').catch((error: unknown) => {
+            clearInterval(slot.timer);
+            this.o.logger.warn({ group, position: delivery.position, err: describeError(error) }, 'could not extend the lease');
+          });
+        }, idle / 2);
+        slot.timer.unref();
+      },
+    };
+    this.o.onDelivery(delivery);
+  }
+
+  // ---------------------------------------------------------------- retries and retention
+
+  /** Runs the mover in `inMs` (earlier than an already scheduled run only). */
+  private scheduleMove(inMs: number): void {
+    if (this.closed) return;
+    const at = Date.now() + Math.max(0, inMs);
+    if (this.moveTimer !== undefined && this.moveAt <= at) return;
+    clearTimeout(this.moveTimer);
+    this.moveAt = at;
+    this.moveTimer = setTimeout(() => void this.move(), Math.max(0, inMs));
+    this.moveTimer.unref();
+  }
+
+  private async move(): Promise<void> {
+    this.moveTimer = undefined;
+    this.moveAt = Number.POSITIVE_INFINITY;
+    if (this.closed) return;
+    let next = this.o.settings.retryPollMs;
+    try {
+      const [moved, wait] = (await MOVE.run(this.o.transport.ready(), [this.o.keys.delayed, this.o.keys.retry], [MOVE_BATCH])) as [
+        number,
+        number,
+      ];
+      if (moved >= MOVE_BATCH) next = 0;
+      else if (wait >= 0) next = Math.min(wait, next);
+    } catch (error) {
+      this.o.logger.debug({ group: this.group, err: describeError(error) }, 'retry mover failed; trying again');
+    }
+    this.scheduleMove(next);
+  }
+
+  private async trim(): Promise<void> {
+    try {
+      await TRIM_ACKED.run(this.o.transport.ready(), [this.o.keys.stream], []);
+    } catch (error) {
+      this.o.logger.debug({ stream: this.o.keys.stream, err: describeError(error) }, 'trim failed');
+    }
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  stop(): Promise<void> {
+    if (this.stopped) return this.stopped;
+    this.stopping = true;
+    this.stopped = (async () => {
+      this.wake();
+      let done = false;
+      void this.loop.finally(() => {
+        done = true;
+      });
+      const deadline = Date.now() + this.o.settings.blockMs + 1_000;
+      while (!done && Date.now() < deadline) {
+        if (this.blocked && this.clientId !== undefined) {
+          await this.o.client.call('CLIENT', 'UNBLOCK', this.clientId).catch(() => {});
+        }
+        await Promise.race([this.loop, new Promise((r) => setTimeout(r, 50))]);
+      }
+      if (!done) {
+        // Redis unreachable: drop the connection. A read still queued in ioredis may never settle,
+        // so wait only briefly; anything it returns later is released, not delivered (stopping).
+        this.conn.disconnect();
+        await Promise.race([this.loop, new Promise((r) => setTimeout(r, 1_000).unref())]);
+      }
+      const buffered = this.buffer.splice(0);
+      await Promise.allSettled(buffered.map((e) => this.releaseEntry(e)));
+    })();
+    return this.stopped;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.stop();
+    this.closed = true;
+    clearTimeout(this.moveTimer);
+    clearInterval(this.trimTimer);
+    for (const slot of this.inFlight.values()) clearInterval(slot.timer);
+    try {
+      const client = this.o.transport.ready();
+      for (const stream of this.streams) await DROP_CONSUMER.run(client, [stream], [this.group, this.o.consumer]);
+    } catch {
+      // best effort: an empty consumer left behind costs nothing
+    }
+    if (this.conn.status === 'ready') await this.conn.quit().catch(() => this.conn.disconnect());
+    else this.conn.disconnect();
+    this.o.onClosed(this);
+  }
+}
+
+function parseRead(reply: ReadReply, deliveryCount: number): Entry[] {
+  const out: Entry[] = [];
+  for (const [streamBuf, rows] of reply ?? []) {
+    const stream = streamBuf.toString();
+    for (const [id, fields] of rows) out.push({ stream, id: id.toString(), fields, deliveryCount });
+  }
+  return out;
+}

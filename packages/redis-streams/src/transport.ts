@@ -1,0 +1,321 @@
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
+import {
+  BrokerUnavailableError,
+  ConfigError,
+  type ConnectionState,
+  checkBrokerName,
+  type DeadLetterScan,
+  type DeadLetterTarget,
+  type Delivery,
+  describeError,
+  type Logger,
+  type OutgoingMessage,
+  type PublishOutcome,
+  PublishRejectedError,
+  readBusbarEnv,
+  redact,
+  type StoredDeadLetter,
+  type SubscriptionSpec,
+  silentLogger,
+  type Transport,
+  type TransportCapabilities,
+  type TransportContext,
+  type TransportHealth,
+  type TransportSubscription,
+} from '@busbar/core';
+import { Redis, type RedisOptions } from 'ioredis';
+import { decodeFields, encodeFields } from './codec.js';
+import { groupKeys, streamKey } from './keys.js';
+import type { RedisStreamsOptions, RetentionPolicy } from './options.js';
+import { REPLAY, TRIM_ACKED } from './scripts.js';
+import { RedisStreamSubscription } from './subscription.js';
+
+/** What the Redis Streams transport can do. */
+export const REDIS_STREAMS_CAPABILITIES: TransportCapabilities = {
+  durability: 'configurable',
+  orderedByKey: false,
+  newGroupFromEarliest: true,
+  balancedAssignment: false,
+  leaseExtension: true,
+  maxRetryDelayMs: 365 * 24 * 3_600_000,
+  maxNameLength: 512,
+  namePattern: /^[A-Za-z0-9._-]+$/,
+};
+
+/** Redis errors a later attempt may get past (the server is loading, read-only, out of memory …). */
+const TRANSIENT = /^(OOM|LOADING|READONLY|BUSY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN|NOREPLICAS)/;
+
+/** @internal Settings the subscriptions share. */
+export interface ResolvedSettings {
+  readonly keyPrefix: string;
+  readonly claimIdleMs: number;
+  readonly claimIntervalMs: number;
+  readonly blockMs: number;
+  readonly retryPollMs: number;
+  readonly retention: RetentionPolicy;
+  readonly reconnect: { readonly initialMs: number; readonly maxMs: number };
+}
+
+/**
+ * Busbar transport on Redis Streams (ioredis).
+ *
+ * - One stream per event type, `<prefix>:{<topic>}`; `publish` pipelines one `XADD` per message and
+ *   resolves each on its reply (durable as the server's AOF settings make it — see the README).
+ * - A group is a Redis consumer group; each subscription reads with `XREADGROUP … BLOCK` on its own
+ *   connection, at most `concurrency` entries in flight, and `XACK`s after the handler settled.
+ * - Entries left pending by a crashed consumer are claimed after `claimIdleMs` (`XAUTOCLAIM`); the
+ *   attempt number adds Redis's delivery count to the attempt carried in the headers.
+ * - Retries wait in a per-group sorted set and move, when due, to the group's own retry stream;
+ *   dead letters go to the group's dead-letter stream. Both are single Lua scripts.
+ */
+export class RedisStreamsTransport implements Transport {
+  /** Transport name. */
+  readonly name = 'redis-streams';
+  /** See {@link REDIS_STREAMS_CAPABILITIES}. */
+  readonly capabilities = REDIS_STREAMS_CAPABILITIES;
+  private readonly settings: ResolvedSettings;
+  private readonly url: string;
+  private readonly redisOptions: RedisOptions;
+  private readonly consumerBase: string | undefined;
+  private client: Redis | undefined;
+  private context: TransportContext | undefined;
+  private state: ConnectionState = 'disconnected';
+  private lastError: string | undefined;
+  private closed = false;
+  private readonly subscriptions = new Set<RedisStreamSubscription>();
+  private readonly consumerSeq = new Map<string, number>();
+
+  constructor(options: RedisStreamsOptions = {}) {
+    this.url = options.url ?? readBusbarEnv().redisUrl;
+    if (!/^rediss?:\/\//i.test(this.url))
+      throw new ConfigError(`Redis URL must start with redis:// or rediss://, got "${redact(this.url)}"`);
+    try {
+      new URL(this.url);
+    } catch (error) {
+      throw new ConfigError(`invalid Redis URL "${redact(this.url)}"`, { cause: error });
+    }
+    const positive = (n: number, name: string) => {
+      if (!Number.isFinite(n) || n <= 0) throw new ConfigError(`${name} must be a positive number, got ${n}`);
+      return n;
+    };
+    const keyPrefix = options.keyPrefix ?? 'busbar';
+    if (!/^[A-Za-z0-9._:-]{1,64}$/.test(keyPrefix)) throw new ConfigError(`keyPrefix "${keyPrefix}" must match [A-Za-z0-9._:-]{1,64}`);
+    const retention = options.retention ?? { trim: 'none' };
+    if (retention.trim !== 'none' && retention.trim !== 'acked') throw new ConfigError(`retention.trim must be 'none' or 'acked'`);
+    this.settings = {
+      keyPrefix,
+      claimIdleMs: positive(options.claimIdleMs ?? 30_000, 'claimIdleMs'),
+      claimIntervalMs: positive(options.claimIntervalMs ?? 1_000, 'claimIntervalMs'),
+      blockMs: positive(options.blockMs ?? 1_000, 'blockMs'),
+      retryPollMs: positive(options.retryPollMs ?? 1_000, 'retryPollMs'),
+      retention,
+      reconnect: {
+        initialMs: positive(options.reconnect?.initialMs ?? 50, 'reconnect.initialMs'),
+        maxMs: positive(options.reconnect?.maxMs ?? 5_000, 'reconnect.maxMs'),
+      },
+    };
+    this.redisOptions = options.redisOptions ?? {};
+    this.consumerBase = options.consumerName;
+  }
+
+  private get logger(): Logger {
+    return this.context?.logger ?? silentLogger;
+  }
+
+  /** ioredis `retryStrategy`: exponential backoff with full jitter, never giving up. */
+  private retryStrategy = (times: number): number => {
+    const { initialMs, maxMs } = this.settings.reconnect;
+    const cap = Math.min(maxMs, initialMs * 2 ** Math.min(times, 16));
+    return Math.round(initialMs + Math.random() * Math.max(0, cap - initialMs));
+  };
+
+  /** @internal Options of a new connection (`overrides` win over the user's options). */
+  connectionOptions(overrides: RedisOptions): RedisOptions {
+    return {
+      retryStrategy: this.retryStrategy,
+      ...this.redisOptions,
+      ...overrides,
+      lazyConnect: true,
+    };
+  }
+
+  /** @internal A new connection to the same server. */
+  newConnection(overrides: RedisOptions): Redis {
+    const conn = new Redis(this.url, this.connectionOptions(overrides));
+    conn.on('error', (error: unknown) => {
+      this.logger.debug({ err: describeError(error) }, 'redis connection error');
+    });
+    return conn;
+  }
+
+  /** Opens the command connection; when Redis is down it keeps reconnecting in the background instead of throwing. */
+  async connect(context: TransportContext): Promise<void> {
+    if (this.client) return;
+    this.context = context;
+    // No offline queue: a publish while Redis is unreachable fails at once (BrokerUnavailableError).
+    // Commands already in flight when the connection drops are sent again after the reconnect
+    // (settle scripts are idempotent: each checks the entry is still this consumer's).
+    const client = this.newConnection({ enableOfflineQueue: false, connectionName: 'busbar:main' });
+    this.client = client;
+    client.on('ready', () => this.setState('connected'));
+    client.on('reconnecting', () => this.setState('reconnecting'));
+    client.on('close', () => {
+      if (!this.closed) this.setState('reconnecting');
+    });
+    client.on('end', () => this.setState(this.closed ? 'closed' : 'disconnected'));
+    client.on('error', (error: unknown) => {
+      this.lastError = describeError(error);
+    });
+    this.setState('connecting');
+    try {
+      await client.connect();
+    } catch (error) {
+      // ioredis keeps reconnecting (retryStrategy); publishes fail with BrokerUnavailableError meanwhile.
+      this.lastError = describeError(error);
+      this.logger.warn({ err: this.lastError }, 'redis is not reachable yet; reconnecting in the background');
+    }
+  }
+
+  private setState(state: ConnectionState): void {
+    if (this.state === state) return;
+    this.state = state;
+    const detail = state === 'reconnecting' || state === 'disconnected' ? this.lastError : undefined;
+    this.context?.emit({ kind: 'connection', state, ...(detail === undefined ? {} : { detail }) });
+  }
+
+  /** @internal The command connection, or BrokerUnavailableError when it is not ready. */
+  ready(): Redis {
+    const client = this.client;
+    if (!client) throw new BrokerUnavailableError('redis transport is not connected (call connect first)');
+    if (this.closed) throw new BrokerUnavailableError('redis transport is closed');
+    if (client.status !== 'ready') {
+      throw new BrokerUnavailableError(
+        `redis is not reachable (connection ${client.status})${this.lastError ? `: ${this.lastError}` : ''}`,
+      );
+    }
+    return client;
+  }
+
+  /** One pipeline of `XADD`s; each message resolves on its own reply. `BrokerUnavailableError` while disconnected. */
+  async publish(batch: readonly OutgoingMessage[], signal: AbortSignal): Promise<readonly PublishOutcome[]> {
+    if (signal.aborted) throw new BrokerUnavailableError('publish aborted before it was sent');
+    const client = this.ready();
+    const pipeline = client.pipeline();
+    for (const m of batch) {
+      pipeline.xadd(
+        streamKey(this.settings.keyPrefix, checkBrokerName(m.topic, this.capabilities, 'topic')),
+        '*',
+        ...encodeFields(m.headers, m.body),
+      );
+    }
+    let onAbort: (() => void) | undefined;
+    const aborted = new Promise<never>((_, reject) => {
+      onAbort = () => reject(new BrokerUnavailableError('publish aborted while waiting for redis'));
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+    try {
+      const replies = await Promise.race([pipeline.exec(), aborted]);
+      if (!replies) throw new BrokerUnavailableError('redis returned no reply for the pipeline');
+      return batch.map((m, i): PublishOutcome => {
+        const error = replies[i]?.[0];
+        if (!error) return { ok: true };
+        const message = `XADD of ${m.id} to ${m.topic} failed: ${describeError(error)}`;
+        return {
+          ok: false,
+          error: TRANSIENT.test(error.message) ? new BrokerUnavailableError(message) : new PublishRejectedError(message),
+        };
+      });
+    } finally {
+      if (onAbort) signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** Creates the group (once) on the event stream and the group's retry stream, then starts a member on its own connection. */
+  async subscribe(spec: SubscriptionSpec, onDelivery: (delivery: Delivery) => void): Promise<TransportSubscription> {
+    checkBrokerName(spec.topic, this.capabilities, 'topic');
+    checkBrokerName(spec.group, this.capabilities, 'group');
+    const client = this.ready();
+    const keys = groupKeys(this.settings.keyPrefix, spec.topic, spec.group);
+    const sub = new RedisStreamSubscription({
+      transport: this,
+      client,
+      settings: this.settings,
+      spec,
+      keys,
+      consumer: this.consumerName(keys.stream, spec.group),
+      logger: this.logger,
+      onDelivery,
+      onClosed: (s) => this.subscriptions.delete(s),
+    });
+    await sub.start();
+    this.subscriptions.add(sub);
+    return sub;
+  }
+
+  private consumerName(stream: string, group: string): string {
+    if (this.consumerBase === undefined) return `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
+    const id = `${stream}\u0000${group}`;
+    const n = (this.consumerSeq.get(id) ?? 0) + 1;
+    this.consumerSeq.set(id, n);
+    return n === 1 ? this.consumerBase : `${this.consumerBase}-${n}`;
+  }
+
+  /** Walks the group's dlq stream oldest first; each selected dead letter moves atomically to the group's retry stream. */
+  async processDeadLetters(target: DeadLetterTarget, scan: DeadLetterScan): Promise<readonly StoredDeadLetter[]> {
+    const client = this.ready();
+    const keys = groupKeys(this.settings.keyPrefix, target.topic, target.group);
+    const selected: StoredDeadLetter[] = [];
+    let from = '-';
+    while (selected.length < scan.limit) {
+      const page = (await client.callBuffer('XRANGE', keys.dlq, from, '+', 'COUNT', 100)) as [Buffer, Buffer[]][];
+      if (page.length === 0) break;
+      for (const [idBuf, fields] of page) {
+        const handle = idBuf.toString();
+        const stored: StoredDeadLetter = { ...decodeFields(fields), handle };
+        const headers = scan.select(stored);
+        if (headers === undefined) continue;
+        selected.push(stored);
+        if (!scan.dryRun) {
+          await REPLAY.run(client, [keys.dlq, keys.retry], [handle, ...encodeFields(headers, stored.body)]);
+        }
+        if (selected.length >= scan.limit) break;
+      }
+      const last = page[page.length - 1]?.[0].toString() as string;
+      from = `(${last}`;
+    }
+    return selected;
+  }
+
+  /**
+   * Trims the stream of `topic` below the oldest entry any of its groups has still to read or
+   * acknowledge (`XTRIM MINID`). Runs on its own with `retention: { trim: 'acked' }`.
+   * @returns the number of entries removed
+   */
+  async trimAcked(topic: string): Promise<number> {
+    const client = this.ready();
+    return Number(
+      await TRIM_ACKED.run(client, [streamKey(this.settings.keyPrefix, checkBrokerName(topic, this.capabilities, 'topic'))], []),
+    );
+  }
+
+  /** Connection state of the command connection and its last error (credential-free). */
+  health(): TransportHealth {
+    return this.lastError && this.state !== 'connected' ? { state: this.state, detail: this.lastError } : { state: this.state };
+  }
+
+  /** Closes every subscription, then the command connection. Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await Promise.allSettled([...this.subscriptions].map((s) => s.close()));
+    this.closed = true;
+    const client = this.client;
+    if (!client) {
+      this.setState('closed');
+      return;
+    }
+    if (client.status === 'ready') await client.quit().catch(() => client.disconnect());
+    else client.disconnect();
+    this.setState('closed');
+  }
+}
