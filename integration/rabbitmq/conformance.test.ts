@@ -1,0 +1,38 @@
+/**
+ * The shared conformance suite on a real RabbitMQ (found by `brokerForTests('rabbitmq')`), then the
+ * RabbitMQ-specific tests — in one file so they run after the suite, never beside it (one of them
+ * force-closes connections). The raw client is plain amqplib speaking the CloudEvents AMQP binding;
+ * cleanup deletes the queues and exchanges the case's transports (and raw clients) declared.
+ */
+import { runConformance } from '@busbar/conformance';
+import { afterAll, describe, expect, it } from 'vitest';
+import { brokerForTests } from '../brokers/resolve.js';
+import { createRawClient, TransportRegistry } from './kit.js';
+import { rabbitmqSpecificTests } from './rabbitmq-specific.js';
+
+const broker = await brokerForTests('rabbitmq');
+const url = broker?.url ?? '';
+
+describe.skipIf(!broker)('rabbitmq', () => {
+  const registry = new TransportRegistry(url);
+  const started = performance.now();
+
+  afterAll(async () => {
+    console.info(`[rabbitmq] suite wall time ${((performance.now() - started) / 1000).toFixed(1)} s`);
+    await broker?.stop();
+  });
+
+  runConformance({
+    name: 'rabbitmq',
+    createTransport: () => registry.create(),
+    createRawClient: () => createRawClient(url, registry),
+    cleanup: (namespace) => registry.cleanup(namespace),
+    deliveryTimeoutMs: 15_000,
+  });
+
+  rabbitmqSpecificTests(url, registry);
+
+  it('hygiene: no queue or exchange declared by this file is left on the broker', async () => {
+    expect(await registry.leftovers('')).toEqual([]);
+  });
+});

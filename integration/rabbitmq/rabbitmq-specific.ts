@@ -1,0 +1,351 @@
+/**
+ * RabbitMQ-specific tests: what the shared suite cannot see — the declared topology (queue types and
+ * arguments as the broker reports them), verify-only mode, unroutable publishes, CloudEvents AMQP
+ * interoperability, channel errors, and forced connection closes (`rabbitmqctl close_connection`)
+ * mid-stream. Registered by conformance.test.ts after the suite.
+ */
+import {
+  BrokerUnavailableError,
+  type BusOptions,
+  defineEvent,
+  EventBus,
+  Headers,
+  isBusError,
+  OutcomeSpy,
+  PublishRejectedError,
+  TimeoutError,
+  TopologyError,
+  withTimeout,
+} from '@busbar/core';
+import type { RabbitMqOptions } from '@busbar/rabbitmq';
+import { type ConsumeMessage, connect } from 'amqplib';
+import { afterEach, describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import {
+  bindingProperties,
+  closeConnectionsNamed,
+  listQueues,
+  rabbitmqctl,
+  rabbitmqctlAvailable,
+  readBinding,
+  type TransportRegistry,
+} from './kit.js';
+
+const Ping = defineEvent({ type: 'rmq.ping', schema: z.object({ n: z.number().int() }) });
+const RUN = `rmq${Date.now().toString(36).slice(-5)}`;
+let seq = 0;
+const T = 15_000;
+
+/** Resolves when `check()` holds after an event of `bus`, bounded. */
+function until<T>(label: string, ms: number, start: (done: (v: T) => void) => void): Promise<T> {
+  return withTimeout(() => new Promise<T>((resolve) => start(resolve)), { ms, label });
+}
+
+export function rabbitmqSpecificTests(url: string, registry: TransportRegistry): void {
+  describe('rabbitmq-specific', () => {
+    const buses: EventBus[] = [];
+    const namespaces: string[] = [];
+    const ctlReady = rabbitmqctlAvailable();
+
+    afterEach(async () => {
+      await Promise.allSettled(buses.splice(0).map((b) => b.close({ timeoutMs: 500 })));
+      await Promise.all(namespaces.splice(0).map((ns) => registry.cleanup(ns)));
+    });
+
+    const namespace = (): string => {
+      const ns = `${RUN}x${++seq}`;
+      namespaces.push(ns);
+      return ns;
+    };
+    const bus = async (ns: string, transport: RabbitMqOptions = {}, options: Partial<BusOptions> = {}): Promise<EventBus> => {
+      const b = new EventBus({ namespace: ns, transport: registry.create(transport), closeTimeoutMs: 1000, ...options });
+      buses.push(b);
+      await b.ready();
+      return b;
+    };
+
+    it('declares a durable topic exchange and quorum queues with the documented arguments (classic on request)', async () => {
+      const ns = namespace();
+      const b = await bus(ns);
+      const spy = new OutcomeSpy(b);
+      await b.subscribe(
+        Ping,
+        { group: 'billing', retry: { maxAttempts: 2, backoff: { initialMs: 30, maxMs: 30, minMs: 30, jitter: 'none' } } },
+        () => {
+          throw new Error('fails once, then dead-letters');
+        },
+      );
+      const { id } = await b.publish(Ping, { n: 1 });
+      await spy.waitFor(id, { status: 'dead-lettered', timeoutMs: T });
+      const classicNs = namespace();
+      const c = await bus(classicNs, { queueType: 'classic' });
+      await c.subscribe(Ping, { group: 'audit' }, () => {});
+      spy.dispose();
+
+      const topic = b.topicOf(Ping);
+      const [queues, exchanges] = await Promise.all([
+        listQueues(RUN),
+        rabbitmqctl('list_exchanges', 'name', 'type', 'durable', '-q', '--no-table-headers'),
+      ]);
+      const q = (name: string) => {
+        const row = queues.find((r) => r.name === name);
+        expect(row, `queue ${name} (have ${queues.map((r) => r.name).join(', ')})`).toBeDefined();
+        return row as NonNullable<typeof row>;
+      };
+      expect(exchanges.split('\n')).toContain(`${topic}\ttopic\ttrue`);
+      const main = q(`${topic}:billing`);
+      expect(main).toMatchObject({ durable: true, type: 'quorum' });
+      expect(main.arguments).toContain('x-delivery-limit');
+      expect(main.arguments).toContain(`${topic}:billing:dlq`);
+      expect(main.arguments).toContain('at-least-once');
+      expect(q(`${topic}:billing:dlq`)).toMatchObject({ durable: true, type: 'quorum' });
+      const delay = q(`${topic}:billing:delay:50`);
+      expect(delay).toMatchObject({ durable: true, type: 'quorum' });
+      for (const part of ['x-message-ttl', '50', 'x-dead-letter-routing-key', `${topic}:billing"`, 'at-least-once', 'reject-publish']) {
+        expect(delay.arguments).toContain(part);
+      }
+      expect(q(`${c.topicOf(Ping)}:audit`)).toMatchObject({ durable: true, type: 'classic' });
+    });
+
+    it('verify-only mode checks the topology and fails with TopologyError on a mismatch', async () => {
+      const ns = namespace();
+      const verify = await bus(ns, { topology: 'verify' });
+      await expect(verify.subscribe(Ping, { group: 'g' }, () => {})).rejects.toBeInstanceOf(TopologyError);
+      await expect(verify.publish(Ping, { n: 1 })).rejects.toBeInstanceOf(TopologyError);
+      // Declared by another (declaring) instance: verify mode now passes and consumes.
+      const declare = await bus(ns);
+      await (await declare.subscribe(Ping, { group: 'g' }, () => {})).close();
+      const got = new Promise<number>((resolve) => {
+        void verify.subscribe(Ping, { group: 'g' }, (d) => resolve(d.n));
+      });
+      await verify.publish(Ping, { n: 7 });
+      expect(await withTimeout(() => got, { ms: T, label: 'delivery in verify mode' })).toBe(7);
+      // Same names, other queue type: the arguments do not match.
+      const classicVerify = await bus(ns, { topology: 'verify', queueType: 'classic' });
+      await expect(classicVerify.subscribe(Ping, { group: 'g' }, () => {})).rejects.toBeInstanceOf(TopologyError);
+      // Declaring over an inequivalent queue is a TopologyError too, and the process lives on.
+      const classicDeclare = await bus(ns, { queueType: 'classic' });
+      await expect(classicDeclare.subscribe(Ping, { group: 'g' }, () => {})).rejects.toBeInstanceOf(TopologyError);
+      await (await classicDeclare.subscribe(Ping, { group: 'other' }, () => {})).close();
+    });
+
+    it('an unroutable publish (no group bound) is rejected with PublishRejectedError, not lost silently', async () => {
+      const b = await bus(namespace());
+      const err = await b.publish(Ping, { n: 1 }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(PublishRejectedError);
+      expect(String((err as Error).message)).toContain('no queue is bound');
+      // Many at once: every one gets its own outcome, all rejected.
+      const settled = await Promise.allSettled(Array.from({ length: 20 }, (_, n) => b.publish(Ping, { n })));
+      expect(settled.every((s) => s.status === 'rejected' && s.reason instanceof PublishRejectedError)).toBe(true);
+    });
+
+    it('speaks the CloudEvents AMQP binding both ways (cloudEvents_ and legacy cloudEvents: prefixes)', async () => {
+      const ns = namespace();
+      const b = await bus(ns);
+      const topic = b.topicOf(Ping);
+      const got = new Map<string, { n: number; headers: Record<string, string> }>();
+      let notify: () => void = () => {};
+      await b.subscribe(Ping, { group: 'g' }, (d, ctx) => {
+        got.set(ctx.id, { n: d.n, headers: { ...ctx.headers } });
+        notify();
+      });
+      const conn = await connect(url);
+      try {
+        const ch = await conn.createConfirmChannel();
+        // A foreign consumer bound to the exchange reads our publish as a binding-aware reader.
+        const { queue } = await ch.assertQueue('', { exclusive: true });
+        await ch.bindQueue(queue, topic, '#');
+        const seen = new Promise<ConsumeMessage>((resolve) => {
+          void ch.consume(queue, (m) => m && resolve(m), { noAck: true });
+        });
+        const receipt = await b.publish(Ping, { n: 1 }, { headers: { 'x-user': 'u1' } });
+        const msg = await withTimeout(() => seen, { ms: T, label: 'foreign consumer' });
+        expect(msg.properties.messageId).toBe(receipt.id);
+        expect(msg.properties.contentType).toBe('application/json');
+        expect(msg.properties.deliveryMode).toBe(2);
+        expect(msg.properties.headers?.cloudEvents_id).toBe(receipt.id);
+        expect(msg.properties.headers?.cloudEvents_type).toBe(Ping.type);
+        expect(msg.properties.headers?.cloudEvents_specversion).toBe('1.0');
+        expect(msg.properties.headers?.['x-user']).toBe('u1');
+        expect(Object.keys(msg.properties.headers ?? {}).filter((k) => k.startsWith('ce_'))).toEqual([]);
+        expect(readBinding(msg).headers[Headers.id]).toBe(receipt.id);
+        // A foreign producer using the older `cloudEvents:` prefix is understood.
+        const id = `${RUN}-legacy`;
+        const headers = {
+          ce_id: id,
+          ce_source: 'urn:foreign',
+          ce_specversion: '1.0',
+          ce_type: Ping.type,
+          ce_time: new Date().toISOString(),
+          'content-type': 'application/json',
+          'x-from': 'foreign',
+        };
+        const arrived = until<void>('legacy-prefix message', T, (done) => {
+          notify = () => got.has(id) && done();
+        });
+        await new Promise<void>((resolve, reject) =>
+          ch.publish(topic, topic, Buffer.from('{"n":5}'), bindingProperties(headers, 'cloudEvents:'), (e: unknown) =>
+            e ? reject(e) : resolve(),
+          ),
+        );
+        await arrived;
+        expect(got.get(id)).toEqual({ n: 5, headers: { 'x-from': 'foreign' } });
+      } finally {
+        await conn.close();
+      }
+    });
+
+    it('a deleted group queue (consumer cancelled, 404s) does not crash; the subscription re-declares and resumes', async () => {
+      const ns = namespace();
+      const b = await bus(ns);
+      const seen = new Set<number>();
+      let notify: () => void = () => {};
+      await b.subscribe(Ping, { group: 'g' }, (d) => {
+        seen.add(d.n);
+        notify();
+      });
+      await b.publish(Ping, { n: 1 });
+      const queue = `${b.topicOf(Ping)}:g`;
+      const conn = await connect(url);
+      try {
+        const ch = await conn.createChannel();
+        await ch.deleteQueue(queue);
+      } finally {
+        await conn.close();
+      }
+      // Publish until the re-declared queue takes messages again (unroutable meanwhile).
+      const back = until<void>('delivery after the queue was re-declared', T, (done) => {
+        notify = () => seen.has(2) && done();
+      });
+      const deadline = Date.now() + T;
+      for (;;) {
+        const ok = await b.publish(Ping, { n: 2 }).then(
+          () => true,
+          (e: unknown) => {
+            if (!(e instanceof PublishRejectedError)) throw e;
+            return false;
+          },
+        );
+        if (ok) break;
+        if (Date.now() > deadline) throw new TimeoutError('queue was not re-declared');
+        await new Promise<void>((r) => setImmediate(r));
+      }
+      await back;
+    });
+
+    it('credentials never appear in errors or health when the broker is unreachable', async () => {
+      const b = new EventBus({
+        transport: registry.create({ url: 'amqp://guest:s3cr3t-pw@127.0.0.1:1/', reconnect: { waitForConnectionMs: 0 } }),
+        namespace: namespace(),
+        breaker: false,
+      });
+      buses.push(b);
+      await b.ready();
+      const err = await b.publish(Ping, { n: 1 }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(BrokerUnavailableError);
+      expect(JSON.stringify({ m: (err as Error).message, h: b.health() })).not.toContain('s3cr3t-pw');
+      expect(b.health().transport.state).not.toBe('connected');
+    });
+
+    it('a connection force-closed mid-stream: subscriptions resume and nothing is lost', async (t) => {
+      if (!(await ctlReady)) t.skip('rabbitmqctl cannot reach the broker (remote broker)');
+      const ns = namespace();
+      const name = `busbar-fault-${ns}`;
+      const consumer = await bus(ns, { connectionName: name });
+      const publisher = await bus(ns, { connectionName: name }, { breaker: false });
+      const reconnected = (b: EventBus) =>
+        until<void>('reconnect after the forced close', T, (done) => {
+          let lost = false;
+          b.on('connection', (s) => {
+            if (s === 'reconnecting') lost = true;
+            if (s === 'connected' && lost) done();
+          });
+        });
+      const back = Promise.all([reconnected(consumer), reconnected(publisher)]);
+      const received = new Map<number, number>();
+      let onReceive: () => void = () => {};
+      await consumer.subscribe(Ping, { group: 'g', concurrency: 8 }, (d) => {
+        received.set(d.n, (received.get(d.n) ?? 0) + 1);
+        onReceive();
+      });
+      const flowing = until<void>('messages flowing before the fault', T, (done) => {
+        onReceive = () => received.size >= 50 && done();
+      });
+      // Publishes run without pause through the fault until 100 more resolved after both
+      // connections were back; each message is re-published until it resolves (same id), as an
+      // application would on a retryable error.
+      let stopAt = Number.POSITIVE_INFINITY;
+      let published = 0;
+      let retried = 0;
+      const publishing = (async () => {
+        for (let n = 0; n < stopAt; n++) {
+          for (let tries = 0; ; tries++) {
+            try {
+              await publisher.publish(Ping, { n }, { id: `${ns}-${n}` });
+              break;
+            } catch (e) {
+              if (!isBusError(e) || !e.retryable || tries > 50) throw e;
+              retried++;
+            }
+          }
+          published = n + 1;
+        }
+      })();
+      await flowing;
+      const before = published;
+      expect(await closeConnectionsNamed(name)).toBe(2);
+      await back;
+      stopAt = published + 100;
+      await withTimeout(() => publishing, { ms: T, label: 'every publish to resolve' });
+      expect(published).toBeGreaterThan(before);
+      await until<void>('every message after the fault', T, (done) => {
+        onReceive = () => received.size >= published && done();
+        onReceive();
+      });
+      const missing = Array.from({ length: published }, (_, n) => n).filter((n) => !received.has(n));
+      expect(missing).toEqual([]);
+      const duplicates = [...received.values()].reduce((sum, c) => sum + c - 1, 0);
+      console.info(
+        `[rabbitmq] forced close: ${published} published (${before} before the fault), ${duplicates} duplicates, ${retried} publish retries`,
+      );
+    });
+
+    it('a delivery interrupted by a lost connection comes back with its attempt counted (x-delivery-count)', async (t) => {
+      if (!(await ctlReady)) t.skip('rabbitmqctl cannot reach the broker (remote broker)');
+      const ns = namespace();
+      const name = `busbar-crash-${ns}`;
+      const consumer = await bus(ns, { connectionName: name });
+      const attempts: number[] = [];
+      let firstStarted: () => void = () => {};
+      const started = new Promise<void>((r) => {
+        firstStarted = r;
+      });
+      let finishFirst: () => void = () => {};
+      let redelivered: () => void = () => {};
+      const second = new Promise<void>((r) => {
+        redelivered = r;
+      });
+      await consumer.subscribe(Ping, { group: 'g' }, async (_d, ctx) => {
+        attempts.push(ctx.attempt);
+        if (attempts.length > 1) return redelivered();
+        firstStarted();
+        // Still running when the connection dies; it finishes once the connection is back (its
+        // ack then fails: the broker already requeued the message).
+        await new Promise<void>((r) => {
+          finishFirst = r;
+        });
+      });
+      const back = until<void>('reconnect', T, (done) => {
+        consumer.on('connection', (s) => s === 'connected' && done());
+      });
+      const publisher = await bus(ns);
+      await publisher.publish(Ping, { n: 1 });
+      await withTimeout(() => started, { ms: T, label: 'first delivery' });
+      expect(await closeConnectionsNamed(name)).toBe(1);
+      await back;
+      finishFirst();
+      await withTimeout(() => second, { ms: T, label: 'redelivery after the connection loss' });
+      expect(attempts).toEqual([1, 2]);
+    });
+  });
+}
