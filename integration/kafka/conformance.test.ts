@@ -1,0 +1,28 @@
+/**
+ * The shared conformance suite on a real Kafka broker (see integration/brokers/resolve.ts for how
+ * the broker is found: BUSBAR_KAFKA_BROKERS, testcontainers, or kafka.sh's local broker), followed
+ * by the Kafka-specific tests — in this one file so they run after the suite, never beside it (the
+ * last one kills and restarts the local broker).
+ */
+import { runConformance } from '@busbar/conformance';
+import { afterAll, describe } from 'vitest';
+import { brokerForTests } from '../brokers/resolve.js';
+import { kafkaSpecificTests } from './kafka-specific.js';
+import { cleanupNamespace, createRawClient, testTransport } from './kafka-test-kit.js';
+
+const broker = await brokerForTests('kafka');
+const brokers = broker?.url ?? '';
+
+afterAll(async () => {
+  await broker?.stop();
+});
+
+describe.skipIf(!broker)('kafka', () => {
+  runConformance({
+    name: 'kafka',
+    createTransport: () => testTransport(brokers),
+    createRawClient: () => createRawClient(brokers),
+    cleanup: (namespace) => cleanupNamespace(brokers, namespace),
+  });
+  kafkaSpecificTests(brokers, broker?.via ?? 'env');
+});

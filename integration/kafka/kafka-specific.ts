@@ -1,0 +1,220 @@
+/**
+ * Kafka-specific integration tests, registered after the conformance suite in the same file so
+ * they run sequentially (the last one kills the shared local broker).
+ */
+import { execFile } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { BrokerUnavailableError, defineEvent, EventBus, type PublishReceipt } from '@busbar/core';
+import { Kafka, logLevel } from 'kafkajs';
+import { describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { cleanupNamespace, testTransport } from './kafka-test-kit.js';
+
+const run = promisify(execFile);
+const here = dirname(fileURLToPath(import.meta.url));
+const KAFKA_SH = join(here, '..', 'brokers', 'kafka', 'kafka.sh');
+const PID_FILE = join(process.env.BUSBAR_KAFKA_DATA_DIR ?? join(here, '..', 'brokers', 'kafka', '.data'), 'kafka.pid');
+
+const Step = defineEvent({
+  type: 'kafka.step',
+  version: 1,
+  schema: z.object({ key: z.string(), seq: z.number().int() }),
+});
+
+const unique = (label: string) => `kt${Date.now().toString(36).slice(-5)}${Math.random().toString(36).slice(2, 6)}${label}`;
+
+/** Resolves once `check()` is true, re-checking on every `tick` event; rejects after `ms`. */
+function until(check: () => boolean, ms: number, label: string, tick: (cb: () => void) => () => void): Promise<void> {
+  if (check()) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const off = tick(() => {
+      if (check()) {
+        clearTimeout(timer);
+        off();
+        resolve();
+      }
+    });
+    const timer = setTimeout(() => {
+      off();
+      reject(new Error(`timed out after ${ms} ms: ${label}`));
+    }, ms);
+  });
+}
+
+/** Resolves once process `pid` no longer exists (checked every 20 ms), or rejects after `ms`. */
+async function processGone(pid: number, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      process.kill(pid, 0);
+    } catch {
+      return;
+    }
+    if (Date.now() > deadline) throw new Error(`process ${pid} still alive after SIGKILL`);
+    await new Promise<void>((r) => setTimeout(r, 20));
+  }
+}
+
+/** A tiny event emitter for "something changed" ticks. */
+function ticker() {
+  const listeners = new Set<() => void>();
+  return {
+    emit: () => {
+      for (const l of [...listeners]) l();
+    },
+    on: (cb: () => void) => {
+      listeners.add(cb);
+      return () => listeners.delete(cb);
+    },
+  };
+}
+
+export function kafkaSpecificTests(brokers: string, via: 'env' | 'testcontainers' | 'localhost'): void {
+  describe('kafka-specific', () => {
+    it('keeps per-key order across partitions with concurrency > 1, and writes the CloudEvents Kafka binding', async () => {
+      const ns = unique('ord');
+      const bus = new EventBus({ transport: testTransport(brokers, { numPartitions: 4 }), namespace: ns });
+      try {
+        await bus.ready();
+        const keys = Array.from({ length: 12 }, (_, k) => `key-${k}`);
+        const perKey = 25;
+        const seen = new Map<string, number[]>();
+        const partitions = new Set<string>();
+        let inFlight = 0;
+        let maxInFlight = 0;
+        let handled = 0;
+        const tick = ticker();
+        await bus.subscribe(Step, { group: 'g', concurrency: 8, ordering: 'key' }, async (data, ctx) => {
+          inFlight++;
+          maxInFlight = Math.max(maxInFlight, inFlight);
+          partitions.add(ctx.position.split('/').slice(-2, -1)[0] ?? '');
+          await new Promise<void>((r) => setImmediate(r));
+          seen.set(data.key, [...(seen.get(data.key) ?? []), data.seq]);
+          inFlight--;
+          handled++;
+          tick.emit();
+        });
+        await Promise.all(
+          keys.map(async (key) => {
+            for (let seq = 0; seq < perKey; seq++) await bus.publish(Step, { key, seq }, { key });
+          }),
+        );
+        await until(() => handled >= keys.length * perKey, 30_000, 'every message handled', tick.on);
+        for (const key of keys) expect(seen.get(key), key).toEqual(Array.from({ length: perKey }, (_, i) => i));
+        expect(partitions.size, 'keys spread over several partitions').toBeGreaterThan(1);
+        expect(maxInFlight, 'different keys were handled concurrently').toBeGreaterThan(1);
+        expect(maxInFlight).toBeLessThanOrEqual(8);
+
+        // The wire format, as a plain Kafka client sees it: ce_* headers, message key = ordering key.
+        const kafka = new Kafka({ clientId: 'busbar-test-wire', brokers: brokers.split(','), logLevel: logLevel.NOTHING });
+        const consumer = kafka.consumer({ groupId: `${ns}.wire`, maxWaitTimeInMs: 200 });
+        await consumer.connect();
+        await consumer.subscribe({ topics: [bus.topicOf(Step)], fromBeginning: true });
+        const first = await new Promise<{ key: string; headers: Record<string, string> }>((resolve) => {
+          void consumer.run({
+            eachMessage: async ({ message }) => {
+              const headers = Object.fromEntries(Object.entries(message.headers ?? {}).map(([k, v]) => [k, String(v)]));
+              resolve({ key: message.key?.toString() ?? '', headers });
+            },
+          });
+        });
+        await consumer.disconnect();
+        expect(first.headers.ce_specversion).toBe('1.0');
+        expect(first.headers.ce_type).toBe(Step.type);
+        expect(first.headers['content-type']).toBe('application/json');
+        expect(first.key).toBe(first.headers.ce_partitionkey);
+      } finally {
+        await bus.close();
+        await cleanupNamespace(brokers, ns);
+      }
+    });
+
+    it('an unreachable broker: connect resolves, health says reconnecting, publish fails with BrokerUnavailableError', async () => {
+      const bus = new EventBus({
+        transport: testTransport('127.0.0.1:1', {
+          connectTimeoutMs: 1500,
+          connectionTimeoutMs: 300,
+          requestRetries: 1,
+          maxRetryTimeMs: 200,
+        }),
+        namespace: unique('down'),
+        breaker: false,
+      });
+      try {
+        const started = Date.now();
+        await bus.ready();
+        expect(Date.now() - started).toBeLessThan(10_000);
+        expect(bus.health().transport.state).toBe('reconnecting');
+        await expect(bus.publish(Step, { key: 'k', seq: 1 })).rejects.toBeInstanceOf(BrokerUnavailableError);
+      } finally {
+        await bus.close();
+      }
+    });
+
+    const canKill = via === 'localhost' && existsSync(PID_FILE) && existsSync(KAFKA_SH);
+    it.skipIf(!canKill)(
+      'recovers after the broker is killed (kill -9) and restarted on the same log dir; nothing acknowledged is lost',
+      async () => {
+        const ns = unique('kill');
+        const consumerBus = new EventBus({ transport: testTransport(brokers), namespace: ns, breaker: false });
+        const publisherBus = new EventBus({ transport: testTransport(brokers), namespace: ns, breaker: false, publishTimeoutMs: 3000 });
+        const received = new Set<string>();
+        const tick = ticker();
+        try {
+          await Promise.all([consumerBus.ready(), publisherBus.ready()]);
+          await consumerBus.subscribe(Step, { group: 'g', concurrency: 4 }, (_d, ctx) => {
+            received.add(ctx.id);
+            tick.emit();
+          });
+          const acked: PublishReceipt[] = [];
+          let failedDuringOutage = 0;
+          const state = { phase: 'before' as 'before' | 'down' | 'after' };
+          let afterOk = 0;
+          let seq = 0;
+          let stop = false;
+          const publishing = (async () => {
+            while (!stop) {
+              try {
+                const r = await publisherBus.publish(Step, { key: `k${seq % 5}`, seq: seq++ }, { key: `k${seq % 5}` });
+                acked.push(r);
+                if (state.phase === 'after') afterOk++;
+              } catch {
+                if (state.phase === 'down') failedDuringOutage++;
+                await new Promise<void>((r) => setTimeout(r, 50)); // pacing of the publisher loop only
+              }
+              tick.emit();
+            }
+          })();
+          await until(() => acked.length >= 50, 20_000, '50 publishes before the kill', tick.on);
+          const pid = Number(readFileSync(PID_FILE, 'utf8').trim());
+          expect(pid).toBeGreaterThan(0);
+          state.phase = 'down';
+          process.kill(pid, 'SIGKILL');
+          await processGone(pid, 10_000);
+          await run('bash', [KAFKA_SH, 'start'], { timeout: 120_000 });
+          state.phase = 'after';
+          await until(() => afterOk >= 50, 60_000, '50 publishes after the restart', tick.on);
+          stop = true;
+          await publishing;
+          const ids = acked.map((r) => r.id);
+          await until(() => ids.every((id) => received.has(id)), 60_000, 'every acknowledged message consumed', tick.on).catch(
+            (e: unknown) => {
+              const missing = ids.filter((id) => !received.has(id));
+              throw new Error(`${(e as Error).message}; ${missing.length} of ${ids.length} missing`);
+            },
+          );
+          console.info(
+            `[kafka] kill -9: ${ids.length} acknowledged publishes all consumed; ${failedDuringOutage} failed during the outage`,
+          );
+        } finally {
+          await Promise.allSettled([consumerBus.close(), publisherBus.close()]);
+          await cleanupNamespace(brokers, ns);
+        }
+      },
+      240_000,
+    );
+  });
+}

@@ -1,0 +1,152 @@
+/**
+ * Test kit for the Kafka integration tests: transport options tuned for a single local broker, a
+ * raw client (plain kafkajs, below the bus) for the conformance suite, and cleanup of a namespace's
+ * topics and groups.
+ */
+import type { RawBrokerClient, RawProbe } from '@busbar/conformance';
+import type { WireMessage } from '@busbar/core';
+import { KafkaTransport, type KafkaTransportOptions } from '@busbar/kafka';
+import { type Admin, type Consumer, Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
+
+/** Options for tests: short group timeouts (the broker allows sessions down to 1 s), short polls. */
+export function testTransportOptions(brokers: string, extra: KafkaTransportOptions = {}): KafkaTransportOptions {
+  return {
+    brokers,
+    clientId: 'busbar-test',
+    sessionTimeoutMs: 6000,
+    heartbeatIntervalMs: 500,
+    rebalanceTimeoutMs: 10_000,
+    maxWaitTimeMs: 200,
+    connectTimeoutMs: 5000,
+    reconnectBackoff: { initialMs: 100, maxMs: 1000 },
+    logLevel: 'nothing',
+    ...extra,
+  };
+}
+
+/** A transport for tests. */
+export function testTransport(brokers: string, extra: KafkaTransportOptions = {}): KafkaTransport {
+  return new KafkaTransport(testTransportOptions(brokers, extra));
+}
+
+const PARTITIONS = 3;
+
+function kafkaFor(brokers: string): Kafka {
+  return new Kafka({ clientId: 'busbar-test-raw', brokers: brokers.split(','), logLevel: logLevel.NOTHING });
+}
+
+async function ensureTopic(admin: Admin, topic: string): Promise<void> {
+  const existing = await admin.listTopics();
+  if (existing.includes(topic)) return;
+  try {
+    await admin.createTopics({ topics: [{ topic, numPartitions: PARTITIONS, replicationFactor: 1 }], waitForLeaders: true });
+  } catch (error) {
+    if (!String((error as Error).message).includes('already exists')) throw error;
+  }
+}
+
+function toWire(headers: Record<string, unknown> | undefined, value: Buffer | null): WireMessage {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(headers ?? {})) {
+    const last = Array.isArray(v) ? v[v.length - 1] : v;
+    if (last !== undefined) out[k] = Buffer.isBuffer(last) ? last.toString('utf8') : String(last);
+  }
+  return { headers: out, body: value ? new Uint8Array(value) : new Uint8Array(0) };
+}
+
+/** A raw kafkajs client: writes records as any producer would, observes a topic from its end. */
+export async function createRawClient(brokers: string): Promise<RawBrokerClient> {
+  const kafka = kafkaFor(brokers);
+  const admin = kafka.admin();
+  await admin.connect();
+  let producer: Producer | undefined;
+  const consumers = new Set<Consumer>();
+  return {
+    async write(topic, message) {
+      await ensureTopic(admin, topic);
+      if (!producer) {
+        producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner, allowAutoTopicCreation: false });
+        await producer.connect();
+      }
+      await producer.send({
+        topic,
+        acks: -1,
+        messages: [{ key: message.key ?? null, value: Buffer.from(message.body), headers: { ...message.headers } }],
+      });
+    },
+    async observe(topic): Promise<RawProbe> {
+      await ensureTopic(admin, topic);
+      const ends = await admin.fetchTopicOffsets(topic);
+      const seen = new Map<string, WireMessage>();
+      const waiters = new Map<string, (m: WireMessage) => void>();
+      const consumer = kafka.consumer({
+        groupId: `${topic}.probe-${Math.random().toString(36).slice(2, 10)}`,
+        maxWaitTimeInMs: 200,
+        sessionTimeout: 6000,
+        heartbeatInterval: 500,
+      });
+      consumers.add(consumer);
+      // Start at the current end: seek (in memory) before the first fetch, at the group join.
+      consumer.on(consumer.events.GROUP_JOIN, (e) => {
+        for (const partition of e.payload.memberAssignment[topic] ?? []) {
+          const end = ends.find((x) => x.partition === partition);
+          if (end) consumer.seek({ topic, partition, offset: end.high });
+        }
+      });
+      await consumer.connect();
+      await consumer.subscribe({ topics: [topic], fromBeginning: true });
+      await consumer.run({
+        autoCommit: false,
+        eachMessage: async ({ message }) => {
+          const wire = toWire(message.headers, message.value);
+          const id = wire.headers.ce_id;
+          if (id === undefined) return;
+          seen.set(id, wire);
+          waiters.get(id)?.(wire);
+        },
+      });
+      return {
+        waitFor(id, timeoutMs) {
+          const got = seen.get(id);
+          if (got) return Promise.resolve(got);
+          return new Promise((resolve, reject) => {
+            const timer = setTimeout(() => {
+              waiters.delete(id);
+              reject(new Error(`raw probe on ${topic} did not see ${id} within ${timeoutMs} ms`));
+            }, timeoutMs);
+            waiters.set(id, (m) => {
+              clearTimeout(timer);
+              waiters.delete(id);
+              resolve(m);
+            });
+          });
+        },
+        async close() {
+          consumers.delete(consumer);
+          await consumer.disconnect();
+        },
+      };
+    },
+    async close() {
+      await Promise.allSettled([...consumers].map((c) => c.disconnect()));
+      await producer?.disconnect();
+      await admin.disconnect();
+    },
+  };
+}
+
+/** Deletes the topics and consumer groups of `namespace` (names `<namespace>.…`). */
+export async function cleanupNamespace(brokers: string, namespace: string): Promise<void> {
+  const admin = kafkaFor(brokers).admin();
+  await admin.connect();
+  try {
+    const prefix = `${namespace}.`;
+    const { groups } = await admin.listGroups();
+    const ours = groups.map((g) => g.groupId).filter((g) => g.startsWith(prefix));
+    if (ours.length > 0) await admin.deleteGroups(ours).catch(() => {});
+    const topics = (await admin.listTopics()).filter((t) => t.startsWith(prefix));
+    if (topics.length > 0) await admin.deleteTopics({ topics });
+  } finally {
+    await admin.disconnect();
+  }
+}

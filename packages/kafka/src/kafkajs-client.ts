@@ -1,0 +1,380 @@
+/**
+ * The {@link KafkaClient} seam implemented with kafkajs 2.x. The only file that imports kafkajs.
+ * @internal
+ */
+import type { Logger } from '@busbar/core';
+import {
+  type Admin,
+  type Consumer,
+  type EachBatchPayload,
+  type IHeaders,
+  Kafka,
+  type KafkaConfig,
+  logLevel as KafkaLogLevel,
+  type LogEntry,
+  Partitioners,
+  type Producer,
+  type SASLOptions,
+} from 'kafkajs';
+import type {
+  CommittedOffset,
+  ErrorKind,
+  FetchedBatch,
+  GroupConsumer,
+  GroupConsumerConfig,
+  GroupConsumerHandlers,
+  IncomingRecord,
+  KafkaClient,
+  PartitionWatermarks,
+  RecordProducer,
+  TopicPartitionOffset,
+  TopicRecords,
+  TopicSpec,
+} from './client.js';
+
+class GroupNotEmptyError extends Error {
+  constructor(groupId: string, state: string) {
+    super(`consumer group ${groupId} has running members (state ${state})`);
+    this.name = 'GroupNotEmptyError';
+  }
+}
+
+/** Settings of the kafkajs client (resolved transport options). */
+export interface KafkajsClientSettings {
+  readonly brokers: readonly string[];
+  readonly clientId: string;
+  readonly ssl?: boolean | Record<string, unknown> | undefined;
+  readonly sasl?: SASLOptions | undefined;
+  readonly connectionTimeoutMs: number;
+  readonly requestTimeoutMs: number;
+  /** Retries of one client request (kafkajs `retry.retries`). */
+  readonly requestRetries: number;
+  /** Longest wait between two retries of a request, ms. */
+  readonly maxRetryTimeMs: number;
+  /** Broker-side wait for the in-sync replicas' acknowledgement, ms. */
+  readonly ackTimeoutMs: number;
+  readonly logLevel: 'nothing' | 'error' | 'warn' | 'info' | 'debug';
+  readonly logger: Logger;
+}
+
+const LEVELS = {
+  nothing: KafkaLogLevel.NOTHING,
+  error: KafkaLogLevel.ERROR,
+  warn: KafkaLogLevel.WARN,
+  info: KafkaLogLevel.INFO,
+  debug: KafkaLogLevel.DEBUG,
+} as const;
+
+/** Broker error codes after which retrying the same request cannot help. */
+const REJECTED_TYPES = new Set([
+  'MESSAGE_TOO_LARGE',
+  'RECORD_LIST_TOO_LARGE',
+  'INVALID_RECORD',
+  'CORRUPT_MESSAGE',
+  'INVALID_TOPIC_EXCEPTION',
+  'TOPIC_AUTHORIZATION_FAILED',
+  'CLUSTER_AUTHORIZATION_FAILED',
+  'GROUP_AUTHORIZATION_FAILED',
+  'TRANSACTIONAL_ID_AUTHORIZATION_FAILED',
+  'SASL_AUTHENTICATION_FAILED',
+  'INVALID_REQUIRED_ACKS',
+  'POLICY_VIOLATION',
+  'INVALID_REPLICATION_FACTOR',
+  'INVALID_PARTITIONS',
+  'INVALID_CONFIG',
+  'UNSUPPORTED_VERSION',
+]);
+
+/**
+ * Retries `fn` on errors kafkajs marks retriable (leader not elected yet, stale metadata right
+ * after a topic was created — common on Kafka 4 where metadata propagates asynchronously).
+ */
+async function retrying<T>(fn: () => Promise<T>, attempts = 8): Promise<T> {
+  for (let n = 1; ; n++) {
+    try {
+      return await fn();
+    } catch (error) {
+      const retriable = [...chain(error)].some((e) => e.retriable === true || e.type === 'UNKNOWN_TOPIC_OR_PARTITION');
+      if (!retriable || n >= attempts) throw error;
+      await new Promise((r) => setTimeout(r, Math.min(1000, 50 * 2 ** n)));
+    }
+  }
+}
+
+/** Walks an error's `cause` / `errors` chain. */
+function* chain(error: unknown, depth = 0): Generator<Record<string, unknown>> {
+  if (depth > 6 || typeof error !== 'object' || error === null) return;
+  const e = error as Record<string, unknown>;
+  yield e;
+  if (e.cause !== undefined && e.cause !== error) yield* chain(e.cause, depth + 1);
+  if (e.originalError !== undefined) yield* chain(e.originalError, depth + 1);
+  if (Array.isArray(e.errors)) for (const inner of e.errors) yield* chain(inner, depth + 1);
+}
+
+function headersOf(raw: IHeaders | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (!raw) return out;
+  for (const [k, v] of Object.entries(raw)) {
+    if (v === undefined) continue;
+    const last = Array.isArray(v) ? v[v.length - 1] : v;
+    if (last === undefined) continue;
+    out[k] = typeof last === 'string' ? last : last.toString('utf8');
+  }
+  return out;
+}
+
+const EMPTY = new Uint8Array(0);
+
+function toBuffer(u: Uint8Array): Buffer {
+  return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+}
+
+class KafkajsProducer implements RecordProducer {
+  constructor(
+    private readonly producer: Producer,
+    private readonly ackTimeoutMs: number,
+  ) {}
+
+  async send(batches: readonly TopicRecords[]): Promise<void> {
+    await this.producer.sendBatch({
+      acks: -1,
+      timeout: this.ackTimeoutMs,
+      topicMessages: batches.map((b) => ({
+        topic: b.topic,
+        messages: b.records.map((r) => ({ key: r.key ?? null, value: toBuffer(r.value), headers: { ...r.headers } })),
+      })),
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.producer.disconnect();
+  }
+}
+
+class KafkajsGroupConsumer implements GroupConsumer {
+  private readonly consumer: Consumer;
+  private closing: Promise<void> | undefined;
+
+  constructor(
+    kafka: Kafka,
+    private readonly config: GroupConsumerConfig,
+    settings: KafkajsClientSettings,
+  ) {
+    this.consumer = kafka.consumer({
+      groupId: config.groupId,
+      sessionTimeout: config.sessionTimeoutMs,
+      heartbeatInterval: config.heartbeatIntervalMs,
+      rebalanceTimeout: config.rebalanceTimeoutMs,
+      maxWaitTimeInMs: config.maxWaitTimeMs,
+      allowAutoTopicCreation: false,
+      retry: {
+        retries: settings.requestRetries,
+        initialRetryTime: 100,
+        maxRetryTime: settings.maxRetryTimeMs,
+        restartOnFailure: async () => true,
+      },
+    });
+  }
+
+  async start(handlers: GroupConsumerHandlers): Promise<void> {
+    const c = this.consumer;
+    let joined!: () => void;
+    let failed!: (e: Error) => void;
+    const firstJoin = new Promise<void>((resolve, reject) => {
+      joined = resolve;
+      failed = reject;
+    });
+    c.on(c.events.GROUP_JOIN, (e) => {
+      const assignment = new Map<string, number[]>();
+      for (const [topic, partitions] of Object.entries(e.payload.memberAssignment)) assignment.set(topic, [...partitions]);
+      handlers.onAssignment(assignment);
+      joined();
+    });
+    c.on(c.events.CRASH, (e) => {
+      handlers.onCrash(e.payload.error, e.payload.restart);
+      if (!e.payload.restart) failed(e.payload.error);
+    });
+    await c.connect();
+    for (const t of this.config.topics) await c.subscribe({ topics: [t.name], fromBeginning: t.fromBeginning });
+    await c.run({
+      autoCommit: false,
+      eachBatchAutoResolve: false,
+      partitionsConsumedConcurrently: this.config.partitionsConsumedConcurrently,
+      eachBatch: (p) => handlers.onBatch(toBatch(p)),
+    });
+    await firstJoin;
+  }
+
+  async commit(offsets: readonly TopicPartitionOffset[]): Promise<void> {
+    if (offsets.length === 0) return;
+    await this.consumer.commitOffsets(offsets.map((o) => ({ topic: o.topic, partition: o.partition, offset: o.offset })));
+  }
+
+  pauseTopics(topics: readonly string[]): void {
+    try {
+      this.consumer.pause(topics.map((topic) => ({ topic })));
+    } catch {
+      // not running (crashed / closing): nothing is fetched anyway
+    }
+  }
+
+  close(): Promise<void> {
+    this.closing ??= this.consumer.disconnect();
+    return this.closing;
+  }
+}
+
+function toBatch(p: EachBatchPayload): FetchedBatch {
+  const records: IncomingRecord[] = p.batch.messages.map((m) => ({
+    offset: m.offset,
+    key: m.key === null || m.key === undefined ? undefined : m.key.toString('utf8'),
+    value: m.value ?? EMPTY,
+    headers: headersOf(m.headers),
+  }));
+  return {
+    topic: p.batch.topic,
+    partition: p.batch.partition,
+    records,
+    resolve: (offset) => p.resolveOffset(offset),
+    heartbeat: () => p.heartbeat(),
+    isActive: () => p.isRunning() && !p.isStale(),
+    pause: () => p.pause(),
+  };
+}
+
+/** kafkajs implementation of {@link KafkaClient}. */
+export class KafkajsClient implements KafkaClient {
+  private readonly kafka: Kafka;
+  private readonly admin: Admin;
+
+  constructor(private readonly settings: KafkajsClientSettings) {
+    const logger = settings.logger;
+    const config: KafkaConfig = {
+      clientId: settings.clientId,
+      brokers: [...settings.brokers],
+      connectionTimeout: settings.connectionTimeoutMs,
+      requestTimeout: settings.requestTimeoutMs,
+      retry: { retries: settings.requestRetries, initialRetryTime: 100, maxRetryTime: settings.maxRetryTimeMs },
+      logLevel: LEVELS[settings.logLevel],
+      logCreator:
+        () =>
+        ({ namespace, level, log }: LogEntry) => {
+          const { message, timestamp: _t, ...extra } = log;
+          const obj = { kafkajs: namespace, ...extra };
+          if (level === KafkaLogLevel.ERROR) logger.error(obj, message);
+          else if (level === KafkaLogLevel.WARN) logger.warn(obj, message);
+          else if (level === KafkaLogLevel.INFO) logger.info(obj, message);
+          else logger.debug(obj, message);
+        },
+    };
+    if (settings.ssl !== undefined) config.ssl = settings.ssl as KafkaConfig['ssl'];
+    if (settings.sasl !== undefined) config.sasl = settings.sasl;
+    this.kafka = new Kafka(config);
+    this.admin = this.kafka.admin({ retry: { retries: settings.requestRetries, maxRetryTime: settings.maxRetryTimeMs } });
+  }
+
+  async connect(): Promise<void> {
+    await this.admin.connect();
+  }
+
+  async probe(): Promise<void> {
+    await this.admin.describeCluster();
+  }
+
+  async createProducer(): Promise<RecordProducer> {
+    const producer = this.kafka.producer({
+      idempotent: true,
+      // kafkajs: an idempotent producer needs maxInFlightRequests 1 to keep order per partition.
+      maxInFlightRequests: 1,
+      allowAutoTopicCreation: false,
+      createPartitioner: Partitioners.DefaultPartitioner,
+      retry: { retries: this.settings.requestRetries, initialRetryTime: 100, maxRetryTime: this.settings.maxRetryTimeMs },
+    });
+    await producer.connect();
+    return new KafkajsProducer(producer, this.settings.ackTimeoutMs);
+  }
+
+  async createTopics(specs: readonly TopicSpec[]): Promise<void> {
+    if (specs.length === 0) return;
+    try {
+      await retrying(() =>
+        this.admin.createTopics({
+          waitForLeaders: true,
+          topics: specs.map((s) => ({
+            topic: s.name,
+            numPartitions: s.numPartitions,
+            replicationFactor: s.replicationFactor,
+            configEntries: Object.entries(s.config ?? {}).map(([name, value]) => ({ name, value })),
+          })),
+        }),
+      );
+    } catch (error) {
+      // Created concurrently by someone else: fine.
+      const types = [...chain(error)].map((e) => e.type).filter((t) => typeof t === 'string');
+      if (types.length > 0 && types.every((t) => t === 'TOPIC_ALREADY_EXISTS')) return;
+      throw error;
+    }
+  }
+
+  listTopics(): Promise<string[]> {
+    return retrying(() => this.admin.listTopics());
+  }
+
+  async deleteTopics(names: readonly string[]): Promise<void> {
+    if (names.length > 0) await this.admin.deleteTopics({ topics: [...names] });
+  }
+
+  async watermarks(topic: string): Promise<PartitionWatermarks[]> {
+    const rows = await retrying(() => this.admin.fetchTopicOffsets(topic));
+    return rows.map((r) => ({ partition: r.partition, low: r.low, high: r.high })).sort((a, b) => a.partition - b.partition);
+  }
+
+  async committedOffsets(groupId: string, topic: string): Promise<CommittedOffset[]> {
+    const rows = await retrying(() => this.admin.fetchOffsets({ groupId, topics: [topic] }));
+    return (rows.find((r) => r.topic === topic)?.partitions ?? []).map((p) => ({ partition: p.partition, offset: p.offset }));
+  }
+
+  /**
+   * kafkajs's `admin.setOffsets` runs a throw-away consumer that waits for a full fetch long-poll
+   * (5 s, not configurable). This does the same with a short poll: join as a paused member,
+   * commit, leave.
+   */
+  async initGroupOffsets(groupId: string, offsets: readonly TopicPartitionOffset[]): Promise<void> {
+    if (offsets.length === 0) return;
+    const described = await retrying(() => this.admin.describeGroups([groupId]));
+    const state = described.groups[0]?.state ?? 'Dead';
+    if (state !== 'Empty' && state !== 'Dead' && String(state) !== '') throw new GroupNotEmptyError(groupId, state);
+    const topics = [...new Set(offsets.map((o) => o.topic))];
+    const consumer = this.kafka.consumer({
+      groupId,
+      maxWaitTimeInMs: 50,
+      allowAutoTopicCreation: false,
+      retry: { retries: this.settings.requestRetries, maxRetryTime: this.settings.maxRetryTimeMs, restartOnFailure: async () => false },
+    });
+    consumer.on(consumer.events.GROUP_JOIN, () => consumer.pause(topics.map((topic) => ({ topic }))));
+    try {
+      await consumer.connect();
+      await consumer.subscribe({ topics, fromBeginning: true });
+      await consumer.run({ autoCommit: false, eachBatchAutoResolve: false, eachBatch: async () => {} });
+      await consumer.commitOffsets(offsets.map((o) => ({ topic: o.topic, partition: o.partition, offset: o.offset })));
+    } finally {
+      await consumer.disconnect().catch(() => {});
+    }
+  }
+
+  createGroupConsumer(config: GroupConsumerConfig): GroupConsumer {
+    return new KafkajsGroupConsumer(this.kafka, config, this.settings);
+  }
+
+  classify(error: unknown): ErrorKind {
+    for (const e of chain(error)) {
+      if (typeof e.type === 'string' && REJECTED_TYPES.has(e.type)) return 'rejected';
+      if (e.name === 'GroupNotEmptyError') return 'group-not-empty';
+    }
+    return 'unavailable';
+  }
+
+  async close(): Promise<void> {
+    await this.admin.disconnect();
+  }
+}
