@@ -622,6 +622,8 @@ class SubscriptionImpl implements Subscription {
       (d) => this.onDelivery(d),
     );
     this.options.signal?.addEventListener('abort', () => void this.close(), { once: true });
+    // The signal may have fired while the transport was subscribing (the listener was not there yet).
+    if (this.options.signal?.aborted) void this.close();
   }
 
   close(options: { timeoutMs?: number } = {}): Promise<void> {
@@ -640,7 +642,7 @@ class SubscriptionImpl implements Subscription {
         ]);
         clearTimeout(timer);
         if (timedOut) {
-          for (const r of this.running) {
+          for (const r of [...this.running]) {
             r.controller.abort(new BusClosedError('subscription closed before the handler finished'));
             await this.settle(r, { status: 'released' }, () => r.delivery.release(), undefined);
           }

@@ -51,7 +51,8 @@ async function main(): Promise<void> {
     namespace,
     source: 'urn:busbar:demo:user-service',
     idempotency: { store: new MemoryIdempotencyStore() },
-    retry: { maxAttempts: 4, backoff: { initialMs: 150, multiplier: 2, maxMs: 2000 } },
+    // Jitter off so the growth is easy to see; the default is full jitter (uniform up to the cap).
+    retry: { maxAttempts: 4, backoff: { initialMs: 150, multiplier: 2, maxMs: 2000, jitter: 'none' } },
   });
   const spy = new OutcomeSpy(bus);
   await bus.ready();

@@ -3,9 +3,9 @@
  * `MemoryBroker` (several "processes" on one broker); the raw client writes and observes below
  * the bus on that broker.
  */
+
+import { runConformance } from '@busbar/conformance';
 import { MemoryBroker, MemoryTransport } from '@busbar/memory';
-// Relative import: @busbar/memory does not (yet) list @busbar/conformance as a devDependency.
-import { runConformance } from '../../conformance/dist/index.js';
 
 const broker = new MemoryBroker();
 
