@@ -100,7 +100,10 @@ export async function resolveBroker(kind: BrokerKind): Promise<Resolution> {
     return { ok: true, broker: { url: local.url, via: 'localhost', stop: async () => {} } };
   }
   const hint = kind === 'kafka' ? ' (start it with: bash integration/brokers/kafka/kafka.sh start)' : '';
-  return { ok: false, reason: `${kind}: ${ENV[kind]} is not set, no Docker engine answers, and nothing listens on ${local.host}:${local.port}${hint}` };
+  return {
+    ok: false,
+    reason: `${kind}: ${ENV[kind]} is not set, no Docker engine answers, and nothing listens on ${local.host}:${local.port}${hint}`,
+  };
 }
 
 /**

@@ -10,12 +10,12 @@
 import { randomUUID } from 'node:crypto';
 import {
   type DeliveryOutcome,
+  defineEvent,
   EventBus,
   MemoryIdempotencyStore,
   OutcomeSpy,
-  type Transport,
-  defineEvent,
   readBusbarEnv,
+  type Transport,
 } from '@busbar/core';
 import { z } from 'zod';
 
@@ -81,7 +81,10 @@ async function main(): Promise<void> {
   console.log('1) a user signs up');
   const alice = await bus.publish(UserCreated, { userId: 'u-1', email: 'alice@example.com', plan: 'pro' });
   say('user-service', c.dim, `published user.created ${alice.id}`);
-  await Promise.all([spy.waitFor(alice.id, { group: 'billing', status: 'acked' }), spy.waitFor(alice.id, { group: 'notifications', status: 'acked' })]);
+  await Promise.all([
+    spy.waitFor(alice.id, { group: 'billing', status: 'acked' }),
+    spy.waitFor(alice.id, { group: 'notifications', status: 'acked' }),
+  ]);
 
   console.log('\n2) the same sign-up is published twice with one idempotency key');
   const key = 'signup-u-2';
@@ -96,7 +99,11 @@ async function main(): Promise<void> {
   const poison = await bus.publish(UserCreated, { userId: 'u-3', email: 'poison@example.com', plan: 'pro' });
   const dead = await spy.waitFor(poison.id, { group: 'billing', status: 'dead-lettered', timeoutMs: 30_000 });
   if (dead.outcome.status === 'dead-lettered') {
-    say('bus', c.red, `dead-lettered after ${dead.info.attempt} attempts — reason ${dead.outcome.reason.kind}: ${dead.outcome.reason.detail}`);
+    say(
+      'bus',
+      c.red,
+      `dead-lettered after ${dead.info.attempt} attempts — reason ${dead.outcome.reason.kind}: ${dead.outcome.reason.detail}`,
+    );
   }
   const dlq = bus.deadLetters(UserCreated, 'billing');
   const [letter] = await dlq.list();
