@@ -28,10 +28,13 @@ const ENV: Record<BrokerKind, string> = {
   kafka: 'BUSBAR_KAFKA_BROKERS',
 };
 
+const kafkaPort = Number(process.env.BUSBAR_KAFKA_PORT ?? 9092);
+
 const LOCAL: Record<BrokerKind, { url: string; host: string; port: number }> = {
   rabbitmq: { url: 'amqp://guest:guest@localhost:5672', host: '127.0.0.1', port: 5672 },
   redis: { url: 'redis://localhost:6379', host: '127.0.0.1', port: 6379 },
-  kafka: { url: 'localhost:9092', host: '127.0.0.1', port: 9092 },
+  // The project's own broker (kafka.sh) listens on BUSBAR_KAFKA_PORT, 9092 by default.
+  kafka: { url: `localhost:${kafkaPort}`, host: '127.0.0.1', port: kafkaPort },
 };
 
 /** Whether a missing broker must fail the run instead of skipping. */
