@@ -41,6 +41,19 @@ export default defineConfig({
           hookTimeout: 180_000,
         },
       },
+      {
+        // Fault suite: restarts and disrupts brokers, so it runs after every other project
+        // (groupOrder 1; the others are 0), one file at a time. integration/faults/README.md.
+        test: {
+          name: 'faults',
+          include: ['integration/faults/**/*.test.ts'],
+          environment: 'node',
+          testTimeout: 180_000,
+          hookTimeout: 180_000,
+          globalSetup: ['integration/faults/lib/global-setup.ts'],
+          sequence: { groupOrder: 1 },
+        },
+      },
     ],
   },
 });

@@ -1,0 +1,180 @@
+// Fault suite, Kafka transport — on a Kafka broker of our own (integration/brokers/kafka/kafka.sh
+// with its own ports and data dir, so killing and pausing it leaves the shared one alone). The
+// broker has a second listener advertised at our TCP proxy's port: clients that bootstrap through
+// the proxy keep talking through it. Effects and the idempotency store live in the shared Redis.
+
+import type { Redis } from 'ioredis';
+import { ConfigResourceTypes, Kafka, logLevel } from 'kafkajs';
+import { afterAll, beforeAll, describe, it } from 'vitest';
+import { brokerForTests, brokersRequired, type ResolvedBroker } from '../brokers/resolve.js';
+import { OwnKafka, run } from './lib/brokers.js';
+import { TcpProxy } from './lib/proxy.js';
+import { type FaultTarget, transportAvailable } from './lib/scenario.js';
+import {
+  brokerDownAtStart,
+  consumerKilled,
+  deadLetterFailing,
+  type FaultEnv,
+  faultUnderLoad,
+  hostileInput,
+  pausedBroker,
+  proxyFaults,
+  restartedBroker,
+  secrets,
+  slowConsumer,
+} from './lib/scenarios.js';
+
+const effectsBroker: ResolvedBroker | undefined = await brokerForTests('redis');
+const java = await run('java', ['-version']).then(
+  () => true,
+  () => false,
+);
+if (!java) {
+  const reason = 'java 17+ is needed to run a Kafka broker of our own';
+  if (brokersRequired) throw new Error(`faults[kafka]: ${reason}`);
+  console.warn(`[faults] SKIPPING kafka faults: ${reason}`);
+}
+const available = java && effectsBroker !== undefined && (await transportAvailable('kafka'));
+
+let own: OwnKafka;
+let proxy: TcpProxy;
+let kafka: Kafka;
+let env: FaultEnv;
+let target: FaultTarget;
+
+beforeAll(async () => {
+  if (!available || !effectsBroker) return;
+  own = await OwnKafka.start();
+  proxy = await TcpProxy.start({ targetPort: own.proxyListenPort, listenPort: own.proxyPort });
+  kafka = new Kafka({ clientId: 'busbar-faults-raw', brokers: [own.direct], logLevel: logLevel.NOTHING });
+  const producer = kafka.producer({ allowAutoTopicCreation: false });
+  await producer.connect();
+  const admin = kafka.admin();
+  await admin.connect();
+  const { Redis: IORedis } = await import('ioredis');
+  const effects: Redis = new IORedis(effectsBroker.url, { maxRetriesPerRequest: 3 });
+  env = { effects, effectsUrl: effectsBroker.url };
+  cleanupRaw = async () => {
+    await producer.disconnect().catch(() => {});
+    await admin.disconnect().catch(() => {});
+  };
+  target = {
+    name: 'kafka',
+    proxy,
+    spec: (link, extra = {}) => ({
+      kind: 'kafka',
+      options: {
+        brokers: [link === 'proxy' ? proxy.address : own.direct],
+        clientId: 'busbar-faults',
+        // Short timeouts so a silent (half-open, black-holed, paused) broker is noticed in seconds.
+        requestTimeoutMs: 5000,
+        connectionTimeoutMs: 2000,
+        connectTimeoutMs: 5000,
+        maxRetryTimeMs: 500,
+        ackTimeoutMs: 5000,
+        maxWaitTimeMs: 200,
+        ...extra,
+      },
+    }),
+    // A killed member's partitions move after the session timeout (the test broker allows 1 s).
+    consumerOptions: { sessionTimeoutMs: 3000, heartbeatIntervalMs: 500, rebalanceTimeoutMs: 10_000 },
+    rawWrite: async (topic, m) => {
+      await producer.send({ topic, acks: -1, messages: [{ value: Buffer.from(m.body), headers: { ...m.headers } }] });
+    },
+    breakDeadLetters: async (topic, group) => {
+      const name = `${topic}.${group}.dlq`;
+      // A record limit below any dead letter's size: the broker refuses the write (RecordTooLarge).
+      await admin.alterConfigs({
+        validateOnly: false,
+        resources: [{ type: ConfigResourceTypes.TOPIC, name, configEntries: [{ name: 'max.message.bytes', value: '64' }] }],
+      });
+      return async () => {
+        await admin.alterConfigs({ validateOnly: false, resources: [{ type: ConfigResourceTypes.TOPIC, name, configEntries: [] }] });
+      };
+    },
+    locate: async (topic, group, id) => {
+      const groupId = `${topic}.${group}`;
+      const ends = await admin.fetchTopicOffsets(topic);
+      const committed = (await admin.fetchOffsets({ groupId, topics: [topic] }))[0]?.partitions ?? [];
+      const reader = kafka.consumer({ groupId: `busbar-faults-locate-${Date.now()}`, maxWaitTimeInMs: 100 });
+      await reader.connect();
+      const found: string[] = [];
+      try {
+        await reader.subscribe({ topic, fromBeginning: true });
+        const remaining = new Set(ends.filter((p) => Number(p.high) > Number(p.low)).map((p) => p.partition));
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, 15_000);
+          void reader.run({
+            eachMessage: async ({ partition, message }) => {
+              if (message.headers?.ce_id?.toString() === id) found.push(`p${partition}@${message.offset}`);
+              const high = Number(ends.find((p) => p.partition === partition)?.high ?? 0);
+              if (Number(message.offset) + 1 >= high) remaining.delete(partition);
+              if (remaining.size === 0) {
+                clearTimeout(timer);
+                resolve();
+              }
+            },
+          });
+        });
+      } finally {
+        await reader.disconnect().catch(() => {});
+      }
+      const offsets = ends.map(
+        (p) => `p${p.partition}: high ${p.high}, committed ${committed.find((c) => c.partition === p.partition)?.offset ?? '?'}`,
+      );
+      return `${found.length ? `in the log at ${found.join(', ')}` : 'not in the log'}; ${offsets.join('; ')}`;
+    },
+    cleanup: async (namespace) => {
+      const topics = (await admin.listTopics()).filter((t) => t.startsWith(`${namespace}.`));
+      if (topics.length > 0) await admin.deleteTopics({ topics, timeout: 30_000 });
+      const groups = (await admin.listGroups()).groups.map((g) => g.groupId).filter((g) => g.startsWith(`${namespace}.`));
+      if (groups.length > 0) await admin.deleteGroups(groups).catch(() => {});
+    },
+    wrongCredentialsSpec: (pw) => ({
+      kind: 'kafka',
+      options: { brokers: [own.direct], sasl: { mechanism: 'plain', username: 'busbar-faults', password: pw }, connectTimeoutMs: 3000 },
+    }),
+  };
+}, 240_000);
+
+let cleanupRaw: () => Promise<void> = async () => {};
+
+afterAll(async () => {
+  if (!available) return;
+  await cleanupRaw();
+  await proxy?.close();
+  await own?.stop();
+  await env?.effects.quit().catch(() => {});
+  await effectsBroker?.stop();
+}, 120_000);
+
+describe.skipIf(!available)('faults[kafka]', () => {
+  it('1. consumer killed (kill -9) mid-handler / after the effect / after the commit', () => consumerKilled(target, env));
+  it('2. broker restarted (kill -9 of our Kafka, restarted on the same log dir)', () =>
+    faultUnderLoad(
+      target,
+      env,
+      restartedBroker(() => own.restart(), 'kill -9 + kafka.sh start on the same log dir'),
+    ));
+  for (const fault of ['proxy-cut', 'proxy-reset', 'proxy-blackhole', 'proxy-half-open']) {
+    it(`3. link fault through the proxy: ${fault}`, () => {
+      const f = proxyFaults(target).find((x) => x.name === fault);
+      if (!f) throw new Error(`no fault ${fault}`);
+      return faultUnderLoad(target, env, f);
+    });
+  }
+  it('3b. broker paused (SIGSTOP ~10 s, SIGCONT)', () =>
+    faultUnderLoad(
+      target,
+      env,
+      pausedBroker(
+        () => own.pause(),
+        () => own.resume(),
+      ),
+    ));
+  it('4. broker down at start: fails fast, breaker opens, half-opens, recovers', () => brokerDownAtStart(target, env));
+  it('5. slow consumer: heap flat from backlog N to 2N, concurrency kept, publisher backpressure', () => slowConsumer(target, env));
+  it('6. hostile input written below the bus is dead-lettered with its reason', () => hostileInput(target, env));
+  it('7. dead-letter destination failing: not acknowledged, comes back, both errors reported', () => deadLetterFailing(target, env));
+  it('8. secrets (SASL password) appear in no error, log line or dead letter', () => secrets(target, env));
+});
