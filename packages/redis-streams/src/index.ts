@@ -4,5 +4,5 @@
 export { BODY_FIELD, decodeFields, encodeFields } from './codec.js';
 export { RedisIdempotencyStore, type RedisIdempotencyStoreOptions } from './idempotency.js';
 export { type GroupKeys, groupKeys, streamKey } from './keys.js';
-export type { ReconnectOptions, RedisStreamsOptions, RetentionPolicy } from './options.js';
+export type { HealthCheckOptions, ReconnectOptions, RedisStreamsOptions, RetentionPolicy } from './options.js';
 export { REDIS_STREAMS_CAPABILITIES, RedisStreamsTransport } from './transport.js';

@@ -23,6 +23,26 @@ export interface ReconnectOptions {
   readonly maxMs?: number;
 }
 
+/**
+ * Liveness checks of the connections. A half-open link (the server or a middlebox forgot the
+ * connection, the client still believes it is open) reports no error: only silence reveals it.
+ */
+export interface HealthCheckOptions {
+  /**
+   * How often the command connection is PINGed, ms (it is also PINGed at once when a publish is
+   * aborted by its signal). `0` disables the periodic PING (not the one after an abort).
+   * @defaultValue 5000
+   */
+  readonly intervalMs?: number;
+  /**
+   * Longest wait for a reply before the connection is declared dead and reconnected, ms: for a
+   * PING, for a non-blocking command of a subscription, and beyond `blockMs` for a blocking read.
+   * Keep it above the longest time your Redis takes to answer under load.
+   * @defaultValue 2000
+   */
+  readonly timeoutMs?: number;
+}
+
 /** Options of {@link RedisStreamsTransport}. */
 export interface RedisStreamsOptions {
   /**
@@ -60,4 +80,6 @@ export interface RedisStreamsOptions {
   consumerName?: string;
   /** Reconnection backoff. @defaultValue `{ initialMs: 50, maxMs: 5000 }` */
   reconnect?: ReconnectOptions;
+  /** Liveness checks (half-open links). @defaultValue `{ intervalMs: 5000, timeoutMs: 2000 }` */
+  healthCheck?: HealthCheckOptions;
 }

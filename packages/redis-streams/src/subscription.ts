@@ -11,6 +11,7 @@ import {
 import type { Redis } from 'ioredis';
 import { decodeFields, encodeFields } from './codec.js';
 import type { GroupKeys } from './keys.js';
+import { withDeadline } from './liveness.js';
 import { ACK, CLAIM_OWN, DEAD_LETTER, DROP_CONSUMER, MOVE, RETRY, TRIM_ACKED } from './scripts.js';
 import type { RedisStreamsTransport, ResolvedSettings } from './transport.js';
 
@@ -100,6 +101,24 @@ export class RedisStreamSubscription implements TransportSubscription {
         },
         () => {},
       );
+    });
+  }
+
+  /**
+   * Runs a command of the read loop on the subscription's connection with a client-side deadline
+   * (`extraMs` — the `BLOCK` of a blocking read — plus `healthCheck.timeoutMs`). A connection that
+   * stays silent past it while claiming to be ready is dead (half-open): it is dropped and ioredis
+   * reconnects and re-sends the command; the loop then re-reads its own pending entries (`close`).
+   */
+  private guarded<T>(command: Promise<T>, extraMs = 0): Promise<T> {
+    const deadline = extraMs + this.o.settings.healthCheck.timeoutMs;
+    return withDeadline(this.conn, command, deadline, () => {
+      if (this.closed || this.conn.status !== 'ready') return;
+      this.o.logger.warn(
+        { group: this.group, stream: this.o.keys.stream, deadlineMs: deadline },
+        'redis consumer connection is silent past the deadline; reconnecting',
+      );
+      this.conn.disconnect(true);
     });
   }
 
@@ -210,16 +229,8 @@ export class RedisStreamSubscription implements TransportSubscription {
   private async readOwnPending(count: number): Promise<Entry[]> {
     for (const stream of this.streams) {
       const cursor = this.pendingCursor.get(stream) ?? '0';
-      const reply = (await this.conn.callBuffer(
-        'XREADGROUP',
-        'GROUP',
-        this.group,
-        this.o.consumer,
-        'COUNT',
-        count,
-        'STREAMS',
-        stream,
-        cursor,
+      const reply = (await this.guarded(
+        this.conn.callBuffer('XREADGROUP', 'GROUP', this.group, this.o.consumer, 'COUNT', count, 'STREAMS', stream, cursor),
       )) as ReadReply;
       const entries = parseRead(reply, 0);
       const last = entries[entries.length - 1];
@@ -240,15 +251,8 @@ export class RedisStreamSubscription implements TransportSubscription {
     let complete = true;
     for (const stream of this.streams) {
       const cursor = this.claimCursor.get(stream) ?? '0-0';
-      const reply = (await this.conn.callBuffer(
-        'XAUTOCLAIM',
-        stream,
-        this.group,
-        this.o.consumer,
-        this.o.settings.claimIdleMs,
-        cursor,
-        'COUNT',
-        count,
+      const reply = (await this.guarded(
+        this.conn.callBuffer('XAUTOCLAIM', stream, this.group, this.o.consumer, this.o.settings.claimIdleMs, cursor, 'COUNT', count),
       )) as [Buffer, [Buffer, Buffer[] | null][], Buffer[]?];
       const next = reply[0].toString();
       this.claimCursor.set(stream, next);
@@ -268,19 +272,22 @@ export class RedisStreamSubscription implements TransportSubscription {
     const block = Math.max(1, Math.min(this.o.settings.blockMs, this.nextClaimAt - Date.now()));
     this.blocked = true;
     try {
-      const reply = (await this.conn.callBuffer(
-        'XREADGROUP',
-        'GROUP',
-        this.group,
-        this.o.consumer,
-        'COUNT',
-        count,
-        'BLOCK',
+      const reply = (await this.guarded(
+        this.conn.callBuffer(
+          'XREADGROUP',
+          'GROUP',
+          this.group,
+          this.o.consumer,
+          'COUNT',
+          count,
+          'BLOCK',
+          block,
+          'STREAMS',
+          ...this.streams,
+          '>',
+          '>',
+        ),
         block,
-        'STREAMS',
-        ...this.streams,
-        '>',
-        '>',
       )) as ReadReply;
       return parseRead(reply, 1);
     } finally {
@@ -291,7 +298,7 @@ export class RedisStreamSubscription implements TransportSubscription {
   private async fillDeliveryCounts(entries: Entry[]): Promise<void> {
     const pipeline = this.conn.pipeline();
     for (const e of entries) pipeline.call('XPENDING', e.stream, this.group, e.id, e.id, 1);
-    const replies = (await pipeline.exec()) ?? [];
+    const replies = (await this.guarded(pipeline.exec())) ?? [];
     entries.forEach((e, i) => {
       const row = (replies[i]?.[1] as [string, string, number, number][] | undefined)?.[0];
       if (row) e.deliveryCount = Number(row[3]);

@@ -24,9 +24,10 @@ import {
   type TransportHealth,
   type TransportSubscription,
 } from '@busbar/core';
-import { Redis, type RedisOptions } from 'ioredis';
+import { Redis, type RedisOptions, ReplyError } from 'ioredis';
 import { decodeFields, encodeFields } from './codec.js';
 import { groupKeys, streamKey } from './keys.js';
+import { answersPing } from './liveness.js';
 import type { RedisStreamsOptions, RetentionPolicy } from './options.js';
 import { REPLAY, TRIM_ACKED } from './scripts.js';
 import { RedisStreamSubscription } from './subscription.js';
@@ -45,6 +46,8 @@ export const REDIS_STREAMS_CAPABILITIES: TransportCapabilities = {
 
 /** Redis errors a later attempt may get past (the server is loading, read-only, out of memory …). */
 const TRANSIENT = /^(OOM|LOADING|READONLY|BUSY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN|NOREPLICAS)/;
+/** Replies refusing our credentials: more telling than the "Connection is closed" that follows them. */
+const AUTH_ERROR = /\b(WRONGPASS|NOAUTH|NOPERM)\b/;
 
 /** @internal Settings the subscriptions share. */
 export interface ResolvedSettings {
@@ -55,6 +58,7 @@ export interface ResolvedSettings {
   readonly retryPollMs: number;
   readonly retention: RetentionPolicy;
   readonly reconnect: { readonly initialMs: number; readonly maxMs: number };
+  readonly healthCheck: { readonly intervalMs: number; readonly timeoutMs: number };
 }
 
 /**
@@ -85,6 +89,8 @@ export class RedisStreamsTransport implements Transport {
   private closed = false;
   private readonly subscriptions = new Set<RedisStreamSubscription>();
   private readonly consumerSeq = new Map<string, number>();
+  private probing = false;
+  private healthTimer: NodeJS.Timeout | undefined;
 
   constructor(options: RedisStreamsOptions = {}) {
     this.url = options.url ?? readBusbarEnv().redisUrl;
@@ -97,6 +103,10 @@ export class RedisStreamsTransport implements Transport {
     }
     const positive = (n: number, name: string) => {
       if (!Number.isFinite(n) || n <= 0) throw new ConfigError(`${name} must be a positive number, got ${n}`);
+      return n;
+    };
+    const nonNegative = (n: number, name: string) => {
+      if (!Number.isFinite(n) || n < 0) throw new ConfigError(`${name} must be a number >= 0, got ${n}`);
       return n;
     };
     const keyPrefix = options.keyPrefix ?? 'busbar';
@@ -113,6 +123,10 @@ export class RedisStreamsTransport implements Transport {
       reconnect: {
         initialMs: positive(options.reconnect?.initialMs ?? 50, 'reconnect.initialMs'),
         maxMs: positive(options.reconnect?.maxMs ?? 5_000, 'reconnect.maxMs'),
+      },
+      healthCheck: {
+        intervalMs: nonNegative(options.healthCheck?.intervalMs ?? 5_000, 'healthCheck.intervalMs'),
+        timeoutMs: positive(options.healthCheck?.timeoutMs ?? 2_000, 'healthCheck.timeoutMs'),
       },
     };
     this.redisOptions = options.redisOptions ?? {};
@@ -164,21 +178,55 @@ export class RedisStreamsTransport implements Transport {
       if (!this.closed) this.setState('reconnecting');
     });
     client.on('end', () => this.setState(this.closed ? 'closed' : 'disconnected'));
-    client.on('error', (error: unknown) => {
-      this.lastError = describeError(error);
-    });
+    client.on('error', (error: unknown) => this.noteError(error));
     this.setState('connecting');
     try {
       await client.connect();
     } catch (error) {
       // ioredis keeps reconnecting (retryStrategy); publishes fail with BrokerUnavailableError meanwhile.
-      this.lastError = describeError(error);
+      this.noteError(error);
       this.logger.warn({ err: this.lastError }, 'redis is not reachable yet; reconnecting in the background');
+    }
+    if (this.settings.healthCheck.intervalMs > 0) {
+      this.healthTimer = setInterval(() => void this.probe('periodic'), this.settings.healthCheck.intervalMs);
+      this.healthTimer.unref();
+    }
+  }
+
+  /**
+   * Remembers the last error (credential-free). An authentication refusal (`WRONGPASS`, `NOAUTH`) is
+   * kept over the generic "Connection is closed" ioredis reports after it, until the next `ready`.
+   */
+  private noteError(error: unknown): void {
+    const text = redact(describeError(error));
+    if (this.lastError !== undefined && AUTH_ERROR.test(this.lastError) && !AUTH_ERROR.test(text) && this.state !== 'connected') return;
+    this.lastError = text;
+  }
+
+  /**
+   * Liveness of the command connection: PING with a deadline of `healthCheck.timeoutMs`; silence
+   * on a connection that claims to be ready means a dead (half-open) link: drop it so ioredis
+   * reconnects (and re-sends the commands still waiting for a reply).
+   */
+  private async probe(why: string): Promise<void> {
+    const client = this.client;
+    if (!client || this.closed || this.probing || client.status !== 'ready') return;
+    this.probing = true;
+    try {
+      const { timeoutMs } = this.settings.healthCheck;
+      if (await answersPing(client, timeoutMs)) return;
+      if (this.closed || client.status !== 'ready') return;
+      this.lastError = `no reply to PING within ${timeoutMs} ms (${why}): connection presumed dead, reconnecting`;
+      this.logger.warn({ err: this.lastError }, 'redis command connection is silent; reconnecting');
+      client.disconnect(true);
+    } finally {
+      this.probing = false;
     }
   }
 
   private setState(state: ConnectionState): void {
     if (this.state === state) return;
+    if (state === 'connected') this.lastError = undefined;
     this.state = state;
     const detail = state === 'reconnecting' || state === 'disconnected' ? this.lastError : undefined;
     this.context?.emit({ kind: 'connection', state, ...(detail === undefined ? {} : { detail }) });
@@ -211,7 +259,11 @@ export class RedisStreamsTransport implements Transport {
     }
     let onAbort: (() => void) | undefined;
     const aborted = new Promise<never>((_, reject) => {
-      onAbort = () => reject(new BrokerUnavailableError('publish aborted while waiting for redis'));
+      onAbort = () => {
+        reject(new BrokerUnavailableError('publish aborted while waiting for redis'));
+        // A publish that outlived its deadline may sit on a dead (half-open) link: check it.
+        void this.probe('after a publish timed out');
+      };
       signal.addEventListener('abort', onAbort, { once: true });
     });
     try {
@@ -221,9 +273,12 @@ export class RedisStreamsTransport implements Transport {
         const error = replies[i]?.[0];
         if (!error) return { ok: true };
         const message = `XADD of ${m.id} to ${m.topic} failed: ${describeError(error)}`;
+        // Only a reply of the server can reject a message; anything else (ioredis's "Stream isn't
+        // writeable", "Connection is closed" while a dead link is dropped …) is the link's fault.
+        const rejected = error instanceof ReplyError && !TRANSIENT.test(error.message);
         return {
           ok: false,
-          error: TRANSIENT.test(error.message) ? new BrokerUnavailableError(message) : new PublishRejectedError(message),
+          error: rejected ? new PublishRejectedError(message) : new BrokerUnavailableError(message),
         };
       });
     } finally {
@@ -309,6 +364,7 @@ export class RedisStreamsTransport implements Transport {
     if (this.closed) return;
     await Promise.allSettled([...this.subscriptions].map((s) => s.close()));
     this.closed = true;
+    clearInterval(this.healthTimer);
     const client = this.client;
     if (!client) {
       this.setState('closed');
