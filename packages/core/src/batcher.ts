@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events';
 import { BackpressureError, BrokerUnavailableError, type BusClosedError, BusError, PublishTimeoutError } from './errors.js';
 import type { CircuitBreaker } from './resilience.js';
 import type { OutgoingMessage, PublishOutcome, Transport } from './spi.js';
@@ -12,7 +13,11 @@ export interface BatchingOptions {
   /**
    * Transport calls allowed in flight at once. Publishes issued while all are busy wait and are
    * coalesced into the next call; no timer is involved, so a lone publish is sent at once (the
-   * "max wait" is one broker round trip). `1` also keeps publish order per key across batches.
+   * "max wait" is one broker round trip, plus one event-loop turn after a call of several
+   * publishes or while publishes are waiting: the next call is then cut after the callers the
+   * finished call released had their turn to publish again, so N concurrent publishers fill
+   * batches of N rather than alternating halves). `1` also keeps publish order per key across
+   * batches.
    * @defaultValue 1
    */
   maxInFlightBatches?: number;
@@ -21,9 +26,16 @@ export interface BatchingOptions {
 interface Entry {
   readonly message: OutgoingMessage;
   readonly deadline: number;
+  readonly timeoutMs: number;
   settled: boolean;
   resolve(): void;
   reject(error: Error): void;
+}
+
+/** A transport call in flight, aborted once the latest deadline of its publishes passed. */
+interface InFlightCall {
+  readonly controller: AbortController;
+  readonly deadline: number;
 }
 
 /** Options the bus gives its batcher. */
@@ -40,9 +52,28 @@ export interface BatcherOptions extends BatchingOptions {
 /**
  * Coalesces publishes issued while a transport call is in flight into the next call, keeping a
  * result per message. One mechanism for every transport.
+ *
+ * Deadlines (each publish's `timeoutMs`, and each transport call's abort at the latest deadline of
+ * its publishes) are enforced by one timer armed at the earliest pending deadline, rather than a
+ * timer per publish and per call: the per-message cost of a timer is what an awaited publish pays
+ * most for on a fast transport. The timer is cleared whenever nothing is pending.
  */
 export class PublishBatcher {
   private readonly queue: Entry[] = [];
+  /** Unsettled publishes (queued or in flight), watched for their deadline. */
+  private readonly watched = new Set<Entry>();
+  /** Transport calls in flight, watched for their deadline. */
+  private readonly calls = new Set<InFlightCall>();
+  private timer: NodeJS.Timeout | undefined;
+  private timerAt = Number.POSITIVE_INFINITY;
+  /**
+   * Controllers of finished calls that were never aborted and have no listener left, for the next
+   * call: creating an `AbortController` costs several µs on Node 20 (its signal's prototype is set
+   * at run time), as much as the rest of an awaited publish's bookkeeping.
+   */
+  private readonly spareControllers: AbortController[] = [];
+  /** A call completed and the next one is cut on the next event-loop turn (see `maxInFlightBatches`). */
+  private pumpDeferred = false;
   private inFlight = 0;
   private pending = 0;
   private readonly capacityWaiters: (() => void)[] = [];
@@ -73,25 +104,11 @@ export class PublishBatcher {
     this.pending++;
     try {
       await new Promise<void>((resolve, reject) => {
-        const entry: Entry = { message, deadline, settled: false, resolve, reject };
-        const timer = setTimeout(() => {
-          this.settle(
-            entry,
-            new PublishTimeoutError(
-              `publish of ${message.id} to ${message.topic} did not settle within ${timeoutMs} ms; its outcome is unknown`,
-            ),
-          );
-        }, timeoutMs);
-        entry.resolve = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-        entry.reject = (e) => {
-          clearTimeout(timer);
-          reject(e);
-        };
+        const entry: Entry = { message, deadline, timeoutMs, settled: false, resolve, reject };
+        this.watched.add(entry);
+        this.watchDeadline(deadline);
         this.queue.push(entry);
-        this.pump();
+        if (!this.pumpDeferred) this.pump();
       });
     } finally {
       this.pending--;
@@ -136,8 +153,59 @@ export class PublishBatcher {
   private settle(entry: Entry, error?: Error): void {
     if (entry.settled) return;
     entry.settled = true;
+    this.watched.delete(entry);
+    this.disarmIfIdle();
     if (error) entry.reject(error);
     else entry.resolve();
+  }
+
+  /** Keeps a finished call's controller for reuse if nothing can observe it any more (not aborted, no listener). */
+  private recycle(controller: AbortController): void {
+    if (controller.signal.aborted || this.spareControllers.length >= this.maxInFlight) return;
+    if (getEventListeners(controller.signal, 'abort').length > 0) return;
+    this.spareControllers.push(controller);
+  }
+
+  /** Makes sure the deadline timer fires no later than `deadline`. */
+  private watchDeadline(deadline: number): void {
+    if (deadline >= this.timerAt) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timerAt = deadline;
+    this.timer = setTimeout(() => this.sweep(), Math.max(0, deadline - Date.now()));
+  }
+
+  /** Clears the deadline timer when nothing is watched, so an idle batcher holds no timer. */
+  private disarmIfIdle(): void {
+    if (this.timer && this.watched.size === 0 && this.calls.size === 0) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+      this.timerAt = Number.POSITIVE_INFINITY;
+    }
+  }
+
+  /** Times out every publish and aborts every transport call past its deadline; re-arms for the next one. */
+  private sweep(): void {
+    this.timer = undefined;
+    this.timerAt = Number.POSITIVE_INFINITY;
+    const now = Date.now();
+    let next = Number.POSITIVE_INFINITY;
+    for (const call of this.calls) {
+      if (call.deadline <= now) {
+        this.calls.delete(call);
+        call.controller.abort(new PublishTimeoutError('publish batch timed out'));
+      } else if (call.deadline < next) next = call.deadline;
+    }
+    for (const entry of this.watched) {
+      if (entry.deadline <= now) {
+        this.settle(
+          entry,
+          new PublishTimeoutError(
+            `publish of ${entry.message.id} to ${entry.message.topic} did not settle within ${entry.timeoutMs} ms; its outcome is unknown`,
+          ),
+        );
+      } else if (entry.deadline < next) next = entry.deadline;
+    }
+    if (next !== Number.POSITIVE_INFINITY) this.watchDeadline(next);
   }
 
   private pump(): void {
@@ -151,7 +219,17 @@ export class PublishBatcher {
       this.inFlight++;
       void this.send(batch).finally(() => {
         this.inFlight--;
-        this.pump();
+        // When publishes are waiting or this call released several publishers, let those run
+        // their continuations (often a next publish) before cutting the next batch, so they join
+        // it instead of waiting one more round trip. After a lone publish with nothing waiting
+        // (publishes awaited one by one), the next publish is sent at once, as ever.
+        if ((this.queue.length > 0 || batch.length > 1) && !this.pumpDeferred) {
+          this.pumpDeferred = true;
+          setImmediate(() => {
+            this.pumpDeferred = false;
+            this.pump();
+          });
+        }
       });
     }
   }
@@ -164,22 +242,28 @@ export class PublishBatcher {
       for (const e of batch) this.settle(e, error as Error);
       return;
     }
-    const controller = new AbortController();
-    const latest = Math.max(...batch.map((e) => e.deadline));
-    const timer = setTimeout(() => controller.abort(new PublishTimeoutError('publish batch timed out')), Math.max(0, latest - Date.now()));
+    let latest = 0;
+    const messages: OutgoingMessage[] = new Array(batch.length);
+    for (let i = 0; i < batch.length; i++) {
+      const e = batch[i] as Entry;
+      if (e.deadline > latest) latest = e.deadline;
+      messages[i] = e.message;
+    }
+    const call: InFlightCall = { controller: this.spareControllers.pop() ?? new AbortController(), deadline: latest };
+    this.calls.add(call);
+    this.watchDeadline(latest);
     let outcomes: readonly PublishOutcome[];
     try {
-      outcomes = await this.options.transport.publish(
-        batch.map((e) => e.message),
-        controller.signal,
-      );
+      outcomes = await this.options.transport.publish(messages, call.controller.signal);
     } catch (error) {
       const err = toPublishError(error);
       breaker?.onFailure(err);
       for (const e of batch) this.settle(e, err);
       return;
     } finally {
-      clearTimeout(timer);
+      this.calls.delete(call);
+      this.disarmIfIdle();
+      this.recycle(call.controller);
     }
     let brokerFailure: Error | undefined;
     batch.forEach((entry, i) => {
