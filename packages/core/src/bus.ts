@@ -575,7 +575,8 @@ interface ResolvedSubscription {
 
 interface Running {
   delivery: Delivery;
-  controller: AbortController;
+  /** Created on first use (reading `ctx.signal`, a handler timeout): most handlers never need one. */
+  controller: AbortController | undefined;
   settled: boolean;
   done: Promise<void>;
 }
@@ -643,6 +644,7 @@ class SubscriptionImpl implements Subscription {
         clearTimeout(timer);
         if (timedOut) {
           for (const r of [...this.running]) {
+            r.controller ??= new AbortController();
             r.controller.abort(new BusClosedError('subscription closed before the handler finished'));
             await this.settle(r, { status: 'released' }, () => r.delivery.release(), undefined);
           }
@@ -669,7 +671,7 @@ class SubscriptionImpl implements Subscription {
   private onDelivery(delivery: Delivery): void {
     const running: Running = {
       delivery,
-      controller: new AbortController(),
+      controller: undefined,
       settled: false,
       done: Promise.resolve(),
     };
@@ -782,7 +784,10 @@ class SubscriptionImpl implements Subscription {
       maxAttempts: this.resolved.maxAttempts,
       headers: decoded.userHeaders,
       attributes: decoded.attributes,
-      signal: r.controller.signal,
+      get signal() {
+        r.controller ??= new AbortController();
+        return r.controller.signal;
+      },
       position: d.position,
       extendLease: async (ms) => {
         if (!d.extendLease) {
@@ -813,6 +818,7 @@ class SubscriptionImpl implements Subscription {
           new Promise((_, reject) => {
             timer = setTimeout(() => {
               const err = new Error(`handler exceeded handlerTimeoutMs (${ms} ms)`);
+              r.controller ??= new AbortController();
               r.controller.abort(err);
               reject(err);
             }, ms);
