@@ -101,7 +101,11 @@ export interface GroupConsumerConfig {
   readonly maxWaitTimeMs: number;
 }
 
-/** A consumer-group member. */
+/**
+ * A consumer-group member. After a request timeout (a silent, possibly half-open connection) it
+ * replaces its connections and rejoins by itself, reporting it through
+ * {@link GroupConsumerHandlers.onCrash} (`restarting: true`).
+ */
 export interface GroupConsumer {
   /** Connects, subscribes and starts fetching; resolves after the first group join. */
   start(handlers: GroupConsumerHandlers): Promise<void>;
@@ -115,7 +119,11 @@ export interface GroupConsumer {
 
 /** An (idempotent, acks = all) producer. */
 export interface RecordProducer {
-  /** Appends the records in one request per broker; resolves once all in-sync replicas have them. */
+  /**
+   * Appends the records in one request per broker; resolves once all in-sync replicas have them.
+   * Rejects (promptly) once a request of this producer timed out: its connection is presumed dead
+   * and the producer must be replaced.
+   */
   send(batches: readonly TopicRecords[]): Promise<void>;
   /** Disconnects. */
   close(): Promise<void>;
@@ -132,7 +140,10 @@ export type ErrorKind =
 
 /** The client seam. */
 export interface KafkaClient {
-  /** Connects the admin connection. */
+  /**
+   * Connects the admin connection. Called again after a connection loss: then it drops the old
+   * connections and opens new ones (a half-open socket never recovers by itself).
+   */
   connect(): Promise<void>;
   /** Cheap round trip proving the cluster answers (metadata). */
   probe(): Promise<void>;

@@ -39,6 +39,14 @@ class GroupNotEmptyError extends Error {
   }
 }
 
+/** A request timed out: the connection it used is presumed dead (half-open, black-holed). */
+class RequestTimedOutError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RequestTimedOutError';
+  }
+}
+
 /** Settings of the kafkajs client (resolved transport options). */
 export interface KafkajsClientSettings {
   readonly brokers: readonly string[];
@@ -101,6 +109,11 @@ async function retrying<T>(fn: () => Promise<T>, attempts = 8): Promise<T> {
   }
 }
 
+/** Whether the broker refused the request (it was not appended; retrying cannot help). */
+function isRejection(error: unknown): boolean {
+  return [...chain(error)].some((e) => typeof e.type === 'string' && REJECTED_TYPES.has(e.type));
+}
+
 /** Walks an error's `cause` / `errors` chain. */
 function* chain(error: unknown, depth = 0): Generator<Record<string, unknown>> {
   if (depth > 6 || typeof error !== 'object' || error === null) return;
@@ -129,13 +142,68 @@ function toBuffer(u: Uint8Array): Buffer {
   return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 }
 
+/**
+ * One idempotent kafkajs producer, used for one `sendBatch` at a time.
+ *
+ * - kafkajs rolls a partition's sequence number back after a failed produce request and retries it
+ *   later; a concurrent `sendBatch` sent in between reuses that sequence, and if the failed request
+ *   did land, the broker takes the newer batch for its duplicate: acknowledged, never appended
+ *   (seen after connection cuts). So sends are serialised here, and after a send of unknown outcome
+ *   the producer refuses further sends (the transport replaces it: new producer id).
+ * - kafkajs keeps a socket open after a request on it timed out and retries on it; on a half-open
+ *   link that never ends. So the first request timeout marks this producer broken: pending and
+ *   later sends reject at once.
+ */
 class KafkajsProducer implements RecordProducer {
+  private broken: Error | undefined;
+  private readonly onBroken = new Set<(error: Error) => void>();
+  private tail: Promise<void> = Promise.resolve();
+
   constructor(
     private readonly producer: Producer,
     private readonly ackTimeoutMs: number,
-  ) {}
+  ) {
+    producer.on(producer.events.REQUEST_TIMEOUT, (e) => {
+      this.breakWith(new RequestTimedOutError(`request ${e.payload.apiName} to ${e.payload.broker} timed out`));
+    });
+  }
+
+  private breakWith(error: Error): void {
+    if (this.broken) return;
+    this.broken = error;
+    for (const reject of this.onBroken) reject(error);
+    this.onBroken.clear();
+  }
 
   async send(batches: readonly TopicRecords[]): Promise<void> {
+    if (this.broken) throw this.broken;
+    let reject!: (error: Error) => void;
+    const broken = new Promise<never>((_, r) => {
+      reject = r;
+    });
+    this.onBroken.add(reject);
+    const run = this.tail.then(async () => {
+      if (this.broken) throw this.broken;
+      try {
+        await this.sendBatch(batches);
+      } catch (error) {
+        if (!isRejection(error)) this.breakWith(error instanceof Error ? error : new Error(String(error)));
+        throw error;
+      }
+    });
+    const settled = run.then(
+      () => {},
+      () => {},
+    );
+    this.tail = settled;
+    try {
+      await Promise.race([run, broken]);
+    } finally {
+      this.onBroken.delete(reject);
+    }
+  }
+
+  private async sendBatch(batches: readonly TopicRecords[]): Promise<void> {
     await this.producer.sendBatch({
       acks: -1,
       timeout: this.ackTimeoutMs,
@@ -147,20 +215,37 @@ class KafkajsProducer implements RecordProducer {
   }
 
   async close(): Promise<void> {
+    this.breakWith(new Error('the producer was closed'));
     await this.producer.disconnect();
   }
 }
 
+/**
+ * A group member on a kafkajs consumer. kafkajs keeps a socket open after a request on it timed out
+ * (it only rejects the request, `network/requestQueue`), so a half-open link (the peer gone
+ * without FIN/RST) would be retried on forever. After a request timeout the member is replaced by
+ * a new kafkajs consumer (new connections, rejoin from the committed offsets); the old one is
+ * disconnected in the background.
+ */
 class KafkajsGroupConsumer implements GroupConsumer {
-  private readonly consumer: Consumer;
+  private consumer: Consumer;
+  private handlers: GroupConsumerHandlers | undefined;
+  private closed = false;
+  private restarting: Promise<void> | undefined;
+  private readonly retired: Promise<void>[] = [];
   private closing: Promise<void> | undefined;
 
   constructor(
-    kafka: Kafka,
+    private readonly kafka: Kafka,
     private readonly config: GroupConsumerConfig,
-    settings: KafkajsClientSettings,
+    private readonly settings: KafkajsClientSettings,
   ) {
-    this.consumer = kafka.consumer({
+    this.consumer = this.spawn();
+  }
+
+  private spawn(): Consumer {
+    const { config, settings } = this;
+    return this.kafka.consumer({
       groupId: config.groupId,
       sessionTimeout: config.sessionTimeoutMs,
       heartbeatInterval: config.heartbeatIntervalMs,
@@ -177,22 +262,37 @@ class KafkajsGroupConsumer implements GroupConsumer {
   }
 
   async start(handlers: GroupConsumerHandlers): Promise<void> {
-    const c = this.consumer;
+    await this.run(this.consumer, handlers);
+    // Replaced only once started: before the first join, kafkajs's own crash/restart and the
+    // subscribe timeout apply.
+    this.handlers = handlers;
+  }
+
+  /** Connects, subscribes and runs `c`; resolves after its first group join. */
+  private async run(c: Consumer, handlers: GroupConsumerHandlers): Promise<void> {
     let joined!: () => void;
     let failed!: (e: Error) => void;
     const firstJoin = new Promise<void>((resolve, reject) => {
       joined = resolve;
       failed = reject;
     });
+    firstJoin.catch(() => {});
     c.on(c.events.GROUP_JOIN, (e) => {
+      if (c !== this.consumer) return;
       const assignment = new Map<string, number[]>();
       for (const [topic, partitions] of Object.entries(e.payload.memberAssignment)) assignment.set(topic, [...partitions]);
       handlers.onAssignment(assignment);
       joined();
     });
     c.on(c.events.CRASH, (e) => {
+      if (c !== this.consumer) return;
       handlers.onCrash(e.payload.error, e.payload.restart);
       if (!e.payload.restart) failed(e.payload.error);
+    });
+    c.on(c.events.REQUEST_TIMEOUT, (e) => {
+      if (c !== this.consumer || this.closed) return;
+      const { apiName, broker } = e.payload;
+      this.restart(new Error(`request ${apiName} to ${broker} timed out; replacing the consumer's connections`));
     });
     await c.connect();
     for (const t of this.config.topics) await c.subscribe({ topics: [t.name], fromBeginning: t.fromBeginning });
@@ -200,9 +300,34 @@ class KafkajsGroupConsumer implements GroupConsumer {
       autoCommit: false,
       eachBatchAutoResolve: false,
       partitionsConsumedConcurrently: this.config.partitionsConsumedConcurrently,
-      eachBatch: (p) => handlers.onBatch(toBatch(p)),
+      eachBatch: (p) => handlers.onBatch(toBatch(p, () => c === this.consumer && !this.closed)),
     });
     await firstJoin;
+  }
+
+  /** Replaces the kafkajs consumer by a new one (new connections); once at a time. */
+  private restart(reason: Error): void {
+    const handlers = this.handlers;
+    if (this.restarting || this.closed || !handlers) return;
+    this.restarting = (async () => {
+      handlers.onCrash(reason, true);
+      for (let n = 1; !this.closed; n++) {
+        const old = this.consumer;
+        const next = this.spawn();
+        this.consumer = next;
+        this.retired.push(old.disconnect().catch(() => {}));
+        try {
+          await this.run(next, handlers);
+          return;
+        } catch (error) {
+          if (this.closed) return;
+          handlers.onCrash(error as Error, true);
+          await new Promise((r) => setTimeout(r, Math.min(this.settings.maxRetryTimeMs, 100 * 2 ** n)));
+        }
+      }
+    })().finally(() => {
+      this.restarting = undefined;
+    });
   }
 
   async commit(offsets: readonly TopicPartitionOffset[]): Promise<void> {
@@ -219,12 +344,16 @@ class KafkajsGroupConsumer implements GroupConsumer {
   }
 
   close(): Promise<void> {
-    this.closing ??= this.consumer.disconnect();
+    this.closing ??= (async () => {
+      this.closed = true;
+      await this.consumer.disconnect();
+      await Promise.all(this.retired);
+    })();
     return this.closing;
   }
 }
 
-function toBatch(p: EachBatchPayload): FetchedBatch {
+function toBatch(p: EachBatchPayload, current: () => boolean): FetchedBatch {
   const records: IncomingRecord[] = p.batch.messages.map((m) => ({
     offset: m.offset,
     key: m.key === null || m.key === undefined ? undefined : m.key.toString('utf8'),
@@ -237,7 +366,7 @@ function toBatch(p: EachBatchPayload): FetchedBatch {
     records,
     resolve: (offset) => p.resolveOffset(offset),
     heartbeat: () => p.heartbeat(),
-    isActive: () => p.isRunning() && !p.isStale(),
+    isActive: () => current() && p.isRunning() && !p.isStale(),
     pause: () => p.pause(),
   };
 }
@@ -245,7 +374,10 @@ function toBatch(p: EachBatchPayload): FetchedBatch {
 /** kafkajs implementation of {@link KafkaClient}. */
 export class KafkajsClient implements KafkaClient {
   private readonly kafka: Kafka;
-  private readonly admin: Admin;
+  private admin: Admin;
+  private adminStale = false;
+  private connects = 0;
+  private adminConnecting: Promise<void> | undefined;
 
   constructor(private readonly settings: KafkajsClientSettings) {
     const logger = settings.logger;
@@ -270,15 +402,62 @@ export class KafkajsClient implements KafkaClient {
     if (settings.ssl !== undefined) config.ssl = settings.ssl as KafkaConfig['ssl'];
     if (settings.sasl !== undefined) config.sasl = settings.sasl;
     this.kafka = new Kafka(config);
-    this.admin = this.kafka.admin({ retry: { retries: settings.requestRetries, maxRetryTime: settings.maxRetryTimeMs } });
+    this.admin = this.newAdmin();
   }
 
+  private newAdmin(): Admin {
+    const admin = this.kafka.admin({ retry: { retries: this.settings.requestRetries, maxRetryTime: this.settings.maxRetryTimeMs } });
+    // kafkajs keeps a socket open after a request on it timed out (a half-open connection would
+    // never recover): replace the admin at the next (re)connect.
+    admin.on(admin.events.REQUEST_TIMEOUT, () => {
+      if (this.admin === admin) this.adminStale = true;
+    });
+    return admin;
+  }
+
+  /** Replaces the admin client by a new one (new connections); the old one disconnects in the background. */
+  private async replaceAdmin(old: Admin): Promise<void> {
+    if (this.admin === old) {
+      this.admin = this.newAdmin();
+      this.adminStale = false;
+      this.adminConnecting = undefined;
+      void old.disconnect().catch(() => {});
+    }
+    this.adminConnecting ??= this.admin.connect().catch((error: unknown) => {
+      this.adminConnecting = undefined;
+      throw error;
+    });
+    await this.adminConnecting;
+  }
+
+  /**
+   * Runs an admin call; if it failed on a dead connection (a timed-out request, or a broker
+   * object kafkajs left half-initialised after a timed-out connect), once more on a new admin.
+   */
+  private async withAdmin<T>(fn: (admin: Admin) => Promise<T>): Promise<T> {
+    const admin = this.admin;
+    try {
+      return await fn(admin);
+    } catch (error) {
+      const dead = [...chain(error)].some((e) => e.name === 'KafkaJSRequestTimeoutError' || e.message === 'Broker not connected');
+      if (!dead) throw error;
+      await this.replaceAdmin(admin);
+      return fn(this.admin);
+    }
+  }
+
+  /**
+   * Connects the admin client. A later call (a reconnect after a connection loss) uses a new one
+   * (new connections): kafkajs keeps a socket open after a request on it timed out, so a half-open
+   * connection would never recover.
+   */
   async connect(): Promise<void> {
-    await this.admin.connect();
+    if (this.adminStale || this.connects++ > 0) await this.replaceAdmin(this.admin);
+    else await this.admin.connect();
   }
 
   async probe(): Promise<void> {
-    await this.admin.describeCluster();
+    await this.withAdmin((a) => a.describeCluster());
   }
 
   async createProducer(): Promise<RecordProducer> {
@@ -298,15 +477,17 @@ export class KafkajsClient implements KafkaClient {
     if (specs.length === 0) return;
     try {
       await retrying(() =>
-        this.admin.createTopics({
-          waitForLeaders: true,
-          topics: specs.map((s) => ({
-            topic: s.name,
-            numPartitions: s.numPartitions,
-            replicationFactor: s.replicationFactor,
-            configEntries: Object.entries(s.config ?? {}).map(([name, value]) => ({ name, value })),
-          })),
-        }),
+        this.withAdmin((a) =>
+          a.createTopics({
+            waitForLeaders: true,
+            topics: specs.map((s) => ({
+              topic: s.name,
+              numPartitions: s.numPartitions,
+              replicationFactor: s.replicationFactor,
+              configEntries: Object.entries(s.config ?? {}).map(([name, value]) => ({ name, value })),
+            })),
+          }),
+        ),
       );
     } catch (error) {
       // Created concurrently by someone else: fine.
@@ -317,20 +498,20 @@ export class KafkajsClient implements KafkaClient {
   }
 
   listTopics(): Promise<string[]> {
-    return retrying(() => this.admin.listTopics());
+    return retrying(() => this.withAdmin((a) => a.listTopics()));
   }
 
   async deleteTopics(names: readonly string[]): Promise<void> {
-    if (names.length > 0) await this.admin.deleteTopics({ topics: [...names] });
+    if (names.length > 0) await this.withAdmin((a) => a.deleteTopics({ topics: [...names] }));
   }
 
   async watermarks(topic: string): Promise<PartitionWatermarks[]> {
-    const rows = await retrying(() => this.admin.fetchTopicOffsets(topic));
+    const rows = await retrying(() => this.withAdmin((a) => a.fetchTopicOffsets(topic)));
     return rows.map((r) => ({ partition: r.partition, low: r.low, high: r.high })).sort((a, b) => a.partition - b.partition);
   }
 
   async committedOffsets(groupId: string, topic: string): Promise<CommittedOffset[]> {
-    const rows = await retrying(() => this.admin.fetchOffsets({ groupId, topics: [topic] }));
+    const rows = await retrying(() => this.withAdmin((a) => a.fetchOffsets({ groupId, topics: [topic] })));
     return (rows.find((r) => r.topic === topic)?.partitions ?? []).map((p) => ({ partition: p.partition, offset: p.offset }));
   }
 
@@ -341,7 +522,7 @@ export class KafkajsClient implements KafkaClient {
    */
   async initGroupOffsets(groupId: string, offsets: readonly TopicPartitionOffset[]): Promise<void> {
     if (offsets.length === 0) return;
-    const described = await retrying(() => this.admin.describeGroups([groupId]));
+    const described = await retrying(() => this.withAdmin((a) => a.describeGroups([groupId])));
     const state = described.groups[0]?.state ?? 'Dead';
     if (state !== 'Empty' && state !== 'Dead' && String(state) !== '') throw new GroupNotEmptyError(groupId, state);
     const topics = [...new Set(offsets.map((o) => o.topic))];

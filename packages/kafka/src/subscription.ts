@@ -330,6 +330,12 @@ export class KafkaSubscription implements TransportSubscription {
         this.gate.release(gateKey);
         return;
       }
+      if (track.nextHand !== undefined && offset < track.nextHand) {
+        // Handed over meanwhile by a batch of a replaced consumer (same partition, fetched again).
+        this.gate.release(gateKey);
+        batch.resolve(rec.offset);
+        continue;
+      }
       track.handed(offset);
       batch.resolve(rec.offset);
       const attempt = fromRetry ? parseAttempt(rec.headers[Headers.attempt]) : 1;

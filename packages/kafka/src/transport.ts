@@ -259,25 +259,34 @@ export class KafkaTransport implements Transport {
     await Promise.all(specs.map((s) => this.topics.get(s.name)));
   }
 
-  /** Sends with the current producer; a failure of unknown outcome replaces the producer. */
+  /**
+   * Sends with the current producer; a failure of unknown outcome replaces the producer. So does a
+   * send still pending when `signal` aborts (core's publish deadline): kafkajs keeps a timed-out
+   * request's socket open and retries on it, so a half-open link would otherwise never recover.
+   */
   private async send(batches: readonly TopicRecords[], signal?: AbortSignal): Promise<void> {
     const producer = this.producer;
     if (this.state !== 'connected' || !producer) throw this.unavailable();
-    const sent = producer.send(batches);
-    sent.catch((error: unknown) => {
-      if (this.requireClient().classify(error) === 'rejected') return;
+    if (signal?.aborted) throw signal.reason;
+    const drop = (error: unknown) => {
       // kafkajs rolls the idempotent sequence back after a failed request; a request that did land
       // would make the next batch look like its duplicate. A new producer id rules that out.
-      if (this.producer === producer) {
-        this.producer = undefined;
-        void producer.close().catch(() => {});
-      }
+      if (this.producer !== producer) return; // replaced already (and the loss reported)
+      this.producer = undefined;
+      void producer.close().catch(() => {});
       this.lostConnection(error);
+    };
+    const sent = producer.send(batches);
+    sent.catch((error: unknown) => {
+      if (this.requireClient().classify(error) !== 'rejected') drop(error);
     });
     try {
       await abortable(sent, signal);
     } catch (error) {
-      if (signal?.aborted && error === signal.reason) throw error;
+      if (signal?.aborted && error === signal.reason) {
+        drop(new BrokerUnavailableError(`no answer from Kafka (${this.brokerList()}) before the publish deadline`));
+        throw error;
+      }
       throw this.mapError(error, `producing to ${batches.map((b) => b.topic).join(', ')}`);
     }
   }
