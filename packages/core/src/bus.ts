@@ -9,7 +9,6 @@ import {
   decodeMessage,
   type EnvelopeAttributes,
   encodeJson,
-  userHeadersOf,
 } from './envelope.js';
 import {
   BusClosedError,
@@ -923,4 +922,3 @@ export function replayHeaders(headers: Readonly<Record<string, string>>): Record
   return out;
 }
 
-export { userHeadersOf };
