@@ -921,4 +921,3 @@ export function replayHeaders(headers: Readonly<Record<string, string>>): Record
   out[Headers.replayCount] = String(Number(headers[Headers.replayCount] ?? 0) + 1);
   return out;
 }
-
