@@ -3,13 +3,15 @@
 // broker has a second listener advertised at our TCP proxy's port: clients that bootstrap through
 // the proxy keep talking through it. Effects and the idempotency store live in the shared Redis.
 
+import { randomUUID } from 'node:crypto';
+import { silentLogger } from '@busbar/core';
 import type { Redis } from 'ioredis';
 import { ConfigResourceTypes, Kafka, logLevel } from 'kafkajs';
-import { afterAll, beforeAll, describe, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { brokerForTests, brokersRequired, type ResolvedBroker } from '../brokers/resolve.js';
 import { OwnKafka, run } from './lib/brokers.js';
 import { TcpProxy } from './lib/proxy.js';
-import { type FaultTarget, transportAvailable } from './lib/scenario.js';
+import { createTransport, type FaultTarget, RUN_ID, transportAvailable } from './lib/scenario.js';
 import {
   brokerDownAtStart,
   consumerKilled,
@@ -177,4 +179,97 @@ describe.skipIf(!available)('faults[kafka]', () => {
   it('6. hostile input written below the bus is dead-lettered with its reason', () => hostileInput(target, env));
   it('7. dead-letter destination failing: not acknowledged, comes back, both errors reported', () => deadLetterFailing(target, env));
   it('8. secrets (SASL password) appear in no error, log line or dead letter', () => secrets(target, env));
+  it('9. a produce that landed but whose answer was lost: the retry resends the same records, none is lost', () => lostProduceAnswer());
 });
+
+/** Whether a TCP chunk starts a Kafka request frame with API key 0 (Produce). */
+function isProduceRequest(chunk: Buffer): boolean {
+  return chunk.length >= 8 && chunk.readInt32BE(0) === chunk.length - 4 && chunk.readInt16BE(4) === 0;
+}
+
+/**
+ * The regression of a loss seen under link resets. kafkajs retries a failed `sendBatch` itself,
+ * re-partitioning it (round-robin without a key) with the partitions' sequence numbers rolled
+ * back. When the failed request had in fact landed, the retry's records sat on other partitions:
+ * the broker now held partition p at sequence s + 1 while the client still counted s for it, so the
+ * next record sent to p carried sequence s, matched the landed batch, and was acknowledged as a
+ * duplicate without being appended. Here the proxy lets a produce request through, swallows its
+ * answer and resets the link; every record confirmed afterwards must be in the log.
+ */
+async function lostProduceAnswer(): Promise<void> {
+  const transport = await createTransport(target.spec('proxy'));
+  const topic = `faults-${RUN_ID}-lost-answer`;
+  const message = (n: number) => {
+    const id = randomUUID();
+    return { topic, id, body: Buffer.from(JSON.stringify({ n })), headers: { ce_id: id, ce_type: topic } };
+  };
+  const signal = new AbortController().signal;
+  const confirmed: string[] = [];
+  const send = async (batch: ReturnType<typeof message>[]) => {
+    const outcomes = await transport.publish(batch, signal);
+    batch.forEach((m, i) => {
+      if (outcomes[i]?.ok) confirmed.push(m.id);
+    });
+    return outcomes;
+  };
+  let n = 0;
+  try {
+    await transport.connect({ logger: silentLogger, emit: () => {} });
+    // Creates the topic (3 partitions) and loads its metadata before the fault.
+    expect(await send([message(n++)])).toEqual([{ ok: true }]);
+    for (let round = 0; round < 3; round++) {
+      const lost = proxy.loseResponse(isProduceRequest);
+      // Two keyless records: on two of the three partitions, moved by a re-partitioning retry.
+      await send([message(n++), message(n++)]);
+      await lost; // the fault did happen
+      // Then single records round-robin over every partition, twice.
+      for (let i = 0; i < 6; i++) await send([message(n++)]);
+    }
+    expect(confirmed.length).toBeGreaterThanOrEqual(19);
+    const inLog = await idsInLog(topic);
+    expect(confirmed.filter((id) => !inLog.has(id))).toEqual([]);
+  } finally {
+    await transport.close();
+    await admin()
+      .then((a) => a.deleteTopics({ topics: [topic] }).finally(() => a.disconnect()))
+      .catch(() => {});
+  }
+}
+
+async function admin() {
+  const a = kafka.admin();
+  await a.connect();
+  return a;
+}
+
+/** The `ce_id`s of every record in `topic`, read straight from the broker (not through the proxy). */
+async function idsInLog(topic: string): Promise<Set<string>> {
+  const a = await admin();
+  const ends = await a.fetchTopicOffsets(topic).finally(() => a.disconnect());
+  const remaining = new Set(ends.filter((p) => Number(p.high) > Number(p.low)).map((p) => p.partition));
+  const ids = new Set<string>();
+  const reader = kafka.consumer({ groupId: `busbar-faults-read-${randomUUID()}`, maxWaitTimeInMs: 100 });
+  await reader.connect();
+  try {
+    await reader.subscribe({ topic, fromBeginning: true });
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`reading ${topic} took over 20 s`)), 20_000);
+      if (remaining.size === 0) resolve();
+      void reader.run({
+        eachMessage: async ({ partition, message }) => {
+          const id = message.headers?.ce_id?.toString();
+          if (id) ids.add(id);
+          const high = Number(ends.find((p) => p.partition === partition)?.high ?? 0);
+          if (Number(message.offset) + 1 >= high) remaining.delete(partition);
+          if (remaining.size === 0) {
+            clearTimeout(timer);
+            resolve();
+          }
+        },
+      });
+    });
+  } finally {
+    await reader.disconnect().catch(() => {});
+  }
+  return ids;
+}

@@ -17,6 +17,10 @@
  * - `halfOpen()` — close the broker side only and keep the client side open, swallowing whatever
  *                  the client sends and never answering: the broker has forgotten the client, the
  *                  client still believes it is connected.
+ *
+ * And one armed action: `loseResponse(match)` forwards the next client chunk that `match`es (a
+ * request), swallows the broker's answer to it and then resets the link — the request reached the
+ * broker, the client never learns its outcome.
  */
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
 
@@ -28,6 +32,15 @@ interface Link {
   readonly upstream: Socket;
   /** The broker side was dropped by `halfOpen()`; the client side is a zombie. */
   zombie: boolean;
+  /** A request matched by `loseResponse` went up this link: the next broker bytes are swallowed and the link reset. */
+  losing?: () => void;
+}
+
+interface LoseResponse {
+  readonly match: (chunk: Buffer) => boolean;
+  /** Matching chunks still to let through before the one whose answer is lost. */
+  skip: number;
+  readonly lost: () => void;
 }
 
 /** Options of {@link TcpProxy.start}. */
@@ -57,6 +70,7 @@ export interface ProxyStats {
 export class TcpProxy {
   private readonly links = new Set<Link>();
   private current: ProxyMode;
+  private armed: LoseResponse | undefined;
   readonly stats: ProxyStats = { accepted: 0, open: 0, bytesUp: 0, bytesDown: 0 };
 
   private constructor(
@@ -146,6 +160,19 @@ export class TcpProxy {
     return n;
   }
 
+  /**
+   * Arms a one-shot fault: the `skip + 1`-th client chunk (on any link) for which `match` is true is
+   * forwarded to the broker; the broker's answer is swallowed and the link then reset on both
+   * sides. Resolves once that has happened. `match` sees raw TCP chunks: it suits protocols whose
+   * client writes a small request in one chunk (Kafka's framing: size, api key, version …).
+   */
+  loseResponse(match: (chunk: Buffer) => boolean, skip = 0): Promise<void> {
+    if (this.armed) throw new Error('loseResponse is already armed');
+    return new Promise((lost) => {
+      this.armed = { match, skip, lost };
+    });
+  }
+
   /** Stops listening and destroys every link. */
   async close(): Promise<void> {
     for (const link of [...this.links]) {
@@ -192,12 +219,24 @@ export class TcpProxy {
     });
     client.on('data', (chunk: Buffer) => {
       this.stats.bytesUp += chunk.length;
+      const armed = this.armed;
+      if (armed && !link.losing && armed.match(chunk) && armed.skip-- === 0) {
+        this.armed = undefined;
+        link.losing = armed.lost;
+      }
       if (!upstream.write(chunk)) {
         client.pause();
         upstream.once('drain', () => this.applyFlow(link));
       }
     });
     upstream.on('data', (chunk: Buffer) => {
+      const losing = link.losing;
+      if (losing) {
+        // The answer to the matched request (and whatever came with it) never reaches the client.
+        this.resetLink(link);
+        losing();
+        return;
+      }
       this.stats.bytesDown += chunk.length;
       if (!client.write(chunk)) {
         upstream.pause();

@@ -7,6 +7,7 @@ import {
   type Admin,
   type Consumer,
   type EachBatchPayload,
+  type ICustomPartitioner,
   type IHeaders,
   Kafka,
   type KafkaConfig,
@@ -141,6 +142,30 @@ const EMPTY = new Uint8Array(0);
 function toBuffer(u: Uint8Array): Buffer {
   return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 }
+
+/**
+ * kafkajs's default partitioner (murmur2 of the key; round-robin without a key), made stable per
+ * record: a record keeps the partition it was first given for as long as the topic has it.
+ *
+ * kafkajs re-partitions a `sendBatch` on every internal retry (`producer/sendMessages`) and rolls
+ * the partitions' sequence numbers back after a failed request. With round-robin, the retry put
+ * *other* keyless records on a partition under the sequence number of a request that had failed on
+ * the client but landed on the broker: the broker took the retry for a duplicate, acknowledged it
+ * and never appended it — confirmed records lost after a connection reset. With the partition of
+ * every record fixed, a retry resends exactly the batch it repeats.
+ * @internal exported for its unit test
+ */
+export const StablePartitioner: ICustomPartitioner = () => {
+  const pick = Partitioners.DefaultPartitioner();
+  const chosen = new WeakMap<object, number>();
+  return (args) => {
+    const earlier = chosen.get(args.message);
+    if (earlier !== undefined && earlier < args.partitionMetadata.length) return earlier;
+    const partition = pick(args);
+    chosen.set(args.message, partition);
+    return partition;
+  };
+};
 
 /**
  * One idempotent kafkajs producer, used for one `sendBatch` at a time.
@@ -466,7 +491,7 @@ export class KafkajsClient implements KafkaClient {
       // kafkajs: an idempotent producer needs maxInFlightRequests 1 to keep order per partition.
       maxInFlightRequests: 1,
       allowAutoTopicCreation: false,
-      createPartitioner: Partitioners.DefaultPartitioner,
+      createPartitioner: StablePartitioner,
       retry: { retries: this.settings.requestRetries, initialRetryTime: 100, maxRetryTime: this.settings.maxRetryTimeMs },
     });
     await producer.connect();
