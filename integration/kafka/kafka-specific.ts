@@ -133,6 +133,46 @@ export function kafkaSpecificTests(brokers: string, via: 'env' | 'testcontainers
       }
     });
 
+    it("ordering 'key': a record's attempt count survives a restart of the group (offset-commit metadata)", async () => {
+      const ns = unique('att');
+      const retry = { maxAttempts: 4, backoff: { initialMs: 20, maxMs: 40, minMs: 10 } };
+      const attempts: number[] = [];
+      const tick = ticker();
+      let deadLettered = false;
+      const start = async () => {
+        const bus = new EventBus({ transport: testTransport(brokers), namespace: ns });
+        bus.on('outcome', (_info, outcome) => {
+          if (outcome.status === 'dead-lettered') deadLettered = true;
+          tick.emit();
+        });
+        await bus.subscribe(Step, { group: 'g', ordering: 'key', retry, startFrom: 'earliest' }, async (_data, ctx) => {
+          attempts.push(ctx.attempt);
+          tick.emit();
+          throw new Error('still failing');
+        });
+        return bus;
+      };
+      const first = await start();
+      let second: EventBus | undefined;
+      try {
+        await first.publish(Step, { key: 'k', seq: 1 }, { key: 'k' });
+        await until(() => attempts.length >= 2, 30_000, 'two attempts by the first member', tick.on);
+        await first.close(); // the record is retried in place; its next attempt is 3
+        const before = attempts.length;
+        second = await start();
+        await until(() => deadLettered, 30_000, 'dead-lettered by the second member', tick.on);
+        // The second member resumed the count where the first left it (never attempt 1 again).
+        expect(attempts[before]).toBe(before + 1);
+        expect(attempts).toEqual([1, 2, 3, 4]);
+        const [letter] = await second.deadLetters(Step, 'g').list();
+        expect(letter?.attempts).toBe(4);
+      } finally {
+        await first.close();
+        await second?.close();
+        await cleanupNamespace(brokers, ns);
+      }
+    });
+
     it('an unreachable broker: connect resolves, health says reconnecting, publish fails with BrokerUnavailableError', async () => {
       const bus = new EventBus({
         transport: testTransport('127.0.0.1:1', {

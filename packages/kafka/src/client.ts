@@ -29,6 +29,8 @@ export interface PartitionWatermarks {
 export interface CommittedOffset {
   readonly partition: number;
   readonly offset: string;
+  /** The metadata string committed with the offset (Kafka's `OffsetCommit` metadata), if any. */
+  readonly metadata?: string | undefined;
 }
 
 /** An offset of one topic partition. */
@@ -36,6 +38,8 @@ export interface TopicPartitionOffset {
   readonly topic: string;
   readonly partition: number;
   readonly offset: string;
+  /** Metadata committed with the offset (the broker caps it: `offset.metadata.max.bytes`, 4096 by default). */
+  readonly metadata?: string | undefined;
 }
 
 /** A record to produce. */

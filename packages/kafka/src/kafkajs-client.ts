@@ -357,7 +357,9 @@ class KafkajsGroupConsumer implements GroupConsumer {
 
   async commit(offsets: readonly TopicPartitionOffset[]): Promise<void> {
     if (offsets.length === 0) return;
-    await this.consumer.commitOffsets(offsets.map((o) => ({ topic: o.topic, partition: o.partition, offset: o.offset })));
+    await this.consumer.commitOffsets(
+      offsets.map((o) => ({ topic: o.topic, partition: o.partition, offset: o.offset, metadata: o.metadata ?? null })),
+    );
   }
 
   pauseTopics(topics: readonly string[]): void {
@@ -537,7 +539,11 @@ export class KafkajsClient implements KafkaClient {
 
   async committedOffsets(groupId: string, topic: string): Promise<CommittedOffset[]> {
     const rows = await retrying(() => this.withAdmin((a) => a.fetchOffsets({ groupId, topics: [topic] })));
-    return (rows.find((r) => r.topic === topic)?.partitions ?? []).map((p) => ({ partition: p.partition, offset: p.offset }));
+    return (rows.find((r) => r.topic === topic)?.partitions ?? []).map((p) => ({
+      partition: p.partition,
+      offset: p.offset,
+      metadata: p.metadata ?? undefined,
+    }));
   }
 
   /**

@@ -115,9 +115,34 @@ class Gate {
   }
 }
 
+/** Prefix of the offset-commit metadata that carries attempt counts of ordered subscriptions. */
+const ATTEMPTS_METADATA = 'busbar-attempts:';
+/** Attempt counts kept in one commit's metadata at most (Kafka caps metadata at 4096 bytes by default). */
+const MAX_ATTEMPTS_IN_METADATA = 100;
+
+/** `busbar-attempts:<offset>=<next attempt>,…` → map (unknown or malformed metadata: empty). */
+export function parseAttemptsMetadata(metadata: string | undefined): Map<bigint, number> {
+  const out = new Map<bigint, number>();
+  if (!metadata?.startsWith(ATTEMPTS_METADATA)) return out;
+  for (const part of metadata.slice(ATTEMPTS_METADATA.length).split(',')) {
+    const m = /^(\d{1,19})=(\d{1,9})$/.exec(part);
+    if (m) out.set(BigInt(m[1] as string), Number(m[2]));
+  }
+  return out;
+}
+
 /** Handed-over offsets of one partition and what may be committed. */
 class PartitionTrack {
   private readonly pending: { offset: bigint; done: boolean }[] = [];
+  /**
+   * Ordered subscriptions: the next attempt of records retried in place, committed as offset
+   * metadata so that a restart (another member, a crash) resumes the count instead of starting at 1.
+   */
+  readonly attempts = new Map<bigint, number>();
+  /** Attempt counts read from the committed metadata when this member got the partition. */
+  restored: Map<bigint, number> | undefined;
+  /** `attempts` changed since the last commit. */
+  attemptsDirty = false;
   /** Offset after the last record handed over (records below it are never handed again). */
   nextHand: bigint | undefined;
   /** Offset to commit: every record below it is settled. */
@@ -135,7 +160,15 @@ class PartitionTrack {
     this.nextHand = offset + 1n;
   }
 
+  /** Ordered retry in place: `offset` comes back as attempt `next`. */
+  retrying(offset: bigint, next: number): void {
+    this.attempts.set(offset, next);
+    this.attemptsDirty = true;
+  }
+
   done(offset: bigint): void {
+    if (this.attempts.delete(offset)) this.attemptsDirty = true;
+    this.restored?.delete(offset);
     const entry = this.pending.find((p) => p.offset === offset);
     if (!entry) return;
     entry.done = true;
@@ -143,7 +176,24 @@ class PartitionTrack {
   }
 
   get needsCommit(): boolean {
+    if (this.attemptsDirty) return this.commitOffset !== undefined;
     return this.committable !== undefined && (this.committed === undefined || this.committable > this.committed);
+  }
+
+  /** Offset to commit: after the settled prefix, else the first record handed over (nothing below it is pending). */
+  get commitOffset(): bigint | undefined {
+    return this.committable ?? this.pending[0]?.offset;
+  }
+
+  /** Metadata for the next commit: the attempt counts of records at or after the commit offset. */
+  commitMetadata(): string | undefined {
+    if (this.attempts.size === 0) return undefined;
+    const from = this.commitOffset ?? 0n;
+    const parts: string[] = [];
+    for (const [offset, next] of this.attempts) {
+      if (offset >= from && parts.length < MAX_ATTEMPTS_IN_METADATA) parts.push(`${offset}=${next}`);
+    }
+    return parts.length > 0 ? `${ATTEMPTS_METADATA}${parts.join(',')}` : undefined;
   }
 }
 
@@ -284,6 +334,7 @@ export class KafkaSubscription implements TransportSubscription {
       this.tracks.set(k, track);
     }
     const fromRetry = batch.topic === this.names.retryTopic;
+    if (this.spec.orderedByKey && !fromRetry && track.restored === undefined) track.restored = await this.restoreAttempts(track);
     const heartbeatMs = Math.max(100, Math.floor(this.deps.options.heartbeatIntervalMs / 2));
     for (const rec of batch.records) {
       if (this.stopping || !batch.isActive()) return;
@@ -338,7 +389,7 @@ export class KafkaSubscription implements TransportSubscription {
       }
       track.handed(offset);
       batch.resolve(rec.offset);
-      const attempt = fromRetry ? parseAttempt(rec.headers[Headers.attempt]) : 1;
+      const attempt = fromRetry ? parseAttempt(rec.headers[Headers.attempt]) : (track.restored?.get(offset) ?? 1);
       this.hand(rec, track, attempt, {}, gateKey);
     }
   }
@@ -404,7 +455,15 @@ export class KafkaSubscription implements TransportSubscription {
       retry: (delayMs, extraHeaders) =>
         once(async () => {
           if (this.spec.orderedByKey) {
-            // Blocking in-partition retry: the key's later records wait, so order holds.
+            // Blocking in-partition retry: the key's later records wait, so order holds. The next
+            // attempt number goes into the offset commit's metadata, so it survives a restart.
+            track.retrying(offset, attempt + 1);
+            this.flush().catch((error: unknown) =>
+              this.deps.logger.warn(
+                { group: this.names.groupId, err: describeError(error) },
+                'committing the attempt count failed; will retry with the next commit',
+              ),
+            );
             again(Math.max(0, delayMs), attempt + 1, { ...extra, ...extraHeaders });
             return;
           }
@@ -486,14 +545,37 @@ export class KafkaSubscription implements TransportSubscription {
     return next;
   }
 
+  /** Attempt counts committed with the partition's offset by an earlier member (ordered subscriptions). */
+  private async restoreAttempts(track: PartitionTrack): Promise<Map<bigint, number>> {
+    try {
+      const rows = await this.deps.client.committedOffsets(this.names.groupId, track.topic);
+      return parseAttemptsMetadata(rows.find((r) => r.partition === track.partition)?.metadata);
+    } catch (error) {
+      this.deps.logger.warn(
+        { group: this.names.groupId, partition: track.partition, err: describeError(error) },
+        'reading the committed attempt counts failed; records retried before restart on this partition start again at attempt 1',
+      );
+      return new Map();
+    }
+  }
+
   private async commitNow(): Promise<void> {
     const tracks = [...this.finalCommits.splice(0), ...[...this.tracks.values()].filter((t) => t.needsCommit)];
     if (tracks.length === 0) return;
-    const offsets = tracks.map((t) => ({ topic: t.topic, partition: t.partition, offset: (t.committable as bigint).toString() }));
+    const offsets = tracks.map((t) => ({
+      topic: t.topic,
+      partition: t.partition,
+      offset: (t.commitOffset as bigint).toString(),
+      metadata: t.commitMetadata(),
+    }));
+    for (const t of tracks) t.attemptsDirty = false;
     try {
       await this.consumer.commit(offsets);
     } catch (error) {
-      for (const t of tracks) if (this.tracks.get(trackKey(t.topic, t.partition)) !== t) this.finalCommits.push(t);
+      for (const t of tracks) {
+        if (t.attempts.size > 0) t.attemptsDirty = true;
+        if (this.tracks.get(trackKey(t.topic, t.partition)) !== t) this.finalCommits.push(t);
+      }
       throw error;
     }
     tracks.forEach((t, i) => {
