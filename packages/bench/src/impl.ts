@@ -18,6 +18,11 @@ export interface Impl {
   readonly description: string;
   /** A peer library (Busbar's target against it is ≥ 1.0× in every scenario it can run). */
   readonly peer?: boolean;
+  /**
+   * Why its figures are not like-for-like with Busbar's (weaker durability, a different model):
+   * printed under the transport's table and kept in the JSON `caveats`.
+   */
+  readonly caveat?: string;
   /** Cap on messages per throughput round for a slow subject (its figure is a rate, so a smaller count stays comparable). */
   readonly maxMessages?: number;
   /** Creates connections and run-unique broker objects. */
@@ -32,6 +37,13 @@ export interface Impl {
   publish?(p: Payload): Promise<void>;
   /** A hand-batched durable publish of all of `ps` (confirm window, pipeline, sendBatch). */
   publishBatch?(ps: Payload[]): Promise<void>;
+  /**
+   * For a subject whose `publish` resolves before the broker has the message (a library without
+   * publisher confirms): resolves once the broker holds everything published so far. Awaited
+   * inside the clock at the end of every publish run (s1, s2, the prefills of s3/s5/s6), so the
+   * figure is the broker's intake, not the speed of a loop filling a socket buffer.
+   */
+  flush?(): Promise<void>;
   /**
    * Starts consuming with at most `concurrency` unacknowledged deliveries; runs `handler` for each
    * and calls `settled()` after the message was acknowledged.
@@ -106,6 +118,7 @@ export function publishOnly(label: string, description: string, impl: Impl): Imp
     ...(impl.maxMessages !== undefined ? { maxMessages: impl.maxMessages } : {}),
     ...(impl.publish ? { publish: impl.publish.bind(impl) } : {}),
     ...(impl.publishBatch ? { publishBatch: impl.publishBatch.bind(impl) } : {}),
+    ...(impl.flush ? { flush: impl.flush.bind(impl) } : {}),
     close: () => impl.close(),
   };
 }

@@ -64,11 +64,13 @@ async function main(): Promise<void> {
   const report: {
     transports: { name: string; broker?: string; skipped?: string }[];
     skipped: { transport: string; label: string; reason: string }[];
+    caveats: { transport: string; label: string; note: string }[];
     rows: Row[];
     versions: Record<string, string>;
   } = {
     transports: [],
     skipped: [],
+    caveats: [],
     rows: [],
     versions: {
       '@busbar/core': versionOf('@busbar/core'),
@@ -129,6 +131,11 @@ async function main(): Promise<void> {
               report.skipped.push({ transport: target.name, label, reason });
             }
           },
+          caveat: (label, note) => {
+            if (!report.caveats.some((c) => c.transport === target.name && c.label === label)) {
+              report.caveats.push({ transport: target.name, label, note });
+            }
+          },
         });
         report.rows.push(...rows);
       }
@@ -161,6 +168,7 @@ async function main(): Promise<void> {
     versions: report.versions,
     transports: report.transports,
     skipped: report.skipped,
+    caveats: report.caveats,
     rows: report.rows,
     ceilings,
   };

@@ -72,6 +72,8 @@ export interface BenchReport {
   readonly transports: readonly { readonly name: string; readonly broker?: string; readonly skipped?: string }[];
   /** Impls that could not be set up fairly, with the reason. */
   readonly skipped: readonly { readonly transport: string; readonly label: string; readonly reason: string }[];
+  /** Subjects whose figures are not like-for-like with Busbar's, and why. */
+  readonly caveats: readonly { readonly transport: string; readonly label: string; readonly note: string }[];
   /** Every figure. */
   readonly rows: readonly Row[];
   /** Broker ceilings measured with the broker's own tool, and Busbar as a fraction of them. */
@@ -141,10 +143,15 @@ export function markdown(report: BenchReport): string {
         `| ${r.name} | ${r.payloadBytes} B | ${cell('busbar')} | ${cell('raw')} | ${cell('raw-2')} | ${others || '–'} | ${cmps}${errs.join('')} |`,
       );
     }
+    const caveats = report.caveats.filter((c) => c.transport === t.name);
+    if (caveats.length > 0) {
+      out.push('');
+      for (const c of caveats) out.push(`Not like-for-like — ${c.label}: ${c.note}.`);
+    }
   }
   if (report.ceilings.length > 0) {
     out.push('');
-    out.push('## Broker ceilings (the broker’s own tool)');
+    out.push('## Broker ceilings (the broker’s own tool, or a stand-in named in the tool column)');
     out.push('');
     out.push('| transport | tool | what | ceiling | Busbar (scenario) | Busbar / ceiling |');
     out.push('| --- | --- | --- | --- | --- | --- |');

@@ -39,6 +39,7 @@ async function maybeEndToEnd(impl: Impl, n: number, endToEnd: boolean, body: () 
   if (!endToEnd) {
     const t0 = performance.now();
     await body();
+    await impl.flush?.();
     return n / ((performance.now() - t0) / 1000);
   }
   const consume = impl.consume?.bind(impl);

@@ -26,6 +26,8 @@ export interface SuiteOptions {
   readonly peers: boolean;
   readonly progress: Progress;
   readonly skipped: (label: string, reason: string) => void;
+  /** Receives each opened subject's {@link Impl.caveat}. */
+  readonly caveat?: (label: string, note: string) => void;
 }
 
 /** Per-subject, per-round figures of one measurement (NaN where a round failed). */
@@ -64,6 +66,7 @@ export async function runSuite(o: SuiteOptions): Promise<Row[]> {
     try {
       await s.open();
       open.push(s);
+      if (s.caveat) o.caveat?.(s.label, s.caveat);
     } catch (e) {
       o.skipped(s.label, `could not open: ${msg(e)}`);
       await s.close().catch(() => {});

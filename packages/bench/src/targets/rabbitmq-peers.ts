@@ -1,5 +1,9 @@
-/** RabbitMQ peers: rascal (same amqplib) and @message-queue-toolkit/amqp (needs amqplib 0.10: not measured). */
+/**
+ * RabbitMQ peers: rascal (same amqplib 2.x) and @message-queue-toolkit/amqp (amqplib 0.10, from its
+ * own workspace package `@busbar/bench-peer-mqt`).
+ */
 import { createRequire } from 'node:module';
+import type { MqtPeer } from '@busbar/bench-peer-mqt';
 import type { Consumer, Impl } from '../impl.js';
 import type { Payload } from '../payload.js';
 
@@ -93,17 +97,61 @@ class RascalImpl implements Impl {
   }
 }
 
+/**
+ * @message-queue-toolkit/amqp (its own package, amqplib 0.10): a queue publisher and a queue consumer
+ * with a zod schema on both sides, persistent messages, the same queue type. It has no publisher
+ * confirms — `publish()` returns once the message is written to the channel — so a publish run's
+ * clock stops when the broker holds all of it ({@link Impl.flush}); and no prefetch option, so the
+ * bench sets prefetch = concurrency on its consumer channel (see packages/bench-peer-mqt).
+ */
+class MqtImpl implements Impl {
+  readonly label = '@message-queue-toolkit/amqp';
+  readonly peer = true;
+  readonly description =
+    '@message-queue-toolkit/amqp queue publisher (persistent, no confirms: fire-and-forget) and queue consumer (prefetch = concurrency), zod on both sides, amqplib 0.10';
+  readonly caveat =
+    'no publisher confirms (its publish() is fire-and-forget): publish figures stop the clock when the queue holds every message (polled), but a publisher never learns of a loss; s1 is not one round trip per message';
+  private peerImpl: MqtPeer | undefined;
+
+  constructor(
+    private readonly url: string,
+    private readonly queue: string,
+    private readonly queueType: string,
+  ) {}
+
+  async open(): Promise<void> {
+    const { MqtPeer } = await import('@busbar/bench-peer-mqt');
+    this.peerImpl = new MqtPeer(this.url, this.queue, this.queueType);
+    await this.peerImpl.open();
+  }
+
+  async publish(p: Payload): Promise<void> {
+    (this.peerImpl as MqtPeer).publish(p);
+  }
+
+  flush(): Promise<void> {
+    return (this.peerImpl as MqtPeer).flush();
+  }
+
+  consume(concurrency: number, handler: (p: Payload) => Promise<void>, settled: () => void): Promise<Consumer> {
+    return (this.peerImpl as MqtPeer).consume(concurrency, handler, settled);
+  }
+
+  async close(): Promise<void> {
+    await this.peerImpl?.close();
+  }
+}
+
 /** The RabbitMQ peers, or why each is not measured. */
 export function rabbitPeers(url: string, runId: string, queueType: string): (Impl | { label: string; skip: string })[] {
-  return [
-    new RascalImpl(url, runId, queueType),
-    {
-      label: 'RabbitMQ PerfTest (broker ceiling)',
-      skip: 'com.rabbitmq:perf-test could not be resolved from Maven Central on this machine (tried 2.19.0–2.22.0); no ceiling figure for RabbitMQ',
-    },
-    {
-      label: '@message-queue-toolkit/amqp',
-      skip: 'its peer dependency is amqplib ^0.10.8 while Busbar and the raw baseline use amqplib 2.x; a fair run needs its own package with amqplib 0.10 — not done in this pass',
-    },
-  ];
+  return [new RascalImpl(url, runId, queueType), new MqtImpl(url, `bench-${runId}.mqt`, queueType)];
+}
+
+/** Versions of the peers' libraries that this package does not resolve itself. */
+export async function rabbitPeerVersions(): Promise<Record<string, string>> {
+  try {
+    return (await import('@busbar/bench-peer-mqt')).peerVersions();
+  } catch {
+    return { '@message-queue-toolkit/amqp': '?' };
+  }
 }

@@ -112,6 +112,7 @@ class BullImpl implements Impl {
   readonly label = 'bullmq';
   readonly peer = true;
   readonly description = 'BullMQ Queue.add / addBulk and a Worker (a job queue with job state: not like-for-like)';
+  readonly caveat = 'a job queue, not an event bus: per-job state (a hash per job, several round trips per job)';
   private queue: Queue | undefined;
   private readonly name: string;
 
