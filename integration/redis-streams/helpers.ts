@@ -11,22 +11,34 @@ export const PREFIX = 'busbar';
 /** The stream key of a topic, spelled out here (not imported) so the wire layout is tested. */
 export const streamOf = (topic: string): string => `${PREFIX}:{${topic}}`;
 
-/** Writes a message the way any Redis producer would: `XADD` with one field per header, then `body`. */
+/**
+ * Writes a message the way any Redis producer would, in the documented layout: `XADD` with the
+ * field `_headers` (every header as one JSON object of strings), then `body` (the bytes).
+ */
 export async function rawWrite(redis: Redis, topic: string, message: WireMessage): Promise<void> {
+  await redis.xadd(streamOf(topic), '*', '_headers', JSON.stringify(message.headers), 'body', Buffer.from(message.body));
+}
+
+/**
+ * Writes a message in the earlier layout (still read): one field per header (a header named `body`
+ * or starting with `\` gets a leading `\`), then `body`.
+ */
+export async function rawWriteLegacy(redis: Redis, topic: string, message: WireMessage): Promise<void> {
   const fields: (string | Buffer)[] = [];
   for (const [k, v] of Object.entries(message.headers)) fields.push(k === 'body' || k.startsWith('\\') ? `\\${k}` : k, v);
   fields.push('body', Buffer.from(message.body));
   await redis.xadd(streamOf(topic), '*', ...fields);
 }
 
-/** Reads an entry's flat field list back into a message. */
+/** Reads an entry's flat field list back into a message (the documented layout, or the earlier one). */
 export function rawDecode(fields: Buffer[]): WireMessage {
-  const headers: Record<string, string> = {};
+  let headers: Record<string, string> = {};
   let body = new Uint8Array(0);
   for (let i = 0; i + 1 < fields.length; i += 2) {
     const name = (fields[i] as Buffer).toString();
     const value = fields[i + 1] as Buffer;
     if (name === 'body') body = new Uint8Array(value);
+    else if (name === '_headers') headers = { ...headers, ...(JSON.parse(value.toString()) as Record<string, string>) };
     else headers[name.startsWith('\\') ? name.slice(1) : name] = value.toString();
   }
   return { headers, body };

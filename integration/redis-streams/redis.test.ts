@@ -4,14 +4,14 @@
  * attempt carried across a restart), and the opt-in `acked` retention.
  */
 import { randomUUID } from 'node:crypto';
-import { defineEvent, EventBus, LeaseLostError, OutcomeSpy } from '@busbar/core';
+import { defineEvent, EventBus, LeaseLostError, OutcomeSpy, type OutgoingMessage, PublishRejectedError, silentLogger } from '@busbar/core';
 import { MemoryBroker, MemoryTransport } from '@busbar/memory';
 import { RedisIdempotencyStore, RedisStreamsTransport } from '@busbar/redis-streams';
 import { type ChainableCommander, Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { brokerForTests } from '../brokers/resolve.js';
-import { deleteNamespace, IdSet, rawDecode, streamOf } from './helpers.js';
+import { deleteNamespace, IdSet, rawDecode, rawWriteLegacy, streamOf } from './helpers.js';
 
 const broker = await brokerForTests('redis');
 const FAST = { initialMs: 20, maxMs: 50, minMs: 10 };
@@ -204,6 +204,106 @@ describe.skipIf(!broker)('redis-streams specifics', () => {
       expect(replayed.map((d) => d.id)).toEqual([id]);
       await handled.waitFor(1, 10_000, 'replayed delivery');
       expect(await admin.xlen(`${stream}:billing:dlq`)).toBe(0);
+    } finally {
+      spy.dispose();
+      await bus.close();
+      await deleteNamespace(admin, namespace);
+    }
+  });
+
+  it('publish: one APPEND per stream; each message has its own outcome; bodies byte-for-byte, header values exact', async () => {
+    const namespace = ns('p');
+    const transport = new RedisStreamsTransport({ url });
+    await transport.connect({ logger: silentLogger, emit: () => {} });
+    try {
+      const [a, b, bad] = ['a', 'b', 'bad'].map((t) => `${namespace}.${t}`) as [string, string, string];
+      await admin.set(streamOf(bad), 'not a stream'); // XADD to it fails with WRONGTYPE
+      const json = new TextEncoder().encode('{"ü":"✓"}');
+      const bodies = [new Uint8Array([0x7b, 0xff, 0xfe, 0x7d]), new Uint8Array(0), json]; // not UTF-8, empty, UTF-8
+      const batch: OutgoingMessage[] = [
+        ...bodies.map((body, i) => ({ topic: a, id: `a${i}`, headers: { ce_id: `a${i}`, 'x-i': String(i) }, body })),
+        { topic: bad, id: 'bad0', headers: { ce_id: 'bad0' }, body: json },
+        { topic: b, id: 'b0', headers: { ce_id: 'b0', 'x-odd': '\u0000\n"\\ \ud800 ✓' }, body: json },
+        { topic: bad, id: 'bad1', headers: { ce_id: 'bad1' }, body: json },
+      ];
+      const outcomes = await transport.publish(batch, new AbortController().signal);
+      expect(outcomes.map((o) => o.ok)).toEqual([true, true, true, false, true, false]);
+      for (const i of [3, 5]) {
+        const outcome = outcomes[i];
+        expect(outcome?.ok === false && outcome.error).toBeInstanceOf(PublishRejectedError);
+        expect(outcome?.ok === false && outcome.error.message).toMatch(/WRONGTYPE/);
+      }
+      const read = async (topic: string) =>
+        ((await admin.callBuffer('XRANGE', streamOf(topic), '-', '+')) as [Buffer, Buffer[]][]).map(([, fields]) => rawDecode(fields));
+      const onA = await read(a);
+      expect(onA.map((m) => m.headers)).toEqual([0, 1, 2].map((i) => ({ ce_id: `a${i}`, 'x-i': String(i) })));
+      expect(onA.map((m) => [...m.body])).toEqual(bodies.map((body) => [...body]));
+      const onB = await read(b);
+      expect(onB.map((m) => m.headers)).toEqual([{ ce_id: 'b0', 'x-odd': '\u0000\n"\\ \ud800 ✓' }]);
+    } finally {
+      await transport.close();
+      await deleteNamespace(admin, namespace);
+    }
+  });
+
+  it('wire layout: an entry is `_headers` (JSON) + `body`; entries of the earlier one-field-per-header layout are still read', async () => {
+    const namespace = ns('w');
+    const topic = `${namespace}.${Paid.type}`;
+    const stream = streamOf(topic);
+    const bus = new EventBus({ transport: new RedisStreamsTransport({ url, retryPollMs: 100 }), namespace, retry: { backoff: FAST } });
+    const spy = new OutcomeSpy(bus);
+    try {
+      const seen = new Map<string, { headers: Record<string, string>; order: string; attempt: number }>();
+      await bus.subscribe(Paid, { group: 'billing', concurrency: 8 }, (d, ctx) => {
+        seen.set(ctx.id, { headers: { ...ctx.headers }, order: d.order, attempt: ctx.attempt });
+      });
+
+      // What a publish writes: exactly two fields, readable with XRANGE.
+      const { id } = await bus.publish(Paid, { order: 'o-w' }, { headers: { tenant: 'acme', body: 'not the body' } });
+      const rows = (await admin.callBuffer('XRANGE', stream, '-', '+')) as [Buffer, Buffer[]][];
+      const fields = (rows[0] as [Buffer, Buffer[]])[1];
+      expect(fields.map((f, i) => (i % 2 === 0 ? f.toString() : undefined)).filter(Boolean)).toEqual(['_headers', 'body']);
+      expect(JSON.parse((fields[1] as Buffer).toString())).toMatchObject({
+        ce_id: id,
+        ce_type: Paid.type,
+        tenant: 'acme',
+        body: 'not the body',
+      });
+      expect((fields[3] as Buffer).toString()).toBe(JSON.stringify({ order: 'o-w' }));
+      await spy.waitFor(id, { status: 'acked', timeoutMs: 10_000 });
+      expect(seen.get(id)?.headers).toEqual({ tenant: 'acme', body: 'not the body' });
+
+      // Entries written by an earlier version: on the event stream and on the group's retry stream.
+      const legacy = (order: string, extra: Record<string, string> = {}) => {
+        const legacyId = randomUUID();
+        const headers: Record<string, string> = {
+          ce_id: legacyId,
+          ce_source: 'urn:test',
+          ce_specversion: '1.0',
+          ce_type: Paid.type,
+          'content-type': 'application/json',
+          ce_idempotencykey: legacyId,
+          ...extra,
+        };
+        return { id: legacyId, message: { headers, body: new TextEncoder().encode(JSON.stringify({ order })) } };
+      };
+      const onStream = legacy('o-legacy', { body: 'a header named body', '\\odd': 'x', 'x-bin': '\u0001\u00ff\ufffd' });
+      await rawWriteLegacy(admin, topic, onStream.message);
+      const onRetry = legacy('o-legacy-retry', { ce_busbarattempt: '3' });
+      const retryFields: string[] = [];
+      for (const [k, v] of Object.entries(onRetry.message.headers)) retryFields.push(k, v);
+      await admin.xadd(`${stream}:billing:retry`, '*', ...retryFields, 'body', Buffer.from(onRetry.message.body));
+
+      await spy.waitFor(onStream.id, { status: 'acked', timeoutMs: 10_000 });
+      await spy.waitFor(onRetry.id, { status: 'acked', timeoutMs: 10_000 });
+      expect(seen.get(onStream.id)).toEqual({
+        headers: { body: 'a header named body', '\\odd': 'x', 'x-bin': '\u0001\u00ff\ufffd' },
+        order: 'o-legacy',
+        attempt: 1,
+      });
+      expect(seen.get(onRetry.id)).toMatchObject({ order: 'o-legacy-retry', attempt: 3 });
+      expect(await admin.xlen(`${stream}:billing:retry`)).toBe(0); // acknowledged retry entries are deleted
+      expect((await admin.xpending(stream, 'billing'))[0]).toBe(0);
     } finally {
       spy.dispose();
       await bus.close();

@@ -7,12 +7,14 @@ import {
   type Logger,
   type SubscriptionSpec,
   type TransportSubscription,
+  type WireMessage,
 } from '@busbar/core';
 import type { Redis } from 'ioredis';
-import { decodeFields, encodeFields } from './codec.js';
+import { Coalescer } from './coalescer.js';
+import { BodyCopier, decodeFields, encodeFields } from './codec.js';
 import type { GroupKeys } from './keys.js';
 import { withDeadline } from './liveness.js';
-import { ACK, CLAIM_OWN, DEAD_LETTER, DROP_CONSUMER, MOVE, RETRY, TRIM_ACKED } from './scripts.js';
+import { ACK_DELETE, CLAIM_OWN, DEAD_LETTER, DROP_CONSUMER, MOVE, RETRY, TRIM_ACKED } from './scripts.js';
 import type { RedisStreamsTransport, ResolvedSettings } from './transport.js';
 
 /** Idle time given to a released entry so that any member's next `XAUTOCLAIM` takes it (one year). */
@@ -58,7 +60,10 @@ function headerAttempt(headers: Readonly<Record<string, string>>): number {
  */
 export class RedisStreamSubscription implements TransportSubscription {
   private readonly conn: Redis;
-  private readonly inFlight = new Map<string, { timer?: NodeJS.Timeout }>();
+  private readonly inFlight = new Map<string, RedisDelivery>();
+  private readonly bodies = new BodyCopier();
+  private readonly streamAcks: Coalescer<RedisDelivery>;
+  private readonly retryAcks: Coalescer<RedisDelivery>;
   private readonly buffer: Entry[] = [];
   /** Entries settled while a read of pending entries is in flight (its reply may predate the settle). */
   private settledDuring: Set<string> | undefined;
@@ -80,6 +85,8 @@ export class RedisStreamSubscription implements TransportSubscription {
 
   constructor(private readonly o: SubscriptionOptions) {
     this.streams = [o.keys.retry, o.keys.stream];
+    this.streamAcks = new Coalescer((ds) => this.flushAcks(o.keys.stream, ds));
+    this.retryAcks = new Coalescer((ds) => this.flushAcks(o.keys.retry, ds));
     this.conn = o.transport.newConnection({
       enableOfflineQueue: true,
       // Commands in flight when the connection drops are sent again after the reconnect (without
@@ -173,20 +180,20 @@ export class RedisStreamSubscription implements TransportSubscription {
           continue;
         }
         let entries: Entry[];
-        this.settledDuring = new Set();
         if (this.needPending) {
+          this.settledDuring = new Set();
           entries = await this.readOwnPending(free);
           if (entries.length === 0) this.needPending = false;
         } else if (Date.now() >= this.nextClaimAt) {
+          this.settledDuring = new Set();
           entries = await this.autoclaim(free);
         } else {
-          this.settledDuring = undefined;
           entries = await this.readNew(free);
         }
         const settled = this.settledDuring;
         this.settledDuring = undefined;
         failures = 0;
-        await this.accept(settled ? entries.filter((e) => !settled.has(`${e.stream}\u0000${e.id}`)) : entries, free);
+        await this.accept(settled ? entries.filter((e) => !settled.has(slotOf(e))) : entries, free);
       } catch (error) {
         this.blocked = false;
         this.settledDuring = undefined;
@@ -220,9 +227,9 @@ export class RedisStreamSubscription implements TransportSubscription {
     this.waiter?.();
   }
 
-  private known(e: { stream: string; id: string }): boolean {
-    const k = `${e.stream}\u0000${e.id}`;
-    return this.inFlight.has(k) || this.buffer.some((b) => b.stream === e.stream && b.id === e.id);
+  /** Whether the entry of in-flight key `slot` is in flight or waiting in the buffer already. */
+  private known(e: { stream: string; id: string }, slot: string): boolean {
+    return this.inFlight.has(slot) || this.buffer.some((b) => b.stream === e.stream && b.id === e.id);
   }
 
   /** Entries this consumer already owns (after a reconnect or a restart under a stable name), `XREADGROUP … 0`. */
@@ -309,7 +316,8 @@ export class RedisStreamSubscription implements TransportSubscription {
   private async accept(entries: Entry[], free: number): Promise<void> {
     let slots = free;
     for (const e of entries) {
-      if (this.known(e)) continue;
+      const slot = slotOf(e);
+      if (this.known(e, slot)) continue;
       if (e.fields === null) {
         // Deleted while pending (trimmed or replaced): nothing to deliver, clear it from the group.
         await this.o.client.call('XACK', e.stream, this.group, e.id).catch(() => {});
@@ -319,7 +327,7 @@ export class RedisStreamSubscription implements TransportSubscription {
         await this.releaseEntry(e).catch(() => {});
       } else if (slots > 0) {
         slots--;
-        this.dispatch(e);
+        this.dispatch(e, slot);
       } else {
         this.buffer.push(e);
       }
@@ -336,91 +344,132 @@ export class RedisStreamSubscription implements TransportSubscription {
 
   // ---------------------------------------------------------------- deliveries
 
-  private dispatch(e: Entry): void {
-    const message = decodeFields(e.fields ?? []);
+  private dispatch(e: Entry, slot = slotOf(e)): void {
+    const message = decodeFields(e.fields ?? [], this.bodies);
     const attempt = headerAttempt(message.headers) + Math.max(0, e.deliveryCount - 1);
-    const key = `${e.stream}\u0000${e.id}`;
-    const slot: { timer?: NodeJS.Timeout } = {};
-    this.inFlight.set(key, slot);
-    const isRetryStream = e.stream === this.o.keys.retry ? '1' : '0';
-    const { group, consumer } = { group: this.group, consumer: this.o.consumer };
-    let settled = false;
-    const settle = async (op: (client: Redis) => Promise<void>): Promise<void> => {
-      if (settled) throw new Error(`delivery ${e.id} was already settled`);
-      settled = true;
-      clearInterval(slot.timer);
-      try {
-        await op(this.o.transport.ready());
-      } catch (error) {
-        this.needPending = true; // still pending in Redis: read it again once Redis answers
-        throw error;
-      } finally {
-        this.inFlight.delete(key);
-        this.settledDuring?.add(key);
-        this.wake();
-      }
-    };
-    const claimOwn = async (idleMs: number, retryCount: string): Promise<void> => {
-      const owned = await CLAIM_OWN.run(
-        this.o.transport.ready(),
-        [e.stream],
-        [group, e.id, consumer, Math.max(0, Math.round(idleMs)), retryCount],
-      );
-      if (Number(owned) !== 1) throw new Error(`lease of ${e.stream} ${e.id} was lost: another consumer claimed it`);
-    };
-    const delivery: Delivery = {
-      headers: message.headers,
-      body: message.body,
-      attempt,
-      position: `${e.stream}/${e.id}`,
-      key: message.headers[Headers.partitionKey],
-      ack: () =>
-        settle(async (client) => {
-          await ACK.run(client, [e.stream], [group, e.id, isRetryStream]);
-        }),
-      retry: (delayMs, extraHeaders) =>
-        settle(async (client) => {
-          const delay = Math.max(0, Math.round(delayMs));
-          const headers = { ...message.headers, ...extraHeaders, [Headers.attempt]: String(attempt + 1) };
-          const done = await RETRY.run(
-            client,
-            [e.stream, this.o.keys.delayed],
-            [group, e.id, consumer, delay, isRetryStream, randomUUID(), ...encodeFields(headers, message.body)],
-          );
-          if (Number(done) === 1) this.scheduleMove(delay);
-        }),
-      deadLetter: (deadLetterHeaders) =>
-        settle(async (client) => {
-          await DEAD_LETTER.run(
-            client,
-            [e.stream, this.o.keys.dlq],
-            [group, e.id, consumer, isRetryStream, ...encodeFields({ ...message.headers, ...deadLetterHeaders }, message.body)],
-          );
-        }),
-      release: () =>
-        settle(async () => {
-          await claimOwn(RELEASED_IDLE_MS, String(Math.max(0, e.deliveryCount - 1)));
-        }),
-      extendLease: async (ms) => {
-        if (settled) return;
-        const idle = this.o.settings.claimIdleMs;
-        clearInterval(slot.timer);
-        await claimOwn(idle - Math.min(ms, idle), '');
-        if (ms <= idle) return;
-        // Redis idles count from the last claim: keep re-claiming until `ms` is covered.
-        const until = Date.now() + ms;
-        slot.timer = setInterval(() => {
-          const left = until - Date.now();
-          if (left <= idle) clearInterval(slot.timer);
-          claimOwn(idle - Math.min(Math.max(0, left), idle), '').catch((error: unknown) => {
-            clearInterval(slot.timer);
-            this.o.logger.warn({ group, position: delivery.position, err: describeError(error) }, 'could not extend the lease');
-          });
-        }, idle / 2);
-        slot.timer.unref();
-      },
-    };
+    const delivery = new RedisDelivery(this, e, slot, message, attempt);
+    this.inFlight.set(delivery.slot, delivery);
     this.o.onDelivery(delivery);
+  }
+
+  /** Marks `d` settled (once), or throws when it already was. */
+  private beginSettle(d: RedisDelivery): void {
+    if (d.settled) throw new Error(`delivery ${d.id} was already settled`);
+    d.settled = true;
+    clearInterval(d.timer);
+  }
+
+  /** Bookkeeping once the outcome of `d` is recorded in Redis, or failed to be (`failed`). */
+  private endSettle(d: RedisDelivery, failed: boolean): void {
+    if (failed) this.needPending = true; // still pending in Redis: read it again once Redis answers
+    this.inFlight.delete(d.slot);
+    this.settledDuring?.add(d.slot);
+  }
+
+  /** Runs the settle `op` of one delivery (retry, dead letter, release): one script each. */
+  private async settleWith(d: RedisDelivery, op: (client: Redis) => Promise<void>): Promise<void> {
+    this.beginSettle(d);
+    let failed = true;
+    try {
+      await op(this.o.transport.ready());
+      failed = false;
+    } finally {
+      this.endSettle(d, failed);
+      this.wake();
+    }
+  }
+
+  /** @internal `Delivery.ack`: joins the acknowledgements of this event-loop turn (one `XACK` per stream). */
+  ack(d: RedisDelivery): Promise<void> {
+    try {
+      this.beginSettle(d);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return d.stream === this.o.keys.retry ? this.retryAcks.add(d) : this.streamAcks.add(d);
+  }
+
+  /**
+   * Acknowledges `ds` — entries of one stream — with one command: `XACK <stream> <group> <ids…>`,
+   * or for the group's retry stream the `ACK_DELETE` script (`XACK` + `XDEL`, atomically). Their
+   * `ack` promises settle with it; a failure leaves them pending in Redis (read again later).
+   */
+  private async flushAcks(stream: string, ds: RedisDelivery[]): Promise<void> {
+    const ids: string[] = new Array(ds.length);
+    for (let i = 0; i < ds.length; i++) ids[i] = (ds[i] as RedisDelivery).id;
+    let failed = true;
+    try {
+      const client = this.o.transport.ready();
+      if (stream === this.o.keys.retry) await ACK_DELETE.run(client, [stream], [this.group, ...ids]);
+      else await client.call('XACK', stream, this.group, ...ids);
+      failed = false;
+    } finally {
+      for (const d of ds) this.endSettle(d, failed);
+      this.wake();
+    }
+  }
+
+  /** @internal `Delivery.retry`: acknowledge and park a copy in the group's delayed set, atomically. */
+  retry(d: RedisDelivery, delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void> {
+    return this.settleWith(d, async (client) => {
+      const delay = Math.max(0, Math.round(delayMs));
+      const headers = { ...d.headers, ...extraHeaders, [Headers.attempt]: String(d.attempt + 1) };
+      const done = await RETRY.run(
+        client,
+        [d.stream, this.o.keys.delayed],
+        [this.group, d.id, this.o.consumer, delay, this.isRetryStream(d), randomUUID(), ...encodeFields(headers, d.body)],
+      );
+      if (Number(done) === 1) this.scheduleMove(delay);
+    });
+  }
+
+  /** @internal `Delivery.deadLetter`: append to the group's dlq and acknowledge, atomically. */
+  deadLetter(d: RedisDelivery, deadLetterHeaders: Readonly<Record<string, string>>): Promise<void> {
+    return this.settleWith(d, async (client) => {
+      await DEAD_LETTER.run(
+        client,
+        [d.stream, this.o.keys.dlq],
+        [this.group, d.id, this.o.consumer, this.isRetryStream(d), ...encodeFields({ ...d.headers, ...deadLetterHeaders }, d.body)],
+      );
+    });
+  }
+
+  /** @internal `Delivery.release`: give the entry back without counting an attempt. */
+  release(d: RedisDelivery): Promise<void> {
+    return this.settleWith(d, () => this.claimOwn(d, RELEASED_IDLE_MS, String(Math.max(0, d.deliveryCount - 1))));
+  }
+
+  /** @internal `Delivery.extendLease`. */
+  async extendLease(d: RedisDelivery, ms: number): Promise<void> {
+    if (d.settled) return;
+    const idle = this.o.settings.claimIdleMs;
+    clearInterval(d.timer);
+    await this.claimOwn(d, idle - Math.min(ms, idle), '');
+    if (ms <= idle) return;
+    // Redis idles count from the last claim: keep re-claiming until `ms` is covered.
+    const until = Date.now() + ms;
+    d.timer = setInterval(() => {
+      const left = until - Date.now();
+      if (left <= idle) clearInterval(d.timer);
+      this.claimOwn(d, idle - Math.min(Math.max(0, left), idle), '').catch((error: unknown) => {
+        clearInterval(d.timer);
+        this.o.logger.warn({ group: this.group, position: d.position, err: describeError(error) }, 'could not extend the lease');
+      });
+    }, idle / 2);
+    d.timer.unref();
+  }
+
+  private async claimOwn(d: RedisDelivery, idleMs: number, retryCount: string): Promise<void> {
+    const owned = await CLAIM_OWN.run(
+      this.o.transport.ready(),
+      [d.stream],
+      [this.group, d.id, this.o.consumer, Math.max(0, Math.round(idleMs)), retryCount],
+    );
+    if (Number(owned) !== 1) throw new Error(`lease of ${d.stream} ${d.id} was lost: another consumer claimed it`);
+  }
+
+  private isRetryStream(d: RedisDelivery): '1' | '0' {
+    return d.stream === this.o.keys.retry ? '1' : '0';
   }
 
   // ---------------------------------------------------------------- retries and retention
@@ -498,7 +547,7 @@ export class RedisStreamSubscription implements TransportSubscription {
     this.closed = true;
     clearTimeout(this.moveTimer);
     clearInterval(this.trimTimer);
-    for (const slot of this.inFlight.values()) clearInterval(slot.timer);
+    for (const d of this.inFlight.values()) clearInterval(d.timer);
     try {
       const client = this.o.transport.ready();
       for (const stream of this.streams) await DROP_CONSUMER.run(client, [stream], [this.group, this.o.consumer]);
@@ -509,6 +558,72 @@ export class RedisStreamSubscription implements TransportSubscription {
     else this.conn.disconnect();
     this.o.onClosed(this);
   }
+}
+
+/**
+ * One delivery handed to core: the decoded message and where it came from. Its settle methods
+ * delegate to the subscription (methods on the prototype, not closures per delivery).
+ */
+class RedisDelivery implements Delivery {
+  readonly headers: Readonly<Record<string, string>>;
+  readonly body: Uint8Array;
+  readonly attempt: number;
+  readonly position: string;
+  readonly key: string | undefined;
+  /** Stream the entry was read from. */
+  readonly stream: string;
+  /** Stream entry id. */
+  readonly id: string;
+  /** Redis's delivery count when it was read. */
+  readonly deliveryCount: number;
+  /** Key of the in-flight table: `<stream>\0<id>`. */
+  readonly slot: string;
+  settled = false;
+  /** Lease re-claim timer, when `extendLease` asked for more than `claimIdleMs`. */
+  timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly sub: RedisStreamSubscription,
+    e: Entry,
+    slot: string,
+    message: WireMessage,
+    attempt: number,
+  ) {
+    this.headers = message.headers;
+    this.body = message.body;
+    this.attempt = attempt;
+    this.position = `${e.stream}/${e.id}`;
+    this.key = message.headers[Headers.partitionKey];
+    this.stream = e.stream;
+    this.id = e.id;
+    this.deliveryCount = e.deliveryCount;
+    this.slot = slot;
+  }
+
+  ack(): Promise<void> {
+    return this.sub.ack(this);
+  }
+
+  retry(delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void> {
+    return this.sub.retry(this, delayMs, extraHeaders);
+  }
+
+  deadLetter(deadLetterHeaders: Readonly<Record<string, string>>): Promise<void> {
+    return this.sub.deadLetter(this, deadLetterHeaders);
+  }
+
+  release(): Promise<void> {
+    return this.sub.release(this);
+  }
+
+  extendLease(ms: number): Promise<void> {
+    return this.sub.extendLease(this, ms);
+  }
+}
+
+/** Key of an entry in the in-flight table. */
+function slotOf(e: { readonly stream: string; readonly id: string }): string {
+  return `${e.stream}\u0000${e.id}`;
 }
 
 function parseRead(reply: ReadReply, deliveryCount: number): Entry[] {

@@ -25,11 +25,11 @@ import {
   type TransportSubscription,
 } from '@busbar/core';
 import { Redis, type RedisOptions, ReplyError } from 'ioredis';
-import { decodeFields, encodeFields } from './codec.js';
+import { BODY_FIELD, decodeFields, encodeBody, encodeFields, encodeHeaders, HEADERS_FIELD } from './codec.js';
 import { groupKeys, streamKey } from './keys.js';
 import { answersPing } from './liveness.js';
 import type { RedisStreamsOptions, RetentionPolicy } from './options.js';
-import { REPLAY, TRIM_ACKED } from './scripts.js';
+import { APPEND, REPLAY, TRIM_ACKED } from './scripts.js';
 import { RedisStreamSubscription } from './subscription.js';
 
 /** What the Redis Streams transport can do. */
@@ -49,6 +49,21 @@ const TRANSIENT = /^(OOM|LOADING|READONLY|BUSY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN|N
 /** Replies refusing our credentials: more telling than the "Connection is closed" that follows them. */
 const AUTH_ERROR = /\b(WRONGPASS|NOAUTH|NOPERM)\b/;
 
+/** Most messages appended by one `APPEND` script (it blocks Redis while it runs). */
+const APPEND_MAX = 500;
+
+/** The outcome of every message that was appended (shared: it carries nothing of its own). */
+const PUBLISHED: PublishOutcome = Object.freeze({ ok: true });
+
+/** The outcome of a message whose `XADD` failed. */
+function failedXadd(m: OutgoingMessage, error: unknown): PublishOutcome {
+  const message = `XADD of ${m.id} to ${m.topic} failed: ${describeError(error)}`;
+  // Only a reply of the server can reject a message; anything else (ioredis's "Stream isn't
+  // writeable", "Connection is closed" while a dead link is dropped …) is the link's fault.
+  const rejected = error instanceof ReplyError && !TRANSIENT.test((error as Error).message);
+  return { ok: false, error: rejected ? new PublishRejectedError(message) : new BrokerUnavailableError(message) };
+}
+
 /** @internal Settings the subscriptions share. */
 export interface ResolvedSettings {
   readonly keyPrefix: string;
@@ -64,10 +79,13 @@ export interface ResolvedSettings {
 /**
  * Busbar transport on Redis Streams (ioredis).
  *
- * - One stream per event type, `<prefix>:{<topic>}`; `publish` pipelines one `XADD` per message and
- *   resolves each on its reply (durable as the server's AOF settings make it — see the README).
+ * - One stream per event type, `<prefix>:{<topic>}`; an entry is two fields, `_headers` (JSON) and
+ *   `body` (see `codec.ts`). `publish` appends a batch with one `APPEND` script per stream (an `XADD`
+ *   per message inside Redis) and resolves each message on its own reply (durable as the server's
+ *   AOF settings make it — see the README).
  * - A group is a Redis consumer group; each subscription reads with `XREADGROUP … BLOCK` on its own
- *   connection, at most `concurrency` entries in flight, and `XACK`s after the handler settled.
+ *   connection, at most `concurrency` entries in flight, and acknowledges what core settled during
+ *   one event-loop turn with one `XACK` per stream.
  * - Entries left pending by a crashed consumer are claimed after `claimIdleMs` (`XAUTOCLAIM`); the
  *   attempt number adds Redis's delivery count to the attempt carried in the headers.
  * - Retries wait in a per-group sorted set and move, when due, to the group's own retry stream;
@@ -89,6 +107,7 @@ export class RedisStreamsTransport implements Transport {
   private closed = false;
   private readonly subscriptions = new Set<RedisStreamSubscription>();
   private readonly consumerSeq = new Map<string, number>();
+  private readonly streamKeys = new Map<string, string>();
   private probing = false;
   private healthTimer: NodeJS.Timeout | undefined;
 
@@ -245,17 +264,32 @@ export class RedisStreamsTransport implements Transport {
     return client;
   }
 
-  /** One pipeline of `XADD`s; each message resolves on its own reply. `BrokerUnavailableError` while disconnected. */
+  /** The stream key of `topic` (validated once per topic). */
+  private streamOf(topic: string): string {
+    let key = this.streamKeys.get(topic);
+    if (key === undefined) {
+      key = streamKey(this.settings.keyPrefix, checkBrokerName(topic, this.capabilities, 'topic'));
+      if (this.streamKeys.size >= 10_000) this.streamKeys.clear();
+      this.streamKeys.set(topic, key);
+    }
+    return key;
+  }
+
+  /**
+   * Appends the batch: per stream, one `XADD` for a lone message, else one `APPEND` script per 500
+   * messages (an `XADD` each inside Redis); each message resolves on its own reply.
+   * `BrokerUnavailableError` while disconnected.
+   */
   async publish(batch: readonly OutgoingMessage[], signal: AbortSignal): Promise<readonly PublishOutcome[]> {
     if (signal.aborted) throw new BrokerUnavailableError('publish aborted before it was sent');
     const client = this.ready();
-    const pipeline = client.pipeline();
-    for (const m of batch) {
-      pipeline.xadd(
-        streamKey(this.settings.keyPrefix, checkBrokerName(m.topic, this.capabilities, 'topic')),
-        '*',
-        ...encodeFields(m.headers, m.body),
-      );
+    const outcomes: PublishOutcome[] = new Array(batch.length);
+    const appended: Promise<void>[] = [];
+    for (const [key, indexes] of this.byStream(batch)) {
+      for (let from = 0; from < indexes.length; from += APPEND_MAX) {
+        const chunk = indexes.length <= APPEND_MAX ? indexes : indexes.slice(from, from + APPEND_MAX);
+        appended.push(this.append(client, key, batch, chunk, outcomes));
+      }
     }
     let onAbort: (() => void) | undefined;
     const aborted = new Promise<never>((_, reject) => {
@@ -267,22 +301,69 @@ export class RedisStreamsTransport implements Transport {
       signal.addEventListener('abort', onAbort, { once: true });
     });
     try {
-      const replies = await Promise.race([pipeline.exec(), aborted]);
-      if (!replies) throw new BrokerUnavailableError('redis returned no reply for the pipeline');
-      return batch.map((m, i): PublishOutcome => {
-        const error = replies[i]?.[0];
-        if (!error) return { ok: true };
-        const message = `XADD of ${m.id} to ${m.topic} failed: ${describeError(error)}`;
-        // Only a reply of the server can reject a message; anything else (ioredis's "Stream isn't
-        // writeable", "Connection is closed" while a dead link is dropped …) is the link's fault.
-        const rejected = error instanceof ReplyError && !TRANSIENT.test(error.message);
-        return {
-          ok: false,
-          error: rejected ? new PublishRejectedError(message) : new BrokerUnavailableError(message),
-        };
-      });
+      await Promise.race([appended.length === 1 ? appended[0] : Promise.all(appended), aborted]);
+      return outcomes;
     } finally {
       if (onAbort) signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** The batch's message indexes by stream key, in batch order (one stream: no grouping work). */
+  private byStream(batch: readonly OutgoingMessage[]): Map<string, number[]> {
+    const groups = new Map<string, number[]>();
+    const first = batch[0];
+    if (first === undefined) return groups;
+    if (batch.every((m) => m.topic === first.topic)) {
+      groups.set(
+        this.streamOf(first.topic),
+        Array.from({ length: batch.length }, (_, i) => i),
+      );
+      return groups;
+    }
+    batch.forEach((m, i) => {
+      const key = this.streamOf(m.topic);
+      const indexes = groups.get(key);
+      if (indexes) indexes.push(i);
+      else groups.set(key, [i]);
+    });
+    return groups;
+  }
+
+  /**
+   * Appends the messages `indexes` of `batch` to stream `key` and records their outcomes: a failure
+   * of the whole command fails each of them.
+   */
+  private async append(
+    client: Redis,
+    key: string,
+    batch: readonly OutgoingMessage[],
+    indexes: readonly number[],
+    outcomes: PublishOutcome[],
+  ): Promise<void> {
+    try {
+      if (indexes.length === 1) {
+        const m = batch[indexes[0] as number] as OutgoingMessage;
+        await client.xadd(key, '*', HEADERS_FIELD, encodeHeaders(m.headers), BODY_FIELD, encodeBody(m.body));
+        outcomes[indexes[0] as number] = PUBLISHED;
+        return;
+      }
+      const args: (string | Buffer)[] = new Array(indexes.length * 2);
+      for (let j = 0; j < indexes.length; j++) {
+        const m = batch[indexes[j] as number] as OutgoingMessage;
+        args[2 * j] = encodeHeaders(m.headers);
+        args[2 * j + 1] = encodeBody(m.body);
+      }
+      const replies = await APPEND.run(client, [key], args);
+      if (!Array.isArray(replies) || replies.length !== indexes.length) {
+        throw new BrokerUnavailableError(`unexpected reply of redis to an append of ${indexes.length} messages`);
+      }
+      for (let j = 0; j < indexes.length; j++) {
+        const i = indexes[j] as number;
+        const reply: unknown = replies[j];
+        outcomes[i] = reply instanceof Error ? failedXadd(batch[i] as OutgoingMessage, reply) : PUBLISHED;
+      }
+    } catch (error) {
+      for (const i of indexes) outcomes[i] = failedXadd(batch[i] as OutgoingMessage, error);
     }
   }
 
