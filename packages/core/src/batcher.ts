@@ -36,6 +36,8 @@ interface Entry {
 interface InFlightCall {
   readonly controller: AbortController;
   readonly deadline: number;
+  /** Its publishes (watched for their deadlines while the call runs). */
+  readonly batch: readonly Entry[];
 }
 
 /** Options the bus gives its batcher. */
@@ -56,16 +58,20 @@ export interface BatcherOptions extends BatchingOptions {
  * Deadlines (each publish's `timeoutMs`, and each transport call's abort at the latest deadline of
  * its publishes) are enforced by one timer armed at the earliest pending deadline, rather than a
  * timer per publish and per call: the per-message cost of a timer is what an awaited publish pays
- * most for on a fast transport. The timer is cleared whenever nothing is pending.
+ * most for on a fast transport. Whenever nothing is pending the timer is unref'd (it no longer
+ * keeps the process alive) rather than cleared, so publishes awaited one by one re-use it instead
+ * of each arming and clearing one; when it fires with nothing pending it is dropped, and `drain`
+ * clears it.
  */
 export class PublishBatcher {
+  /** Publishes not yet handed to the transport (settled ones are skipped when a batch is cut). */
   private readonly queue: Entry[] = [];
-  /** Unsettled publishes (queued or in flight), watched for their deadline. */
-  private readonly watched = new Set<Entry>();
   /** Transport calls in flight, watched for their deadline. */
   private readonly calls = new Set<InFlightCall>();
   private timer: NodeJS.Timeout | undefined;
   private timerAt = Number.POSITIVE_INFINITY;
+  /** The timer is unref'd: nothing is pending. */
+  private timerIdle = false;
   /**
    * Controllers of finished calls that were never aborted and have no listener left, for the next
    * call: creating an `AbortController` costs several µs on Node 20 (its signal's prototype is set
@@ -75,6 +81,7 @@ export class PublishBatcher {
   /** A call completed and the next one is cut on the next event-loop turn (see `maxInFlightBatches`). */
   private pumpDeferred = false;
   private inFlight = 0;
+  /** Unsettled publishes: queued, or in a transport call in flight. */
   private pending = 0;
   private readonly capacityWaiters: (() => void)[] = [];
   private readonly idleWaiters: (() => void)[] = [];
@@ -95,32 +102,39 @@ export class PublishBatcher {
    * Queues `message`; resolves once the transport reports it durable. Rejects with
    * `PublishTimeoutError` at `timeoutMs` whatever the transport does (outcome then unknown).
    */
-  async publish(message: OutgoingMessage, timeoutMs: number): Promise<void> {
+  publish(message: OutgoingMessage, timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
-    if (this.pending >= this.options.maxPending) {
-      if (this.options.overflow === 'reject') throw new BackpressureError(this.options.maxPending);
-      await this.waitForCapacity(deadline, message.id);
-    }
-    this.pending++;
-    try {
-      await new Promise<void>((resolve, reject) => {
-        const entry: Entry = { message, deadline, timeoutMs, settled: false, resolve, reject };
-        this.watched.add(entry);
-        this.watchDeadline(deadline);
-        this.queue.push(entry);
-        if (!this.pumpDeferred) this.pump();
-      });
-    } finally {
-      this.pending--;
-      this.capacityWaiters.shift()?.();
-      if (this.pending === 0) for (const w of this.idleWaiters.splice(0)) w();
-    }
+    if (this.pending >= this.options.maxPending) return this.publishWhenRoom(message, deadline, timeoutMs);
+    return this.enqueue(message, deadline, timeoutMs);
   }
 
-  /** Resolves when nothing is queued or in flight. */
-  drain(): Promise<void> {
-    if (this.pending === 0) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  private async publishWhenRoom(message: OutgoingMessage, deadline: number, timeoutMs: number): Promise<void> {
+    if (this.options.overflow === 'reject') throw new BackpressureError(this.options.maxPending);
+    await this.waitForCapacity(deadline, message.id);
+    return this.enqueue(message, deadline, timeoutMs);
+  }
+
+  /** Queues a publish (no async function, no `await`: this runs once per message). */
+  private enqueue(message: OutgoingMessage, deadline: number, timeoutMs: number): Promise<void> {
+    this.pending++;
+    let entry!: Entry;
+    const promise = new Promise<void>((resolve, reject) => {
+      entry = { message, deadline, timeoutMs, settled: false, resolve, reject };
+    });
+    this.watchDeadline(deadline);
+    this.queue.push(entry);
+    if (!this.pumpDeferred) this.pump();
+    return promise;
+  }
+
+  /** Resolves when nothing is queued or in flight (and then clears the idle deadline timer). */
+  async drain(): Promise<void> {
+    if (this.pending > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    if (this.timer && this.timerIdle) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+      this.timerAt = Number.POSITIVE_INFINITY;
+    }
   }
 
   /** Rejects everything still queued (not yet handed to the transport). */
@@ -153,10 +167,12 @@ export class PublishBatcher {
   private settle(entry: Entry, error?: Error): void {
     if (entry.settled) return;
     entry.settled = true;
-    this.watched.delete(entry);
+    this.pending--;
     this.disarmIfIdle();
     if (error) entry.reject(error);
     else entry.resolve();
+    this.capacityWaiters.shift()?.();
+    if (this.pending === 0) for (const w of this.idleWaiters.splice(0)) w();
   }
 
   /** Keeps a finished call's controller for reuse if nothing can observe it any more (not aborted, no listener). */
@@ -166,20 +182,23 @@ export class PublishBatcher {
     this.spareControllers.push(controller);
   }
 
-  /** Makes sure the deadline timer fires no later than `deadline`. */
+  /** Makes sure the deadline timer fires no later than `deadline` (and keeps the process alive). */
   private watchDeadline(deadline: number): void {
+    if (this.timerIdle) {
+      this.timerIdle = false;
+      this.timer?.ref();
+    }
     if (deadline >= this.timerAt) return;
     if (this.timer) clearTimeout(this.timer);
     this.timerAt = deadline;
     this.timer = setTimeout(() => this.sweep(), Math.max(0, deadline - Date.now()));
   }
 
-  /** Clears the deadline timer when nothing is watched, so an idle batcher holds no timer. */
+  /** Unrefs the deadline timer when nothing is watched, so an idle batcher keeps no process alive. */
   private disarmIfIdle(): void {
-    if (this.timer && this.watched.size === 0 && this.calls.size === 0) {
-      clearTimeout(this.timer);
-      this.timer = undefined;
-      this.timerAt = Number.POSITIVE_INFINITY;
+    if (this.timer && !this.timerIdle && this.pending === 0 && this.calls.size === 0) {
+      this.timerIdle = true;
+      this.timer.unref();
     }
   }
 
@@ -187,15 +206,11 @@ export class PublishBatcher {
   private sweep(): void {
     this.timer = undefined;
     this.timerAt = Number.POSITIVE_INFINITY;
+    this.timerIdle = false;
     const now = Date.now();
     let next = Number.POSITIVE_INFINITY;
-    for (const call of this.calls) {
-      if (call.deadline <= now) {
-        this.calls.delete(call);
-        call.controller.abort(new PublishTimeoutError('publish batch timed out'));
-      } else if (call.deadline < next) next = call.deadline;
-    }
-    for (const entry of this.watched) {
+    const expire = (entry: Entry): void => {
+      if (entry.settled) return;
       if (entry.deadline <= now) {
         this.settle(
           entry,
@@ -204,6 +219,14 @@ export class PublishBatcher {
           ),
         );
       } else if (entry.deadline < next) next = entry.deadline;
+    };
+    for (const call of this.calls) for (const entry of call.batch) expire(entry);
+    for (const entry of this.queue) expire(entry);
+    for (const call of this.calls) {
+      if (call.deadline <= now) {
+        this.calls.delete(call);
+        call.controller.abort(new PublishTimeoutError('publish batch timed out'));
+      } else if (call.deadline < next) next = call.deadline;
     }
     if (next !== Number.POSITIVE_INFINITY) this.watchDeadline(next);
   }
@@ -217,70 +240,74 @@ export class PublishBatcher {
       }
       if (batch.length === 0) return;
       this.inFlight++;
-      void this.send(batch).finally(() => {
-        this.inFlight--;
-        // When publishes are waiting or this call released several publishers, let those run
-        // their continuations (often a next publish) before cutting the next batch, so they join
-        // it instead of waiting one more round trip. After a lone publish with nothing waiting
-        // (publishes awaited one by one), the next publish is sent at once, as ever.
-        if ((this.queue.length > 0 || batch.length > 1) && !this.pumpDeferred) {
-          this.pumpDeferred = true;
-          setImmediate(() => {
-            this.pumpDeferred = false;
-            this.pump();
-          });
-        }
-      });
+      void this.send(batch);
     }
   }
 
+  /** One transport call for `batch`; settles every publish of it. */
   private async send(batch: Entry[]): Promise<void> {
-    const breaker = this.options.breaker;
     try {
-      breaker?.admit();
-    } catch (error) {
-      for (const e of batch) this.settle(e, error as Error);
-      return;
-    }
-    let latest = 0;
-    const messages: OutgoingMessage[] = new Array(batch.length);
-    for (let i = 0; i < batch.length; i++) {
-      const e = batch[i] as Entry;
-      if (e.deadline > latest) latest = e.deadline;
-      messages[i] = e.message;
-    }
-    const call: InFlightCall = { controller: this.spareControllers.pop() ?? new AbortController(), deadline: latest };
-    this.calls.add(call);
-    this.watchDeadline(latest);
-    let outcomes: readonly PublishOutcome[];
-    try {
-      outcomes = await this.options.transport.publish(messages, call.controller.signal);
-    } catch (error) {
-      const err = toPublishError(error);
-      breaker?.onFailure(err);
-      for (const e of batch) this.settle(e, err);
-      return;
-    } finally {
-      this.calls.delete(call);
-      this.disarmIfIdle();
-      this.recycle(call.controller);
-    }
-    let brokerFailure: Error | undefined;
-    batch.forEach((entry, i) => {
-      const outcome = outcomes[i];
-      if (outcome === undefined) {
-        this.settle(entry, new BrokerUnavailableError(`transport returned no outcome for ${entry.message.id}`));
-      } else if (outcome.ok) {
-        this.options.onSent?.(entry.message);
-        this.settle(entry);
-      } else {
-        const err = toPublishError(outcome.error);
-        if (err instanceof BusError && err.retryable) brokerFailure = err;
-        this.settle(entry, err);
+      const breaker = this.options.breaker;
+      try {
+        breaker?.admit();
+      } catch (error) {
+        for (const e of batch) this.settle(e, error as Error);
+        return;
       }
-    });
-    if (brokerFailure) breaker?.onFailure(brokerFailure);
-    else breaker?.onSuccess();
+      let latest = 0;
+      const messages: OutgoingMessage[] = new Array(batch.length);
+      for (let i = 0; i < batch.length; i++) {
+        const e = batch[i] as Entry;
+        if (e.deadline > latest) latest = e.deadline;
+        messages[i] = e.message;
+      }
+      const call: InFlightCall = { controller: this.spareControllers.pop() ?? new AbortController(), deadline: latest, batch };
+      this.calls.add(call);
+      this.watchDeadline(latest);
+      let outcomes: readonly PublishOutcome[];
+      try {
+        outcomes = await this.options.transport.publish(messages, call.controller.signal);
+      } catch (error) {
+        const err = toPublishError(error);
+        breaker?.onFailure(err);
+        for (const e of batch) this.settle(e, err);
+        return;
+      } finally {
+        this.calls.delete(call);
+        this.disarmIfIdle();
+        this.recycle(call.controller);
+      }
+      let brokerFailure: Error | undefined;
+      for (let i = 0; i < batch.length; i++) {
+        const entry = batch[i] as Entry;
+        const outcome = outcomes[i];
+        if (outcome === undefined) {
+          this.settle(entry, new BrokerUnavailableError(`transport returned no outcome for ${entry.message.id}`));
+        } else if (outcome.ok) {
+          this.options.onSent?.(entry.message);
+          this.settle(entry);
+        } else {
+          const err = toPublishError(outcome.error);
+          if (err instanceof BusError && err.retryable) brokerFailure = err;
+          this.settle(entry, err);
+        }
+      }
+      if (brokerFailure) breaker?.onFailure(brokerFailure);
+      else breaker?.onSuccess();
+    } finally {
+      this.inFlight--;
+      // When publishes are waiting or this call released several publishers, let those run
+      // their continuations (often a next publish) before cutting the next batch, so they join
+      // it instead of waiting one more round trip. After a lone publish with nothing waiting
+      // (publishes awaited one by one), the next publish is sent at once, as ever.
+      if ((this.queue.length > 0 || batch.length > 1) && !this.pumpDeferred) {
+        this.pumpDeferred = true;
+        setImmediate(() => {
+          this.pumpDeferred = false;
+          this.pump();
+        });
+      }
+    }
   }
 }
 

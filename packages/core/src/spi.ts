@@ -22,7 +22,10 @@ import type { Logger } from './logger.js';
 export interface WireMessage {
   /** Headers: the `ce_*` attributes (see `Headers`) plus user headers. Values are strings. */
   readonly headers: Readonly<Record<string, string>>;
-  /** The event data, byte-for-byte. */
+  /**
+   * The event data, byte-for-byte. It may be a view into a larger shared buffer (core cuts small
+   * bodies from a pool): read it through `byteOffset` / `byteLength`, never through `.buffer` alone.
+   */
   readonly body: Uint8Array;
 }
 

@@ -102,6 +102,45 @@ describe('decodeMessage', () => {
     expect(!r.ok && r.reason.kind).toBe('upcast-failed');
   });
 
+  it.each([
+    ['an escaped __proto__ key', '{"id":"1","email":"a","name":"b","\\u005f_proto__":{"polluted":true}}'],
+    ['an escaped constructor key', '{"constr\\u0075ctor":{"prototype":{"polluted":true}}}'],
+    ['a __proto__ key after whitespace', '{"id":"1", "__proto__" :{"polluted":true}}'],
+  ])('dead-letters %s as undecodable', (_name, body) => {
+    const r = decodeMessage({ headers: headers(), body: bytes(body) }, V2, limits);
+    expect(!r.ok && r.reason.kind).toBe('undecodable');
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+  });
+
+  it('accepts escapes, and the key names in values, and a second byte-order mark', () => {
+    const escaped = decodeMessage(
+      { headers: headers(), body: bytes('{"id":"1","email":"caf\\u00e9","name":"constructor __proto__"}') },
+      V2,
+      limits,
+    );
+    expect(escaped.ok && escaped.data).toEqual({ id: '1', email: 'café', name: 'constructor __proto__' });
+    // TextDecoder strips one BOM; secure-json-parse strips another, as before.
+    const bom = decodeMessage({ headers: headers(), body: bytes('\uFEFF\uFEFF{"id":"1","email":"a","name":"b"}') }, V2, limits);
+    expect(bom.ok && bom.data).toEqual({ id: '1', email: 'a', name: 'b' });
+  });
+
+  it('reads own string headers only: inherited or non-string values are not attributes', () => {
+    const inherited = Object.assign(Object.create({ [Headers.id]: 'inherited', 'x-inherited': 'y' }), headers({ [Headers.id]: undefined }));
+    const r1 = decodeMessage({ headers: inherited, body: encodeJson({ id: '1', email: 'a', name: 'b' }) }, V2, limits);
+    expect(!r1.ok && r1.reason.detail).toMatch(/missing attribute ce_id/);
+    const nonString = { ...headers(), [Headers.id]: 5 as unknown as string };
+    const r2 = decodeMessage({ headers: nonString, body: encodeJson({ id: '1', email: 'a', name: 'b' }) }, V2, limits);
+    expect(!r2.ok && r2.reason.detail).toMatch(/missing attribute ce_id/);
+    const withUser = { ...headers(), [Headers.time]: 't', [Headers.traceparent]: 'tp', 'x-a': '1', 'x-inherited': 'own' };
+    const r3 = decodeMessage({ headers: withUser, body: encodeJson({ id: '1', email: 'a', name: 'b' }) }, V2, limits);
+    expect(r3.ok && { ...r3.userHeaders }).toEqual({ 'x-a': '1', 'x-inherited': 'own' });
+    expect(r3.ok && [r3.attributes.time, r3.attributes.traceparent, r3.attributes.dataschema]).toEqual([
+      't',
+      'tp',
+      'urn:busbar:user.created:v2',
+    ]);
+  });
+
   it('rejects invalid UTF-8 as undecodable', () => {
     const r = decodeMessage({ headers: headers(), body: new Uint8Array([0xff, 0xfe, 0x00]) }, V2, limits);
     expect(!r.ok && r.reason.kind).toBe('undecodable');

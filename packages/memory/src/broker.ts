@@ -1,5 +1,6 @@
 import {
   type Clock,
+  ConfigError,
   type DeadLetterScan,
   type DeadLetterTarget,
   type Delivery,
@@ -10,6 +11,7 @@ import {
   type WireMessage,
 } from '@busbar/core';
 import { EventEmitter } from 'eventemitter3';
+import { Deque } from './deque.js';
 
 /** A message written below the bus (see {@link MemoryRawClient.write}). */
 export type RawMessage = WireMessage & { readonly key?: string | undefined };
@@ -46,11 +48,46 @@ export interface MemoryMember {
   close(): void;
 }
 
-interface Entry {
-  readonly offset: number;
-  readonly headers: Readonly<Record<string, string>>;
-  readonly body: Uint8Array;
-  readonly key: string | undefined;
+/**
+ * Which messages a topic's log keeps for groups created later with `startFrom: 'earliest'` (see
+ * {@link MemoryBrokerOptions.retention}). Existing groups never lose a message either way: their
+ * queues, retries and dead letters hold what they still need.
+ */
+export type MemoryRetention = 'all' | 'unacked';
+
+/** Options of {@link MemoryBroker}. */
+export interface MemoryBrokerOptions {
+  /**
+   * What each topic's log keeps (the log is only read when a *new* group starts at
+   * `'earliest'`):
+   * - `'all'`: every message, for the life of the broker (a broker without a retention limit).
+   * - `'unacked'`: a message leaves the log once every group of its topic has settled it (acked
+   *   or dead-lettered), like the Redis transport's `retention: { trim: 'acked' }`; with no group
+   *   on the topic nothing is dropped. A group created later with `'earliest'` then starts at the
+   *   oldest message an existing group still has to settle. Memory then stays proportional to
+   *   the backlog, which long runs (benchmarks, soak tests) need.
+   * @defaultValue 'all'
+   */
+  retention?: MemoryRetention;
+}
+
+/** A stored message, as queued for a group (retries and dead letters hold copies with other headers). */
+class Entry {
+  /**
+   * On an appended entry with retention `'unacked'`: how many groups still have to settle it
+   * (it leaves the log at 0).
+   */
+  pending = 0;
+  constructor(
+    readonly offset: number,
+    readonly headers: Readonly<Record<string, string>>,
+    readonly body: Uint8Array,
+    readonly key: string | undefined,
+    /** Attempt number of a delivery of this entry, from the `Headers.attempt` header. */
+    readonly attempt: number,
+    /** The appended entry whose `pending` a group's settlement of this one decrements; none with retention `'all'`, or once dead-lettered. */
+    public origin: Entry | undefined,
+  ) {}
 }
 
 interface Member {
@@ -58,18 +95,13 @@ interface Member {
   readonly concurrency: number;
   readonly clock: Clock;
   readonly onDelivery: (delivery: Delivery) => void;
-  readonly inFlight: Set<InFlight>;
-}
-
-interface InFlight {
-  readonly entry: Entry;
-  readonly member: Member;
-  state: 'open' | 'settled' | 'returned';
+  /** Unsettled deliveries, in delivery order. */
+  readonly inFlight: Set<MemoryDelivery>;
 }
 
 interface Group {
-  readonly topic: string;
-  queue: Entry[];
+  readonly topic: Topic;
+  readonly queue: Deque<Entry>;
   readonly members: Member[];
   rr: number;
   inFlight: number;
@@ -78,11 +110,96 @@ interface Group {
   /** Keys with a delivery in flight or a retry pending (blocking later same-key messages when ordered). */
   readonly held: Map<string, number>;
   ordered: boolean;
+  /** A pump is queued on a microtask. */
+  scheduled: boolean;
+  /** The queued pump (one function per group, not one closure per schedule). */
+  readonly run: () => void;
 }
 
 interface Topic {
-  readonly log: Entry[];
+  readonly name: string;
+  readonly log: Deque<Entry>;
   readonly groups: Map<string, Group>;
+  /** Offset of the next appended message. */
+  next: number;
+}
+
+type Settlement = 'ack' | 'retry' | 'dead-letter' | 'release';
+
+/** What a delivery calls to settle itself (the broker's private `settle`). */
+interface Settler {
+  settle(d: MemoryDelivery, how: Settlement, delayMs: number, headers: Readonly<Record<string, string>> | undefined): Promise<void>;
+}
+
+/**
+ * One delivery. A class rather than an object of closures: a delivery costs one small object and
+ * its own copies of the headers and body.
+ */
+class MemoryDelivery implements Delivery {
+  state: 'open' | 'settled' | 'returned' = 'open';
+  readonly headers: Readonly<Record<string, string>>;
+  readonly body: Uint8Array;
+  readonly key: string | undefined;
+  readonly attempt: number;
+
+  constructor(
+    private readonly settler: Settler,
+    bytes: ByteStore,
+    readonly member: Member,
+    readonly entry: Entry,
+  ) {
+    this.headers = { ...entry.headers };
+    this.body = bytes.copy(entry.body);
+    this.key = entry.key;
+    this.attempt = entry.attempt;
+  }
+
+  get position(): string {
+    return `${this.member.group.topic.name}@${this.entry.offset}`;
+  }
+
+  ack(): Promise<void> {
+    return this.settler.settle(this, 'ack', 0, undefined);
+  }
+
+  retry(delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void> {
+    return this.settler.settle(this, 'retry', delayMs, extraHeaders);
+  }
+
+  deadLetter(deadLetterHeaders: Readonly<Record<string, string>>): Promise<void> {
+    return this.settler.settle(this, 'dead-letter', 0, deadLetterHeaders);
+  }
+
+  release(): Promise<void> {
+    return this.settler.settle(this, 'release', 0, undefined);
+  }
+}
+
+const RESOLVED = Promise.resolve();
+
+const SLAB_BYTES = 64 * 1024;
+
+/**
+ * Copies bytes into shared 64 KiB slabs: a copy is one small view, not an `ArrayBuffer` of its
+ * own (which costs ~10× more for the small bodies of most events). A slab is freed once no view
+ * into it is referenced. Bodies larger than 4 KiB get their own buffer.
+ */
+class ByteStore {
+  private slab = new ArrayBuffer(SLAB_BYTES);
+  private used = 0;
+
+  copy(source: Uint8Array): Uint8Array {
+    const n = source.byteLength;
+    if (n > 4096) return new Uint8Array(source);
+    if (this.used + n > SLAB_BYTES) {
+      this.slab = new ArrayBuffer(SLAB_BYTES);
+      this.used = 0;
+    }
+    const out = new Uint8Array(this.slab, this.used, n);
+    out.set(source);
+    this.used += n;
+    return out;
+  }
 }
 
 /** Attempt number carried in the `Headers.attempt` header (1 when absent or invalid). */
@@ -91,23 +208,36 @@ function attemptOf(headers: Readonly<Record<string, string>>): number {
   return Number.isInteger(n) && n >= 1 ? n : 1;
 }
 
+/** A copy of `entry` to hand out (probes, dead letters): its own headers object and bytes. */
 function copy(entry: Entry): WireMessage {
   return { headers: { ...entry.headers }, body: new Uint8Array(entry.body) };
 }
 
 /**
- * The in-memory "broker": per topic an append-only log, per (topic, group) a durable queue (created
- * on the group's first subscribe, kept while no member is connected), retry timers and dead
- * letters. Share one between several `MemoryTransport`s to model several processes on one broker.
- * Nothing survives the process.
+ * The in-memory "broker": per topic an append-only log (see {@link MemoryBrokerOptions.retention}),
+ * per (topic, group) a durable queue (created on the group's first subscribe, kept while no member
+ * is connected), retry timers and dead letters. Share one between several `MemoryTransport`s to
+ * model several processes on one broker. Nothing survives the process.
  */
 export class MemoryBroker {
+  /** See {@link MemoryBrokerOptions.retention}. */
+  readonly retention: MemoryRetention;
   private readonly topics = new Map<string, Topic>();
   private readonly appends = new EventEmitter<{ append: [topic: string, entry: Entry] }>();
-  private readonly pumpScheduled = new Set<Group>();
   private readonly idleWaiters = new Set<{ includeDelayed: boolean; resolve: () => void }>();
+  private readonly settler: Settler = { settle: (d, how, delayMs, headers) => this.settle(d, how, delayMs, headers) };
+  private readonly bytes = new ByteStore();
   private idleCheckScheduled = false;
   private sequence = 0;
+
+  /** @param options - see {@link MemoryBrokerOptions}; all optional. */
+  constructor(options: MemoryBrokerOptions = {}) {
+    const retention = options.retention ?? 'all';
+    if (retention !== 'all' && retention !== 'unacked') {
+      throw new ConfigError(`MemoryBroker retention must be 'all' or 'unacked', got ${JSON.stringify(retention)}`);
+    }
+    this.retention = retention;
+  }
 
   /** A raw client of this broker, for tests and conformance (`RawBrokerClient`). */
   rawClient(): MemoryRawClient {
@@ -137,6 +267,11 @@ export class MemoryBroker {
     });
   }
 
+  /** Messages each topic's log holds now (see {@link MemoryBrokerOptions.retention}), for tests and diagnostics. */
+  logLength(topic: string): number {
+    return this.topics.get(topic)?.log.length ?? 0;
+  }
+
   /** Deletes every topic whose name starts with `prefix`, with its groups, retries and dead letters. Returns how many. */
   deleteTopics(prefix: string): number {
     let n = 0;
@@ -150,15 +285,24 @@ export class MemoryBroker {
     return n;
   }
 
-  /** @internal Appends a message to `topic` (body copied) and hands it to every group of the topic. */
+  /** @internal Appends a message to `topic` (headers and body copied) and hands it to every group of the topic. */
   append(topic: string, message: RawMessage): void {
     const t = this.topic(topic);
-    const entry: Entry = {
-      offset: t.log.length,
-      headers: Object.freeze({ ...message.headers }),
-      body: new Uint8Array(message.body),
-      key: message.key ?? message.headers[Headers.partitionKey],
-    };
+    // Stored copies are never handed out (deliveries and readers get their own copies), so they
+    // need no freezing — which would cost more than the rest of an append.
+    const headers = { ...message.headers };
+    const entry = new Entry(
+      t.next++,
+      headers,
+      this.bytes.copy(message.body),
+      message.key ?? headers[Headers.partitionKey],
+      attemptOf(headers),
+      undefined,
+    );
+    if (this.retention === 'unacked') {
+      entry.origin = entry;
+      entry.pending = t.groups.size;
+    }
     t.log.push(entry);
     for (const g of t.groups.values()) {
       g.queue.push(entry);
@@ -173,9 +317,11 @@ export class MemoryBroker {
     const t = this.topic(spec.topic);
     let g = t.groups.get(spec.group);
     if (!g) {
-      g = {
-        topic: spec.topic,
-        queue: spec.startFrom === 'earliest' ? t.log.slice() : [],
+      const history = spec.startFrom === 'earliest' ? t.log.toArray() : [];
+      for (const e of history) if (e.origin) e.origin.pending++;
+      const group: Group = {
+        topic: t,
+        queue: new Deque(history),
         members: [],
         rr: 0,
         inFlight: 0,
@@ -183,7 +329,10 @@ export class MemoryBroker {
         dead: [],
         held: new Map(),
         ordered: false,
+        scheduled: false,
+        run: () => this.pump(group),
       };
+      g = group;
       t.groups.set(spec.group, g);
     }
     g.ordered = spec.orderedByKey;
@@ -203,10 +352,10 @@ export class MemoryBroker {
       close: () => {
         stop();
         const open = [...member.inFlight].reverse();
-        for (const rec of open) {
-          rec.state = 'returned';
-          this.untrack(rec);
-          group.queue.unshift(rec.entry);
+        for (const d of open) {
+          d.state = 'returned';
+          this.untrack(d);
+          group.queue.unshift(d.entry);
         }
         if (open.length > 0) this.schedule(group);
         this.changed();
@@ -227,7 +376,9 @@ export class MemoryBroker {
       selected.push(stored);
       if (scan.dryRun) continue;
       g.dead.splice(g.dead.indexOf(rec), 1);
-      g.queue.push({ ...rec.entry, headers: Object.freeze({ ...headers }) });
+      const replayed = { ...headers };
+      const e = rec.entry;
+      g.queue.push(new Entry(e.offset, replayed, e.body, e.key, attemptOf(replayed), undefined));
       this.schedule(g);
     }
     this.changed();
@@ -237,7 +388,7 @@ export class MemoryBroker {
   private topic(name: string): Topic {
     let t = this.topics.get(name);
     if (!t) {
-      t = { log: [], groups: new Map() };
+      t = { name, log: new Deque(), groups: new Map(), next: 0 };
       this.topics.set(name, t);
     }
     return t;
@@ -290,12 +441,9 @@ export class MemoryBroker {
 
   /** Delivers on a microtask, so appends and settlements never re-enter a consumer callback. */
   private schedule(g: Group): void {
-    if (this.pumpScheduled.has(g)) return;
-    this.pumpScheduled.add(g);
-    queueMicrotask(() => {
-      this.pumpScheduled.delete(g);
-      this.pump(g);
-    });
+    if (g.scheduled) return;
+    g.scheduled = true;
+    queueMicrotask(g.run);
   }
 
   private blocked(g: Group, entry: Entry): boolean {
@@ -303,18 +451,28 @@ export class MemoryBroker {
   }
 
   private pump(g: Group): void {
-    let i = 0;
-    while (i < g.queue.length) {
-      const entry = g.queue[i] as Entry;
-      if (this.blocked(g, entry)) {
-        i++;
-        continue;
+    g.scheduled = false;
+    const queue = g.queue;
+    if (!g.ordered) {
+      // Nothing is ever blocked: hand over from the head, O(1) per delivery.
+      while (queue.length > 0) {
+        const member = this.nextMember(g);
+        if (!member) break;
+        this.deliver(member, queue.shift() as Entry);
       }
-      const member = this.nextMember(g);
-      if (!member) break;
-      if (i === 0) g.queue.shift();
-      else g.queue.splice(i, 1);
-      this.deliver(member, entry);
+    } else {
+      let i = 0;
+      while (i < queue.length) {
+        const entry = queue.at(i);
+        if (this.blocked(g, entry)) {
+          i++;
+          continue;
+        }
+        const member = this.nextMember(g);
+        if (!member) break;
+        queue.removeAt(i);
+        this.deliver(member, entry);
+      }
     }
     this.changed();
   }
@@ -340,53 +498,69 @@ export class MemoryBroker {
     else g.held.delete(key);
   }
 
-  private untrack(rec: InFlight): void {
-    const g = rec.member.group;
-    rec.member.inFlight.delete(rec);
+  private untrack(d: MemoryDelivery): void {
+    const g = d.member.group;
+    d.member.inFlight.delete(d);
     g.inFlight--;
-    this.hold(g, rec.entry.key, -1);
+    this.hold(g, d.entry.key, -1);
   }
 
   private deliver(member: Member, entry: Entry): void {
     const g = member.group;
-    const rec: InFlight = { entry, member, state: 'open' };
-    member.inFlight.add(rec);
+    const d = new MemoryDelivery(this.settler, this.bytes, member, entry);
+    member.inFlight.add(d);
     g.inFlight++;
     this.hold(g, entry.key, 1);
-    const attempt = attemptOf(entry.headers);
-    const settle = (effect: () => void): Promise<void> => {
-      if (rec.state !== 'open') {
-        const why = rec.state === 'returned' ? 'was returned to its group when the subscription closed' : 'is already settled';
-        return Promise.reject(new Error(`delivery ${g.topic}@${entry.offset} ${why}`));
+    member.onDelivery(d);
+  }
+
+  private settle(
+    d: MemoryDelivery,
+    how: Settlement,
+    delayMs: number,
+    headers: Readonly<Record<string, string>> | undefined,
+  ): Promise<void> {
+    if (d.state !== 'open') {
+      const why = d.state === 'returned' ? 'was returned to its group when the subscription closed' : 'is already settled';
+      return Promise.reject(new Error(`delivery ${d.position} ${why}`));
+    }
+    d.state = 'settled';
+    this.untrack(d);
+    const g = d.member.group;
+    const entry = d.entry;
+    switch (how) {
+      case 'ack':
+        this.done(g, entry);
+        break;
+      case 'retry': {
+        const attempt = entry.attempt + 1;
+        const retried = { ...entry.headers, ...headers, [Headers.attempt]: String(attempt) };
+        this.retryLater(g, new Entry(entry.offset, retried, entry.body, entry.key, attempt, entry.origin), delayMs, d.member.clock);
+        break;
       }
-      rec.state = 'settled';
-      this.untrack(rec);
-      effect();
-      this.schedule(g);
-      this.changed();
-      return Promise.resolve();
-    };
-    member.onDelivery({
-      headers: entry.headers,
-      body: new Uint8Array(entry.body),
-      key: entry.key,
-      attempt,
-      position: `${g.topic}@${entry.offset}`,
-      ack: () => settle(() => {}),
-      retry: (delayMs, extraHeaders) =>
-        settle(() => {
-          const headers = Object.freeze({ ...entry.headers, ...extraHeaders, [Headers.attempt]: String(attempt + 1) });
-          this.retryLater(g, { ...entry, headers }, delayMs, member.clock);
-        }),
-      deadLetter: (deadLetterHeaders) =>
-        settle(() => {
-          g.dead.push({
-            handle: String(++this.sequence),
-            entry: { ...entry, headers: Object.freeze({ ...entry.headers, ...deadLetterHeaders }) },
-          });
-        }),
-      release: () => settle(() => g.queue.unshift(entry)),
-    });
+      case 'dead-letter':
+        g.dead.push({
+          handle: String(++this.sequence),
+          entry: new Entry(entry.offset, { ...entry.headers, ...headers }, entry.body, entry.key, entry.attempt, undefined),
+        });
+        this.done(g, entry);
+        break;
+      case 'release':
+        g.queue.unshift(entry);
+        break;
+    }
+    if (g.queue.length > 0) this.schedule(g);
+    this.changed();
+    return RESOLVED;
+  }
+
+  /** `g` settled `entry` for good: with retention `'unacked'`, the log drops what no group still needs. */
+  private done(g: Group, entry: Entry): void {
+    const origin = entry.origin;
+    if (origin === undefined || --origin.pending > 0) return;
+    const t = g.topic;
+    if (t.groups.size === 0) return;
+    while (t.log.length > 0 && t.log.at(0).pending <= 0) t.log.shift();
   }
 
   /** Holds `entry` for `delayMs` (its key stays blocked in ordered groups), then re-enqueues it. */
@@ -411,7 +585,7 @@ export class MemoryBroker {
   private requeue(g: Group, entry: Entry): void {
     const i = g.ordered && entry.key !== undefined ? g.queue.findIndex((e) => e.key === entry.key) : -1;
     if (i < 0) g.queue.push(entry);
-    else g.queue.splice(i, 0, entry);
+    else g.queue.insertAt(i, entry);
   }
 
   /** Schedules an idle check after pending microtasks (so core finishes what follows a settlement). */
@@ -434,7 +608,7 @@ export class MemoryBroker {
         if (g.inFlight > 0) return false;
         if (g.members.length === 0) continue;
         if (includeDelayed && g.delayed.size > 0) return false;
-        if (g.queue.some((e) => !this.blocked(g, e))) return false;
+        if (g.queue.length > 0 && (!g.ordered || g.queue.findIndex((e) => !this.blocked(g, e)) >= 0)) return false;
       }
     }
     return true;

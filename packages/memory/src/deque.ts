@@ -1,14 +1,20 @@
 /**
- * A FIFO with O(1) amortized `push`, `shift` and (usually) `unshift`, for the broker's group
- * queues and topic logs: `Array.prototype.shift` is O(n) on the large arrays a backlog makes (V8
- * cannot left-trim them), which made every delivery scan the whole backlog.
+ * A FIFO with O(1) amortized `push`, `shift` and (after a `shift`) `unshift`, for the broker's group
+ * queues and topic logs: `Array.prototype.shift` moves every element of the large arrays a backlog
+ * makes (V8 trims in place only arrays outside its large-object space), so each delivery from a
+ * backlog of 20k cost a copy of the whole backlog.
  *
  * Items live in `items[head..]`; the consumed prefix is dropped once it is at least half of the
  * array, so the memory held stays proportional to the items in the queue.
  */
 export class Deque<T> {
-  private items: (T | undefined)[] = [];
+  private items: (T | undefined)[];
   private head = 0;
+
+  /** @param items - initial items, front first (the array is taken over, not copied). */
+  constructor(items: T[] = []) {
+    this.items = items;
+  }
 
   /** Number of items. */
   get length(): number {

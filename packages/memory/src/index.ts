@@ -6,9 +6,11 @@
 export {
   type IdleOptions,
   MemoryBroker,
+  type MemoryBrokerOptions,
   type MemoryMember,
   type MemoryProbe,
   type MemoryRawClient,
+  type MemoryRetention,
   type RawMessage,
 } from './broker.js';
 export { ManualClock } from './clock.js';

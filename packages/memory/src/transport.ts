@@ -1,6 +1,7 @@
 import {
   BrokerUnavailableError,
   type Clock,
+  ConfigError,
   type ConnectionState,
   checkBrokerName,
   type DeadLetterScan,
@@ -17,7 +18,7 @@ import {
   type TransportHealth,
   type TransportSubscription,
 } from '@busbar/core';
-import { type IdleOptions, MemoryBroker, type MemoryMember, type MemoryRawClient } from './broker.js';
+import { type IdleOptions, MemoryBroker, type MemoryMember, type MemoryRawClient, type MemoryRetention } from './broker.js';
 
 /** Options of {@link MemoryTransport}. */
 export interface MemoryTransportOptions {
@@ -27,6 +28,14 @@ export interface MemoryTransportOptions {
    */
   broker?: MemoryBroker;
   /**
+   * What each topic's log keeps for groups created later with `startFrom: 'earliest'`: `'all'`, or
+   * `'unacked'` (a message leaves the log once every group of its topic settled it). Applies to the
+   * broker this transport creates; to share a broker, give the broker the option instead
+   * (`new MemoryBroker({ retention })`) — setting both is a `ConfigError`. See
+   * {@link MemoryBrokerOptions.retention}. @defaultValue 'all'
+   */
+  retention?: MemoryRetention;
+  /**
    * Time source of retry delays. Pass a `ManualClock` to make delays elapse only on
    * `clock.advance(ms)`. @defaultValue `systemClock` (real, unref'd timers)
    */
@@ -34,6 +43,8 @@ export interface MemoryTransportOptions {
   /** Longest retry delay held, ms (core caps delays to it). @defaultValue 86400000 (24 h) */
   maxRetryDelayMs?: number;
 }
+
+const OK: PublishOutcome = Object.freeze({ ok: true });
 
 /**
  * In-memory {@link Transport} with the observable semantics of the broker transports: durable
@@ -53,10 +64,15 @@ export class MemoryTransport implements Transport {
   private context: TransportContext | undefined;
   private readonly members = new Set<MemoryMember>();
   private rawClient: MemoryRawClient | undefined;
+  /** Topic names already checked against the naming rules (a topic is checked once, not per message). */
+  private readonly checkedTopics = new Set<string>();
 
   /** @param options - see {@link MemoryTransportOptions}; all optional. */
   constructor(options: MemoryTransportOptions = {}) {
-    this.broker = options.broker ?? new MemoryBroker();
+    if (options.broker && options.retention !== undefined) {
+      throw new ConfigError('MemoryTransport: give `retention` to the shared MemoryBroker, not to the transport');
+    }
+    this.broker = options.broker ?? new MemoryBroker({ retention: options.retention });
     this.clock = options.clock ?? systemClock;
     this.capabilities = Object.freeze({
       durability: 'memory',
@@ -88,12 +104,21 @@ export class MemoryTransport implements Transport {
   }
 
   /** Appends the batch (bodies copied); every outcome is ok. Rejects if `signal` is aborted or the transport is not connected. */
-  async publish(batch: readonly OutgoingMessage[], signal: AbortSignal): Promise<readonly PublishOutcome[]> {
-    this.assertConnected();
-    signal.throwIfAborted();
-    for (const m of batch) checkBrokerName(m.topic, this.capabilities, 'topic');
-    for (const m of batch) this.broker.append(m.topic, m);
-    return batch.map(() => ({ ok: true }) as const);
+  publish(batch: readonly OutgoingMessage[], signal: AbortSignal): Promise<readonly PublishOutcome[]> {
+    // Not an async function (this runs once per batch, often of one message); it still only rejects, never throws.
+    try {
+      this.assertConnected();
+      signal.throwIfAborted();
+      for (const m of batch) {
+        if (this.checkedTopics.has(m.topic)) continue;
+        checkBrokerName(m.topic, this.capabilities, 'topic');
+        if (this.checkedTopics.size < 10_000) this.checkedTopics.add(m.topic);
+      }
+      for (const m of batch) this.broker.append(m.topic, m);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return Promise.resolve(new Array<PublishOutcome>(batch.length).fill(OK));
   }
 
   /** Joins `spec.group` on `spec.topic`; the group's position is fixed when this resolves. */

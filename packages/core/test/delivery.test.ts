@@ -1,0 +1,256 @@
+// Core's delivery path against a hand-driven Transport stub: when the handler runs, what the context
+// offers, the lifecycle events, and the envelope the bus writes.
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { z } from 'zod';
+import {
+  CapabilityError,
+  ConfigError,
+  type Delivery,
+  type DeliveryInfo,
+  type DeliveryOutcome,
+  defineEvent,
+  EventBus,
+  encodeJson,
+  type HandlerContext,
+  Headers,
+  type OutgoingMessage,
+  PublishTimeoutError,
+  type Transport,
+} from '../src/index.js';
+
+const Ping = defineEvent({ type: 'ping', schema: z.object({ n: z.number() }) });
+const PingV2 = defineEvent({ type: 'ping', version: 2, schema: z.object({ n: z.number() }) });
+
+/** A transport whose deliveries the test hands over itself, recording how each was settled. */
+class HandTransport implements Transport {
+  readonly name = 'hand';
+  readonly capabilities = {
+    durability: 'memory' as const,
+    orderedByKey: false,
+    newGroupFromEarliest: false,
+    balancedAssignment: false,
+    leaseExtension: false,
+    maxRetryDelayMs: 1000,
+    maxNameLength: 255,
+    namePattern: /^[\w.-]+$/,
+  };
+  onDelivery: ((d: Delivery) => void) | undefined;
+  settled: string[] = [];
+  published: OutgoingMessage[] = [];
+  hold = false;
+  async connect() {}
+  async publish(batch: readonly OutgoingMessage[], signal: AbortSignal) {
+    this.published.push(...batch);
+    if (this.hold) {
+      await new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }));
+    }
+    return batch.map(() => ({ ok: true as const }));
+  }
+  async subscribe(_spec: unknown, onDelivery: (d: Delivery) => void) {
+    this.onDelivery = onDelivery;
+    return { stop: async () => {}, close: async () => {} };
+  }
+  async processDeadLetters() {
+    return [];
+  }
+  health() {
+    return { state: 'connected' as const };
+  }
+  async close() {}
+  /** Hands over `data` as a delivery of `Ping`; resolves when core settles it. */
+  deliver(bus: EventBus, data: unknown, id = 'm1'): Promise<string> {
+    const m = bus.encode(Ping, data as never, { id });
+    return new Promise((resolve) => {
+      const settle = (how: string) => async () => {
+        this.settled.push(how);
+        resolve(how);
+      };
+      this.onDelivery?.({
+        headers: m.headers,
+        body: m.body,
+        attempt: 1,
+        position: 'p@1',
+        ack: settle('ack'),
+        retry: settle('retry'),
+        deadLetter: settle('dead-letter'),
+        release: settle('release'),
+      });
+    });
+  }
+}
+
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+describe('EventBus delivery path', () => {
+  it('runs the handler on a later microtask, never inside the transport callback', async () => {
+    const t = new HandTransport();
+    const bus = new EventBus({ transport: t });
+    const seen: string[] = [];
+    await bus.subscribe(Ping, { group: 'g' }, (d) => void seen.push(`handler ${d.n}`));
+    const settled = t.deliver(bus, { n: 1 });
+    seen.push('callback returned');
+    expect(await settled).toBe('ack');
+    expect(seen).toEqual(['callback returned', 'handler 1']);
+  });
+
+  it('settles synchronous, asynchronous and thenable-returning handlers; a synchronous throw is a failure', async () => {
+    const t = new HandTransport();
+    const bus = new EventBus({ transport: t });
+    /** A thenable that is not a native promise. */
+    class Later implements PromiseLike<string> {
+      // biome-ignore lint/suspicious/noThenProperty: a non-native thenable, on purpose
+      then<R1 = string, R2 = never>(ok?: ((v: string) => R1 | PromiseLike<R1>) | null): PromiseLike<R1 | R2> {
+        setImmediate(() => ok?.('later'));
+        return new Promise<R1 | R2>(() => {});
+      }
+    }
+    const results: Record<number, unknown> = { 1: undefined, 2: Promise.resolve('x'), 3: new Later() };
+    let thenableDone = false;
+    await bus.subscribe(Ping, { group: 'g' }, (d) => {
+      if (d.n === 4) throw new Error('sync failure');
+      if (d.n === 3) setImmediate(() => setImmediate(() => (thenableDone = true)));
+      return results[d.n];
+    });
+    expect(await t.deliver(bus, { n: 1 })).toBe('ack');
+    expect(await t.deliver(bus, { n: 2 })).toBe('ack');
+    expect(await t.deliver(bus, { n: 3 })).toBe('ack');
+    expect(thenableDone).toBe(false); // the thenable was awaited, not its side job
+    expect(await t.deliver(bus, { n: 4 })).toBe('retry');
+  });
+
+  it('offers a context whose methods work when destructured, and a signal created on demand', async () => {
+    const t = new HandTransport();
+    const bus = new EventBus({ transport: t });
+    const checks: unknown[] = [];
+    let calls = 0;
+    await bus.subscribe(Ping, { group: 'g', retry: { maxAttempts: 5 } }, async (_d, ctx: HandlerContext) => {
+      calls++;
+      const { id, attempt, maxAttempts, position, headers, extendLease, commitWithCompletion, retry, deadLetter } = ctx;
+      checks.push([id, attempt, maxAttempts, position, { ...headers }]);
+      await expect(extendLease(10)).rejects.toBeInstanceOf(CapabilityError);
+      expect(() => commitWithCompletion(() => {})).toThrow(ConfigError);
+      expect(ctx.signal.aborted).toBe(false);
+      expect(ctx.signal).toBe(ctx.signal);
+      if (calls === 1) retry({ delayMs: 5 });
+      deadLetter('done with it');
+    });
+    expect(await t.deliver(bus, { n: 1 })).toBe('retry');
+    expect(await t.deliver(bus, { n: 2 }, 'm2')).toBe('dead-letter');
+    expect(checks).toEqual([
+      ['m1', 1, 5, 'p@1', {}],
+      ['m2', 1, 5, 'p@1', {}],
+    ]);
+  });
+
+  it('emits delivered, outcome and published to listeners', async () => {
+    const t = new HandTransport();
+    const bus = new EventBus({ transport: t });
+    const events: unknown[] = [];
+    bus.on('delivered', (info: DeliveryInfo) => events.push(['delivered', info.id, info.group, info.topic, info.attempt]));
+    bus.on('outcome', (info: DeliveryInfo, o: DeliveryOutcome) => events.push(['outcome', info.id, info.idempotencyKey, o.status]));
+    bus.on('published', (info) => events.push(['published', info.id, info.type, info.topic]));
+    await bus.subscribe(Ping, { group: 'g' }, () => {});
+    await t.deliver(bus, { n: 1 });
+    await bus.publish(Ping, { n: 2 }, { id: 'p1' });
+    expect(events).toEqual([
+      ['delivered', 'm1', 'g', 'ping', 1],
+      ['outcome', 'm1', 'm1', 'acked'],
+      ['published', 'p1', 'ping', 'ping'],
+    ]);
+  });
+});
+
+describe('EventBus envelope', () => {
+  it('stamps ce_time with the current millisecond on every publish', () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    const bus = new EventBus({ transport: new HandTransport() });
+    vi.setSystemTime(Date.UTC(2030, 0, 1, 12, 0, 0, 0));
+    const a = bus.encode(Ping, { n: 1 });
+    const b = bus.encode(Ping, { n: 2 });
+    vi.setSystemTime(Date.UTC(2030, 0, 1, 12, 0, 0, 1));
+    const c = bus.encode(Ping, { n: 3 });
+    vi.setSystemTime(Date.UTC(2031, 5, 2, 3, 4, 5, 6));
+    const d = bus.encode(Ping, { n: 4 });
+    expect([a, b, c, d].map((m) => m.headers[Headers.time])).toEqual([
+      '2030-01-01T12:00:00.000Z',
+      '2030-01-01T12:00:00.000Z',
+      '2030-01-01T12:00:00.001Z',
+      '2031-06-02T03:04:05.006Z',
+    ]);
+  });
+
+  it("writes each event's topic, dataschema and version (namespaced), and the body as JSON", () => {
+    const bus = new EventBus({ transport: new HandTransport(), namespace: 'tenant1' });
+    for (const [event, version] of [
+      [Ping, 1],
+      [PingV2, 2],
+      [Ping, 1],
+    ] as const) {
+      const m = bus.encode(event, { n: version });
+      expect(m.topic).toBe('tenant1.ping');
+      expect(m.headers[Headers.dataschema]).toBe(`urn:busbar:ping:v${version}`);
+      expect(m.headers[Headers.eventVersion]).toBe(String(version));
+      expect(new TextDecoder().decode(m.body)).toBe(`{"n":${version}}`);
+      expect([...m.body]).toEqual([...new TextEncoder().encode(`{"n":${version}}`)]);
+    }
+    const bytes = encodeJson({ a: 'é' });
+    expect(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8')).toBe('{"a":"é"}');
+    expect(encodeJson(undefined)).toEqual(new Uint8Array(0)); // as TextEncoder did: no JSON text, no bytes
+  });
+});
+
+describe('EventBus publish deadlines', () => {
+  it('keeps each publish deadline after idle periods and holds no timer once closed', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });
+    const t = new HandTransport();
+    const bus = new EventBus({ transport: t, breaker: false, publishTimeoutMs: 100 });
+    await bus.publish(Ping, { n: 1 }); // settled at t = 0: the deadline timer idles
+    await vi.advanceTimersByTimeAsync(50);
+    t.hold = true;
+    let outcome: unknown;
+    const late = bus.publish(Ping, { n: 2 }).then(
+      () => 'resolved',
+      (e: unknown) => e,
+    );
+    void late.then((o) => {
+      outcome = o;
+    });
+    await vi.advanceTimersByTimeAsync(99); // t = 149: one millisecond before its deadline
+    expect(outcome).toBeUndefined();
+    await vi.advanceTimersByTimeAsync(1);
+    expect(await late).toBeInstanceOf(PublishTimeoutError);
+    await bus.close();
+    expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it('lets the process exit while idle (the deadline timer does not keep it alive)', async () => {
+    const core = fileURLToPath(new URL('../dist/index.js', import.meta.url));
+    const script = `
+      const { EventBus, defineEvent } = await import(${JSON.stringify(core)});
+      const { z } = await import('zod');
+      const E = defineEvent({ type: 'e', schema: z.object({ n: z.number() }) });
+      const transport = {
+        name: 't', capabilities: { durability: 'memory', orderedByKey: false, newGroupFromEarliest: false, balancedAssignment: false,
+          leaseExtension: false, maxRetryDelayMs: 1, maxNameLength: 255, namePattern: /^[a-z.]+$/ },
+        async connect() {}, async publish(b) { return b.map(() => ({ ok: true })); },
+        async subscribe() { throw new Error('unused'); }, async processDeadLetters() { return []; },
+        health() { return { state: 'connected' }; }, async close() {},
+      };
+      const bus = new EventBus({ transport, publishTimeoutMs: 60000 });
+      await bus.publish(E, { n: 1 });
+      process.stdout.write('published');
+    `;
+    const started = Date.now();
+    const { stdout } = await promisify(execFile)(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: fileURLToPath(new URL('..', import.meta.url)),
+      timeout: 25_000,
+    });
+    expect(stdout).toBe('published');
+    expect(Date.now() - started).toBeLessThan(20_000);
+  }, 30_000);
+});
