@@ -29,7 +29,9 @@ class EmitterImpl implements Impl {
   private settledCb: (() => void) | undefined;
   private limit = Number.POSITIVE_INFINITY;
   private running = 0;
-  private readonly backlog: { msg: unknown; done: () => void }[] = [];
+  private backlog: ({ msg: unknown; done: () => void } | undefined)[] = [];
+  /** Index of the backlog's head: taking from the front is O(1) (`Array.shift` copies a long backlog). */
+  private head = 0;
 
   constructor(
     readonly label: string,
@@ -59,9 +61,23 @@ class EmitterImpl implements Impl {
       this.running--;
       this.settledCb?.();
       done();
-      const next = this.backlog.shift();
+      const next = this.take();
       if (next) this.deliver(next.msg, next.done);
     });
+  }
+
+  private take(): { msg: unknown; done: () => void } | undefined {
+    if (this.head >= this.backlog.length) return undefined;
+    const next = this.backlog[this.head];
+    this.backlog[this.head++] = undefined;
+    if (this.head === this.backlog.length) {
+      this.backlog = [];
+      this.head = 0;
+    } else if (this.head > 4096 && this.head * 2 > this.backlog.length) {
+      this.backlog = this.backlog.slice(this.head);
+      this.head = 0;
+    }
+    return next;
   }
 
   publish(p: Payload): Promise<void> {
@@ -80,8 +96,8 @@ class EmitterImpl implements Impl {
     this.handler = handler;
     this.settledCb = settled;
     this.limit = concurrency;
-    while (this.running < this.limit && this.backlog.length > 0) {
-      const next = this.backlog.shift();
+    while (this.running < this.limit && this.head < this.backlog.length) {
+      const next = this.take();
       if (next) this.deliver(next.msg, next.done);
     }
     return {
