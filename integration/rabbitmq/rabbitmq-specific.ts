@@ -1,18 +1,23 @@
 /**
  * RabbitMQ-specific tests: what the shared suite cannot see — the declared topology (queue types and
  * arguments as the broker reports them), verify-only mode, unroutable publishes, CloudEvents AMQP
- * interoperability, channel errors, and forced connection closes (`rabbitmqctl close_connection`)
- * mid-stream. Registered by conformance.test.ts after the suite.
+ * interoperability, channel errors, forced connection closes (`rabbitmqctl close_connection`)
+ * mid-stream, and the transport's batching seen through the SPI (per-message outcomes inside one
+ * publish call, coalesced acknowledgements). Registered by conformance.test.ts after the suite.
  */
 import {
   BrokerUnavailableError,
   type BusOptions,
+  type Delivery,
   defineEvent,
   EventBus,
   Headers,
   isBusError,
   OutcomeSpy,
+  type OutgoingMessage,
   PublishRejectedError,
+  type SubscriptionSpec,
+  silentLogger,
   TimeoutError,
   TopologyError,
   withTimeout,
@@ -35,6 +40,20 @@ const Ping = defineEvent({ type: 'rmq.ping', schema: z.object({ n: z.number().in
 const RUN = `rmq${Date.now().toString(36).slice(-5)}`;
 let seq = 0;
 const T = 15_000;
+
+/** A message as core hands it to the transport (CloudEvents headers, JSON body). */
+function outgoing(topic: string, id: string, extra: Record<string, string> = {}): OutgoingMessage {
+  const headers = {
+    [Headers.id]: id,
+    [Headers.source]: 'urn:busbar:test',
+    [Headers.specversion]: '1.0',
+    [Headers.type]: Ping.type,
+    [Headers.time]: new Date().toISOString(),
+    [Headers.contentType]: 'application/json',
+    ...extra,
+  };
+  return { topic, id, headers, body: new TextEncoder().encode('{"n":1}') };
+}
 
 /** Resolves when `check()` holds after an event of `bus`, bounded. */
 function until<T>(label: string, ms: number, start: (done: (v: T) => void) => void): Promise<T> {
@@ -231,6 +250,117 @@ export function rabbitmqSpecificTests(url: string, registry: TransportRegistry):
         await new Promise<void>((r) => setImmediate(r));
       }
       await back;
+    });
+
+    it('one publish call: a returned (unroutable) message fails alone; each message carries exactly its own headers', async () => {
+      const ns = namespace();
+      const transport = registry.create();
+      await transport.connect({ logger: silentLogger, emit: () => {} });
+      const conn = await connect(url);
+      try {
+        const bound = `${ns}.bound`;
+        const unbound = `${ns}.unbound`;
+        const spec: SubscriptionSpec = { topic: bound, group: 'g', concurrency: 1, startFrom: 'latest', orderedByKey: false };
+        await (await transport.subscribe(spec, () => {})).close();
+        // A foreign consumer reads the bound topic's messages as published.
+        const ch = await conn.createChannel();
+        const { queue } = await ch.assertQueue('', { exclusive: true });
+        await ch.bindQueue(queue, bound, '#');
+        const seen = new Map<string, Record<string, unknown>>();
+        let notify: () => void = () => {};
+        await ch.consume(
+          queue,
+          (m) => {
+            if (!m) return;
+            seen.set(String(m.properties.messageId), { ...m.properties.headers });
+            notify();
+          },
+          { noAck: true },
+        );
+        const batch = [
+          outgoing(bound, `${ns}-a`, { 'x-a': '1' }),
+          outgoing(unbound, `${ns}-lost-1`),
+          outgoing(bound, `${ns}-b`, { 'x-b': '2' }),
+          outgoing(bound, `${ns}-c`),
+          outgoing(unbound, `${ns}-lost-2`, { 'x-a': '3' }),
+          outgoing(bound, `${ns}-d`, { 'x-a': '4' }),
+        ];
+        const outcomes = await transport.publish(batch, new AbortController().signal);
+        expect(outcomes.map((o) => o.ok)).toEqual([true, false, true, true, false, true]);
+        for (const i of [1, 4]) {
+          const o = outcomes[i];
+          expect(o && !o.ok && o.error).toBeInstanceOf(PublishRejectedError);
+        }
+        await until<void>('the foreign consumer to read the routed messages', T, (done) => {
+          notify = () => seen.size === 4 && done();
+          notify();
+        });
+        const users = (id: string) =>
+          Object.fromEntries(
+            Object.entries(seen.get(id) ?? {}).filter(([k]) => !k.startsWith('cloudEvents_') && !k.startsWith('x-delivery')),
+          );
+        expect(users(`${ns}-a`)).toEqual({ 'x-a': '1' });
+        expect(users(`${ns}-b`)).toEqual({ 'x-b': '2' });
+        expect(users(`${ns}-c`)).toEqual({});
+        expect(users(`${ns}-d`)).toEqual({ 'x-a': '4' });
+        for (const id of ['a', 'b', 'c', 'd']) expect(seen.get(`${ns}-${id}`)?.cloudEvents_id).toBe(`${ns}-${id}`);
+      } finally {
+        await conn.close().catch(() => {});
+        await transport.close();
+      }
+    });
+
+    it('coalesced acknowledgements never cover a delivery that was not settled', async () => {
+      const ns = namespace();
+      const transport = registry.create();
+      await transport.connect({ logger: silentLogger, emit: () => {} });
+      try {
+        const topic = `${ns}.acks`;
+        const spec: SubscriptionSpec = { topic, group: 'g', concurrency: 12, startFrom: 'latest', orderedByKey: false };
+        const first: Delivery[] = [];
+        let notify: () => void = () => {};
+        const sub = await transport.subscribe(spec, (d) => {
+          first.push(d);
+          notify();
+        });
+        const ids = Array.from({ length: 12 }, (_, i) => `${ns}-${i}`);
+        const outcomes = await transport.publish(
+          ids.map((id) => outgoing(topic, id)),
+          new AbortController().signal,
+        );
+        expect(outcomes.every((o) => o.ok)).toBe(true);
+        await until<void>('all deliveries', T, (done) => {
+          notify = () => first.length === 12 && done();
+          notify();
+        });
+        // Acknowledged in one turn, in reverse order, around unsettled deliveries (two gaps and the
+        // tail): the acknowledged head goes as one `multiple` ack, which must stop at the first gap.
+        const byId = new Map(first.map((d) => [d.headers[Headers.id], d]));
+        const ack = (indexes: number[]) => Promise.all(indexes.map((i) => (byId.get(ids[i] as string) as Delivery).ack()));
+        await ack([10, 8, 7, 6, 3, 2, 1, 0]);
+        // The next turn closes the first gap: 4..8 are now a head, 9 and 11 are still unsettled.
+        await ack([5, 4]);
+        const unsettled = new Set([9, 11]);
+        await sub.close(); // unacknowledged deliveries go back to the queue
+        const again: Delivery[] = [];
+        const sub2 = await transport.subscribe(spec, (d) => {
+          again.push(d);
+          d.ack().catch(() => {}); // a late one may meet the closed channel: it is redelivered then
+          notify();
+        });
+        const sentinel = `${ns}-sentinel`;
+        await transport.publish([outgoing(topic, sentinel)], new AbortController().signal);
+        await until<void>('the redeliveries and the sentinel', T, (done) => {
+          notify = () => again.some((d) => d.headers[Headers.id] === sentinel) && done();
+          notify();
+        });
+        await sub2.close();
+        const back = again.map((d) => d.headers[Headers.id]).filter((id) => id !== sentinel);
+        expect(back.sort()).toEqual(ids.filter((_, i) => unsettled.has(i)).sort());
+        expect(again.filter((d) => d.headers[Headers.id] !== sentinel).every((d) => d.attempt === 2)).toBe(true);
+      } finally {
+        await transport.close();
+      }
     });
 
     it('credentials never appear in errors or health when the broker is unreachable', async () => {
