@@ -98,29 +98,9 @@ beforeAll(async () => {
       const groupId = `${topic}.${group}`;
       const ends = await admin.fetchTopicOffsets(topic);
       const committed = (await admin.fetchOffsets({ groupId, topics: [topic] }))[0]?.partitions ?? [];
-      const reader = kafka.consumer({ groupId: `busbar-faults-locate-${Date.now()}`, maxWaitTimeInMs: 100 });
-      await reader.connect();
-      const found: string[] = [];
-      try {
-        await reader.subscribe({ topic, fromBeginning: true });
-        const remaining = new Set(ends.filter((p) => Number(p.high) > Number(p.low)).map((p) => p.partition));
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, 15_000);
-          void reader.run({
-            eachMessage: async ({ partition, message }) => {
-              if (message.headers?.ce_id?.toString() === id) found.push(`p${partition}@${message.offset}`);
-              const high = Number(ends.find((p) => p.partition === partition)?.high ?? 0);
-              if (Number(message.offset) + 1 >= high) remaining.delete(partition);
-              if (remaining.size === 0) {
-                clearTimeout(timer);
-                resolve();
-              }
-            },
-          });
-        });
-      } finally {
-        await reader.disconnect().catch(() => {});
-      }
+      const log = await readLog(topic, ends).catch((e: Error) => e);
+      if (log instanceof Error) return `the log could not be read: ${log.message}`;
+      const found = log.filter((r) => r.id === id).map((r) => `p${r.partition}@${r.offset}`);
       const offsets = ends.map(
         (p) => `p${p.partition}: high ${p.high}, committed ${committed.find((c) => c.partition === p.partition)?.offset ?? '?'}`,
       );
@@ -246,19 +226,32 @@ async function admin() {
 async function idsInLog(topic: string): Promise<Set<string>> {
   const a = await admin();
   const ends = await a.fetchTopicOffsets(topic).finally(() => a.disconnect());
-  const remaining = new Set(ends.filter((p) => Number(p.high) > Number(p.low)).map((p) => p.partition));
   const ids = new Set<string>();
+  for (const r of await readLog(topic, ends)) if (r.id !== undefined) ids.add(r.id);
+  return ids;
+}
+
+/** Every record of `topic` up to the given high watermarks (`ce_id`, partition, offset), read with a throw-away group. */
+async function readLog(
+  topic: string,
+  ends: readonly { partition: number; low: string; high: string }[],
+): Promise<{ id: string | undefined; partition: number; offset: string }[]> {
+  const remaining = new Set(ends.filter((p) => Number(p.high) > Number(p.low)).map((p) => p.partition));
+  const records: { id: string | undefined; partition: number; offset: string }[] = [];
   const reader = kafka.consumer({ groupId: `busbar-faults-read-${randomUUID()}`, maxWaitTimeInMs: 100 });
   await reader.connect();
   try {
     await reader.subscribe({ topic, fromBeginning: true });
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`reading ${topic} took over 20 s`)), 20_000);
-      if (remaining.size === 0) resolve();
+      if (remaining.size === 0) {
+        clearTimeout(timer);
+        resolve();
+        return;
+      }
       void reader.run({
         eachMessage: async ({ partition, message }) => {
-          const id = message.headers?.ce_id?.toString();
-          if (id) ids.add(id);
+          records.push({ id: message.headers?.ce_id?.toString(), partition, offset: message.offset });
           const high = Number(ends.find((p) => p.partition === partition)?.high ?? 0);
           if (Number(message.offset) + 1 >= high) remaining.delete(partition);
           if (remaining.size === 0) {
@@ -271,5 +264,5 @@ async function idsInLog(topic: string): Promise<Set<string>> {
   } finally {
     await reader.disconnect().catch(() => {});
   }
-  return ids;
+  return records;
 }

@@ -16,21 +16,13 @@ import {
   type Transport,
   ValidationError,
 } from '../src/index.js';
+import { basicCapabilities } from './fixtures.js';
 
 const Ping = defineEvent({ type: 'ping', schema: z.object({ n: z.number() }) });
 
 class ScriptedTransport implements Transport {
   readonly name = 'scripted';
-  readonly capabilities = {
-    durability: 'memory' as const,
-    orderedByKey: false,
-    newGroupFromEarliest: false,
-    balancedAssignment: false,
-    leaseExtension: false,
-    maxRetryDelayMs: 1000,
-    maxNameLength: 255,
-    namePattern: /^[\w.-]+$/,
-  };
+  readonly capabilities = basicCapabilities;
   batches: OutgoingMessage[][] = [];
   private gates: (() => void)[] = [];
   hold = false;

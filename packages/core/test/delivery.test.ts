@@ -20,6 +20,7 @@ import {
   PublishTimeoutError,
   type Transport,
 } from '../src/index.js';
+import { basicCapabilities } from './fixtures.js';
 
 const Ping = defineEvent({ type: 'ping', schema: z.object({ n: z.number() }) });
 const PingV2 = defineEvent({ type: 'ping', version: 2, schema: z.object({ n: z.number() }) });
@@ -27,16 +28,7 @@ const PingV2 = defineEvent({ type: 'ping', version: 2, schema: z.object({ n: z.n
 /** A transport whose deliveries the test hands over itself, recording how each was settled. */
 class HandTransport implements Transport {
   readonly name = 'hand';
-  readonly capabilities = {
-    durability: 'memory' as const,
-    orderedByKey: false,
-    newGroupFromEarliest: false,
-    balancedAssignment: false,
-    leaseExtension: false,
-    maxRetryDelayMs: 1000,
-    maxNameLength: 255,
-    namePattern: /^[\w.-]+$/,
-  };
+  readonly capabilities = basicCapabilities;
   onDelivery: ((d: Delivery) => void) | undefined;
   settled: string[] = [];
   published: OutgoingMessage[] = [];
