@@ -133,7 +133,11 @@ export function parseAttemptsMetadata(metadata: string | undefined): Map<bigint,
 
 /** Handed-over offsets of one partition and what may be committed. */
 class PartitionTrack {
-  private readonly pending: { offset: bigint; done: boolean }[] = [];
+  /** Handed-over offsets not yet part of the committable prefix, ascending; `head` is the first. */
+  private pending: bigint[] = [];
+  private head = 0;
+  /** Settled offsets still behind an unsettled one. */
+  private readonly settledAhead = new Set<bigint>();
   /**
    * Ordered subscriptions: the next attempt of records retried in place, committed as offset
    * metadata so that a restart (another member, a crash) resumes the count instead of starting at 1.
@@ -156,7 +160,7 @@ class PartitionTrack {
   ) {}
 
   handed(offset: bigint): void {
-    this.pending.push({ offset, done: false });
+    this.pending.push(offset);
     this.nextHand = offset + 1n;
   }
 
@@ -169,10 +173,26 @@ class PartitionTrack {
   done(offset: bigint): void {
     if (this.attempts.delete(offset)) this.attemptsDirty = true;
     this.restored?.delete(offset);
-    const entry = this.pending.find((p) => p.offset === offset);
-    if (!entry) return;
-    entry.done = true;
-    while (this.pending[0]?.done) this.committable = (this.pending.shift() as { offset: bigint }).offset + 1n;
+    if (this.head >= this.pending.length) return;
+    const first = this.pending[this.head] as bigint;
+    if (offset < first) return; // settled before (already in the committable prefix)
+    if (offset !== first) {
+      this.settledAhead.add(offset);
+      return;
+    }
+    this.committable = offset + 1n;
+    this.head++;
+    for (let next = this.pending[this.head]; next !== undefined && this.settledAhead.delete(next); next = this.pending[this.head]) {
+      this.committable = next + 1n;
+      this.head++;
+    }
+    if (this.head === this.pending.length) {
+      this.pending = [];
+      this.head = 0;
+    } else if (this.head > 1024 && this.head * 2 > this.pending.length) {
+      this.pending = this.pending.slice(this.head);
+      this.head = 0;
+    }
   }
 
   get needsCommit(): boolean {
@@ -182,7 +202,7 @@ class PartitionTrack {
 
   /** Offset to commit: after the settled prefix, else the first record handed over (nothing below it is pending). */
   get commitOffset(): bigint | undefined {
-    return this.committable ?? this.pending[0]?.offset;
+    return this.committable ?? this.pending[this.head];
   }
 
   /** Metadata for the next commit: the attempt counts of records at or after the commit offset. */
@@ -406,8 +426,15 @@ export class KafkaSubscription implements TransportSubscription {
     gateKey: string | undefined,
   ): void {
     const offset = BigInt(rec.offset);
-    const headers: Record<string, string> = { ...rec.headers, ...extra };
-    delete headers[RETRY_AT_HEADER];
+    // A fresh object per delivery (core and copies may add to it); no `delete`, which would turn it
+    // into a slow dictionary-mode object.
+    let headers: Record<string, string>;
+    if (rec.headers[RETRY_AT_HEADER] === undefined) headers = { ...rec.headers, ...extra };
+    else {
+      headers = {};
+      for (const k in rec.headers) if (k !== RETRY_AT_HEADER) headers[k] = rec.headers[k] as string;
+      Object.assign(headers, extra);
+    }
     if (attempt > 1 || extra[Headers.attempt] !== undefined) headers[Headers.attempt] = String(attempt);
     let settled = false;
     const once = (op: () => Promise<void>): Promise<void> => {
