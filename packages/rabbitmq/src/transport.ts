@@ -710,6 +710,12 @@ class RabbitSubscription implements TransportSubscription {
   private stopped = false;
   private closed = false;
   private inFlight = 0;
+  /**
+   * Retry copies this subscription is still publishing (`<ce_id>|<attempt>`): the copy can come
+   * back from a short delay tier before its publisher saw the confirm. Its delivery waits until the
+   * retry has settled (and core recorded the `retried` outcome), so outcomes stay in causal order.
+   */
+  readonly producing = new Map<string, Promise<void>>();
   private buffer: { link: ConsumerLink; msg: ConsumeMessage }[] = [];
   private resumeTimer: NodeJS.Timeout | undefined;
   private resumeAttempt = 0;
@@ -831,7 +837,21 @@ class RabbitSubscription implements TransportSubscription {
     const raw = msg.properties.headers;
     const headers = fromAmqp(raw, msg.properties.contentType);
     const redeliveries = this.quorum ? deliveryCount(raw) : msg.fields.redelivered ? 1 : 0;
-    this.onDelivery(new RabbitDelivery(this, link, msg, headers, headerAttempt(headers) + redeliveries));
+    const delivery = new RabbitDelivery(this, link, msg, headers, headerAttempt(headers) + redeliveries);
+    const retrying = delivery.attempt > 1 ? this.producing.get(`${headers[Headers.id]}|${delivery.attempt}`) : undefined;
+    if (retrying === undefined) this.onDelivery(delivery);
+    else
+      void retrying
+        .then(() => new Promise<void>((r) => setImmediate(r)))
+        .then(() => {
+          if (this.current(link) && !this.stopped) {
+            this.onDelivery(delivery);
+            return;
+          }
+          // Stopped (give it back, as onMessage does) or the channel closed (RabbitMQ redelivers).
+          if (this.current(link)) safely(() => link.acks.nack(msg));
+          this.settled();
+        });
   }
 
   /** @internal Whether `link` is still this subscription's channel. */
@@ -915,13 +935,22 @@ class RabbitDelivery implements Delivery {
     if (this.done) return this.twice('retry');
     this.done = true;
     const next = { ...this.headers, ...extraHeaders, [Headers.attempt]: String(this.attempt + 1) };
-    return this.settling(
-      (async () => {
-        if (delayMs <= 0) return this.copy(this.sub.names.queue, next);
-        const tier = tierFor(delayMs, this.sub.owner.internals.options.delayTiersMs);
-        return this.copy(await this.sub.owner.ensureDelayQueue(this.sub.names, tier), next);
-      })(),
+    const op = (async () => {
+      if (delayMs <= 0) return this.copy(this.sub.names.queue, next);
+      const tier = tierFor(delayMs, this.sub.owner.internals.options.delayTiersMs);
+      return this.copy(await this.sub.owner.ensureDelayQueue(this.sub.names, tier), next);
+    })();
+    const key = `${this.headers[Headers.id]}|${this.attempt + 1}`;
+    const producing = this.sub.producing;
+    const settled = op.then(
+      () => {},
+      () => {},
     );
+    producing.set(key, settled);
+    void settled.then(() => {
+      if (producing.get(key) === settled) producing.delete(key);
+    });
+    return this.settling(op);
   }
 
   deadLetter(deadLetterHeaders: Readonly<Record<string, string>>): Promise<void> {
