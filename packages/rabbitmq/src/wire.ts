@@ -34,17 +34,24 @@ export interface AmqpHeaders {
   readonly messageId: string | undefined;
 }
 
-/** `ce_<attr>` → `cloudEvents_<attr>` for the attributes seen so far (a handful; bounded all the same). */
-const amqpNames = new Map<string, string>();
-
-function amqpName(coreName: string): string {
-  let name = amqpNames.get(coreName);
-  if (name === undefined) {
-    name = AMQP_CE_PREFIX + coreName.slice(RESERVED_HEADER_PREFIX.length);
-    if (amqpNames.size < 256) amqpNames.set(coreName, name);
-  }
-  return name;
+/**
+ * `fn` memoised in a map of at most 256 entries (header names: a handful in practice; bounded all
+ * the same, since names come off the wire).
+ */
+function boundedMemo(fn: (name: string) => string): (name: string) => string {
+  const cache = new Map<string, string>();
+  return (name) => {
+    let mapped = cache.get(name);
+    if (mapped === undefined) {
+      mapped = fn(name);
+      if (cache.size < 256) cache.set(name, mapped);
+    }
+    return mapped;
+  };
 }
+
+/** `ce_<attr>` → `cloudEvents_<attr>`. */
+const amqpName = boundedMemo((coreName) => AMQP_CE_PREFIX + coreName.slice(RESERVED_HEADER_PREFIX.length));
 
 /** Maps core's headers (`ce_*`, `content-type`, user headers) to the AMQP binding. */
 export function toAmqp(headers: Readonly<Record<string, string>>): AmqpHeaders {
@@ -127,17 +134,8 @@ function headerString(value: unknown): string | undefined {
   return undefined;
 }
 
-/** `cloudEvents_<attr>` → `ce_<attr>`, cached like {@link amqpNames} (the cache is bounded: names come off the wire). */
-const coreNames = new Map<string, string>();
-
-function coreName(amqpName: string): string {
-  let name = coreNames.get(amqpName);
-  if (name === undefined) {
-    name = RESERVED_HEADER_PREFIX + amqpName.slice(AMQP_CE_PREFIX.length);
-    if (coreNames.size < 256) coreNames.set(amqpName, name);
-  }
-  return name;
-}
+/** `cloudEvents_<attr>` → `ce_<attr>`. */
+const coreName = boundedMemo((amqpName) => RESERVED_HEADER_PREFIX + amqpName.slice(AMQP_CE_PREFIX.length));
 
 /** Copies the entries of `from` whose key `into` does not have yet. */
 function fill(into: Record<string, string>, from: Record<string, string> | undefined): void {
