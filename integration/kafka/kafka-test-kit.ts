@@ -7,6 +7,7 @@ import type { RawBrokerClient, RawProbe } from '@busbar/conformance';
 import type { WireMessage } from '@busbar/core';
 import { KafkaTransport, type KafkaTransportOptions } from '@busbar/kafka';
 import { type Admin, type Consumer, Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
+import { ProbeInbox } from '../brokers/probe-inbox.js';
 
 /** Options for tests: short group timeouts (the broker allows sessions down to 1 s), short polls. */
 export function testTransportOptions(brokers: string, extra: KafkaTransportOptions = {}): KafkaTransportOptions {
@@ -77,8 +78,7 @@ export async function createRawClient(brokers: string): Promise<RawBrokerClient>
     async observe(topic): Promise<RawProbe> {
       await ensureTopic(admin, topic);
       const ends = await admin.fetchTopicOffsets(topic);
-      const seen = new Map<string, WireMessage>();
-      const waiters = new Map<string, (m: WireMessage) => void>();
+      const inbox = new ProbeInbox(`on ${topic}`);
       const consumer = kafka.consumer({
         groupId: `${topic}.probe-${Math.random().toString(36).slice(2, 10)}`,
         maxWaitTimeInMs: 200,
@@ -99,28 +99,11 @@ export async function createRawClient(brokers: string): Promise<RawBrokerClient>
         autoCommit: false,
         eachMessage: async ({ message }) => {
           const wire = toWire(message.headers, message.value);
-          const id = wire.headers.ce_id;
-          if (id === undefined) return;
-          seen.set(id, wire);
-          waiters.get(id)?.(wire);
+          inbox.add(wire.headers.ce_id, wire);
         },
       });
       return {
-        waitFor(id, timeoutMs) {
-          const got = seen.get(id);
-          if (got) return Promise.resolve(got);
-          return new Promise((resolve, reject) => {
-            const timer = setTimeout(() => {
-              waiters.delete(id);
-              reject(new Error(`raw probe on ${topic} did not see ${id} within ${timeoutMs} ms`));
-            }, timeoutMs);
-            waiters.set(id, (m) => {
-              clearTimeout(timer);
-              waiters.delete(id);
-              resolve(m);
-            });
-          });
-        },
+        waitFor: (id, timeoutMs) => inbox.waitFor(id, timeoutMs),
         async close() {
           consumers.delete(consumer);
           await consumer.disconnect();

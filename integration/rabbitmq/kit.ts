@@ -9,9 +9,10 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import type { RawBrokerClient, RawProbe } from '@busbar/conformance';
-import { TimeoutError, type WireMessage } from '@busbar/core';
+import type { WireMessage } from '@busbar/core';
 import { type RabbitMqOptions, RabbitMqTransport } from '@busbar/rabbitmq';
 import { type Channel, type ChannelModel, type ConsumeMessage, connect } from 'amqplib';
+import { ProbeInbox } from '../brokers/probe-inbox.js';
 
 const run = promisify(execFile);
 
@@ -171,35 +172,18 @@ async function observe(url: string, topic: string, registry: TransportRegistry):
   await assertEventExchange(ch, topic, registry);
   const { queue } = await ch.assertQueue('', { exclusive: true, autoDelete: true, durable: false });
   await ch.bindQueue(queue, topic, '#');
-  const seen = new Map<string, WireMessage>();
-  const waiters = new Map<string, (m: WireMessage) => void>();
+  const inbox = new ProbeInbox(`on ${topic}`);
   await ch.consume(
     queue,
     (msg) => {
       if (!msg) return;
       const wire = readBinding(msg);
-      const id = wire.headers.ce_id ?? '';
-      seen.set(id, wire);
-      waiters.get(id)?.(wire);
+      inbox.add(wire.headers.ce_id ?? '', wire);
     },
     { noAck: true },
   );
   return {
-    waitFor(id, timeoutMs) {
-      const have = seen.get(id);
-      if (have) return Promise.resolve(have);
-      return new Promise<WireMessage>((resolve, reject) => {
-        const timer = setTimeout(() => {
-          waiters.delete(id);
-          reject(new TimeoutError(`raw probe on ${topic}: ${id} not seen within ${timeoutMs} ms`));
-        }, timeoutMs);
-        waiters.set(id, (m) => {
-          clearTimeout(timer);
-          waiters.delete(id);
-          resolve(m);
-        });
-      });
-    },
+    waitFor: (id, timeoutMs) => inbox.waitFor(id, timeoutMs),
     async close() {
       // The exclusive queue disappears with its connection.
       await conn.close().catch(() => {});

@@ -4,6 +4,7 @@
  */
 import type { WireMessage } from '@busbar/core';
 import { Redis } from 'ioredis';
+import { ProbeInbox } from '../brokers/probe-inbox.js';
 
 /** Default key prefix of the transport and the idempotency store. */
 export const PREFIX = 'busbar';
@@ -50,8 +51,7 @@ export async function rawObserve(url: string, topic: string) {
   conn.on('error', () => {});
   const key = streamOf(topic);
   const last = (await conn.xrevrange(key, '+', '-', 'COUNT', 1))[0]?.[0] ?? '0-0';
-  const seen = new Map<string, WireMessage>();
-  const waiters = new Map<string, (m: WireMessage) => void>();
+  const inbox = new ProbeInbox(`on ${key}`);
   let closed = false;
   const loop = (async () => {
     let cursor = last;
@@ -63,30 +63,13 @@ export async function rawObserve(url: string, topic: string) {
         for (const [id, fields] of rows) {
           cursor = id.toString();
           const m = rawDecode(fields);
-          const ceId = m.headers.ce_id;
-          if (ceId === undefined) continue;
-          seen.set(ceId, m);
-          waiters.get(ceId)?.(m);
+          inbox.add(m.headers.ce_id, m);
         }
       }
     }
   })();
   return {
-    waitFor(id: string, timeoutMs: number): Promise<WireMessage> {
-      const got = seen.get(id);
-      if (got) return Promise.resolve(got);
-      return new Promise<WireMessage>((resolve, reject) => {
-        const timer = setTimeout(() => {
-          waiters.delete(id);
-          reject(new Error(`raw probe: ${id} not seen on ${key} within ${timeoutMs} ms`));
-        }, timeoutMs);
-        waiters.set(id, (m) => {
-          clearTimeout(timer);
-          waiters.delete(id);
-          resolve(m);
-        });
-      });
-    },
+    waitFor: (id: string, timeoutMs: number): Promise<WireMessage> => inbox.waitFor(id, timeoutMs),
     async close() {
       closed = true;
       await loop;
