@@ -24,6 +24,8 @@ export const HEADERS_FIELD = '_headers';
 /** Name of the field holding the event data, byte-for-byte. */
 export const BODY_FIELD = 'body';
 const ESCAPE = '\\';
+const HEADERS_NAME = Buffer.from(HEADERS_FIELD);
+const BODY_NAME = Buffer.from(BODY_FIELD);
 
 /** Flattens headers and body into `XADD` field/value arguments: `_headers <json> body <data>`. */
 export function encodeFields(headers: Readonly<Record<string, string>>, body: Uint8Array): (string | Buffer)[] {
@@ -50,7 +52,7 @@ export function encodeBody(body: Uint8Array): string | Buffer {
 function parseHeaders(value: Buffer): Record<string, string> | undefined {
   let parsed: unknown;
   try {
-    parsed = JSON.parse(value.toString('utf8'));
+    parsed = JSON.parse(value.toString());
   } catch {
     return undefined;
   }
@@ -108,19 +110,21 @@ export function decodeFields(fields: readonly Buffer[], copier?: BodyCopier): Wi
   let headers: Record<string, string> | undefined;
   let body: Uint8Array | undefined;
   for (let i = 0; i + 1 < fields.length; i += 2) {
-    const name = (fields[i] as Buffer).toString('utf8');
+    // Field names compared as bytes: the two of the current layout need no string of their own.
+    const nameBytes = fields[i] as Buffer;
     const value = fields[i + 1] as Buffer;
-    if (name === BODY_FIELD) {
+    if (nameBytes.equals(BODY_NAME)) {
       body = copier ? copier.copy(value) : copyOwn(value);
       continue;
     }
-    const parsed = name === HEADERS_FIELD ? parseHeaders(value) : undefined;
+    const parsed = nameBytes.equals(HEADERS_NAME) ? parseHeaders(value) : undefined;
     if (parsed !== undefined && headers === undefined) {
       headers = parsed;
     } else if (parsed !== undefined) {
       for (const [k, v] of Object.entries(parsed)) headers = setHeader(headers, k, v);
     } else {
-      headers = setHeader(headers, name.startsWith(ESCAPE) ? name.slice(1) : name, value.toString('utf8'));
+      const name = nameBytes.toString();
+      headers = setHeader(headers, name.startsWith(ESCAPE) ? name.slice(1) : name, value.toString());
     }
   }
   return { headers: headers ?? {}, body: body ?? new Uint8Array(0) };

@@ -60,7 +60,10 @@ function headerAttempt(headers: Readonly<Record<string, string>>): number {
  */
 export class RedisStreamSubscription implements TransportSubscription {
   private readonly conn: Redis;
+  /** Deliveries handed to core whose outcome Redis has not recorded yet (handled, or being settled). */
   private readonly inFlight = new Map<string, RedisDelivery>();
+  /** Deliveries handed to core and not settled by it yet: what `concurrency` limits. */
+  private handling = 0;
   private readonly bodies = new BodyCopier();
   private readonly streamAcks: Coalescer<RedisDelivery>;
   private readonly retryAcks: Coalescer<RedisDelivery>;
@@ -170,7 +173,7 @@ export class RedisStreamSubscription implements TransportSubscription {
     let failures = 0;
     while (!this.stopping) {
       try {
-        const free = this.o.spec.concurrency - this.inFlight.size;
+        const free = this.freeSlots();
         if (free <= 0) {
           await this.waitForWake(60_000);
           continue;
@@ -193,7 +196,7 @@ export class RedisStreamSubscription implements TransportSubscription {
         const settled = this.settledDuring;
         this.settledDuring = undefined;
         failures = 0;
-        await this.accept(settled ? entries.filter((e) => !settled.has(slotOf(e))) : entries, free);
+        await this.accept(settled ? entries.filter((e) => !settled.has(this.slotOf(e))) : entries, free);
       } catch (error) {
         this.blocked = false;
         this.settledDuring = undefined;
@@ -208,6 +211,17 @@ export class RedisStreamSubscription implements TransportSubscription {
         await this.waitForWake(Math.round(initialMs + Math.random() * Math.max(0, cap - initialMs)));
       }
     }
+  }
+
+  /**
+   * How many more entries may be handed over: `concurrency` less the deliveries core has not
+   * settled yet. A settled delivery whose settle command is still on its way to Redis no longer
+   * holds a slot (so the next read overlaps that command's round trip), but at most `concurrency`
+   * of those may be outstanding as well.
+   */
+  private freeSlots(): number {
+    const { concurrency } = this.o.spec;
+    return Math.min(concurrency - this.handling, 2 * concurrency - this.inFlight.size);
   }
 
   private waitForWake(ms: number): Promise<void> {
@@ -229,7 +243,7 @@ export class RedisStreamSubscription implements TransportSubscription {
 
   /** Whether the entry of in-flight key `slot` is in flight or waiting in the buffer already. */
   private known(e: { stream: string; id: string }, slot: string): boolean {
-    return this.inFlight.has(slot) || this.buffer.some((b) => b.stream === e.stream && b.id === e.id);
+    return this.inFlight.has(slot) || (this.buffer.length > 0 && this.buffer.some((b) => b.stream === e.stream && b.id === e.id));
   }
 
   /** Entries this consumer already owns (after a reconnect or a restart under a stable name), `XREADGROUP … 0`. */
@@ -316,7 +330,7 @@ export class RedisStreamSubscription implements TransportSubscription {
   private async accept(entries: Entry[], free: number): Promise<void> {
     let slots = free;
     for (const e of entries) {
-      const slot = slotOf(e);
+      const slot = this.slotOf(e);
       if (this.known(e, slot)) continue;
       if (e.fields === null) {
         // Deleted while pending (trimmed or replaced): nothing to deliver, clear it from the group.
@@ -344,11 +358,12 @@ export class RedisStreamSubscription implements TransportSubscription {
 
   // ---------------------------------------------------------------- deliveries
 
-  private dispatch(e: Entry, slot = slotOf(e)): void {
+  private dispatch(e: Entry, slot = this.slotOf(e)): void {
     const message = decodeFields(e.fields ?? [], this.bodies);
     const attempt = headerAttempt(message.headers) + Math.max(0, e.deliveryCount - 1);
     const delivery = new RedisDelivery(this, e, slot, message, attempt);
     this.inFlight.set(delivery.slot, delivery);
+    this.handling++;
     this.o.onDelivery(delivery);
   }
 
@@ -356,7 +371,8 @@ export class RedisStreamSubscription implements TransportSubscription {
   private beginSettle(d: RedisDelivery): void {
     if (d.settled) throw new Error(`delivery ${d.id} was already settled`);
     d.settled = true;
-    clearInterval(d.timer);
+    this.handling--;
+    if (d.timer !== undefined) clearInterval(d.timer);
   }
 
   /** Bookkeeping once the outcome of `d` is recorded in Redis, or failed to be (`failed`). */
@@ -400,8 +416,13 @@ export class RedisStreamSubscription implements TransportSubscription {
     let failed = true;
     try {
       const client = this.o.transport.ready();
-      if (stream === this.o.keys.retry) await ACK_DELETE.run(client, [stream], [this.group, ...ids]);
-      else await client.call('XACK', stream, this.group, ...ids);
+      const acked =
+        stream === this.o.keys.retry
+          ? ACK_DELETE.run(client, [stream], [this.group, ...ids])
+          : client.call('XACK', stream, this.group, ...ids);
+      // The slots of `ds` are free (core settled them): the next read goes out while this command is on its way.
+      this.wake();
+      await acked;
       failed = false;
     } finally {
       for (const d of ds) this.endSettle(d, failed);
@@ -466,6 +487,14 @@ export class RedisStreamSubscription implements TransportSubscription {
       [this.group, d.id, this.o.consumer, Math.max(0, Math.round(idleMs)), retryCount],
     );
     if (Number(owned) !== 1) throw new Error(`lease of ${d.stream} ${d.id} was lost: another consumer claimed it`);
+  }
+
+  /**
+   * Key of an entry in the in-flight table: its id for the event stream, `r<id>` for the retry
+   * stream (ids of the two streams may be equal; the id as read is already a flat, hashed string).
+   */
+  private slotOf(e: { readonly stream: string; readonly id: string }): string {
+    return e.stream === this.o.keys.stream ? e.id : `r${e.id}`;
   }
 
   private isRetryStream(d: RedisDelivery): '1' | '0' {
@@ -576,7 +605,7 @@ class RedisDelivery implements Delivery {
   readonly id: string;
   /** Redis's delivery count when it was read. */
   readonly deliveryCount: number;
-  /** Key of the in-flight table: `<stream>\0<id>`. */
+  /** Key of the in-flight table (see `slotOf`). */
   readonly slot: string;
   settled = false;
   /** Lease re-claim timer, when `extendLease` asked for more than `claimIdleMs`. */
@@ -619,11 +648,6 @@ class RedisDelivery implements Delivery {
   extendLease(ms: number): Promise<void> {
     return this.sub.extendLease(this, ms);
   }
-}
-
-/** Key of an entry in the in-flight table. */
-function slotOf(e: { readonly stream: string; readonly id: string }): string {
-  return `${e.stream}\u0000${e.id}`;
 }
 
 function parseRead(reply: ReadReply, deliveryCount: number): Entry[] {

@@ -52,6 +52,9 @@ const AUTH_ERROR = /\b(WRONGPASS|NOAUTH|NOPERM)\b/;
 /** Most messages appended by one `APPEND` script (it blocks Redis while it runs). */
 const APPEND_MAX = 500;
 
+/** Options of the publish's abort listener (one object for every publish). */
+const ONCE = Object.freeze({ once: true } as const);
+
 /** The outcome of every message that was appended (shared: it carries nothing of its own). */
 const PUBLISHED: PublishOutcome = Object.freeze({ ok: true });
 
@@ -280,31 +283,58 @@ export class RedisStreamsTransport implements Transport {
    * messages (an `XADD` each inside Redis); each message resolves on its own reply.
    * `BrokerUnavailableError` while disconnected.
    */
-  async publish(batch: readonly OutgoingMessage[], signal: AbortSignal): Promise<readonly PublishOutcome[]> {
-    if (signal.aborted) throw new BrokerUnavailableError('publish aborted before it was sent');
-    const client = this.ready();
-    const outcomes: PublishOutcome[] = new Array(batch.length);
-    const appended: Promise<void>[] = [];
-    for (const [key, indexes] of this.byStream(batch)) {
-      for (let from = 0; from < indexes.length; from += APPEND_MAX) {
-        const chunk = indexes.length <= APPEND_MAX ? indexes : indexes.slice(from, from + APPEND_MAX);
-        appended.push(this.append(client, key, batch, chunk, outcomes));
-      }
+  publish(batch: readonly OutgoingMessage[], signal: AbortSignal): Promise<readonly PublishOutcome[]> {
+    if (signal.aborted) return Promise.reject(new BrokerUnavailableError('publish aborted before it was sent'));
+    let client: Redis;
+    try {
+      client = this.ready();
+    } catch (error) {
+      return Promise.reject(error);
     }
-    let onAbort: (() => void) | undefined;
-    const aborted = new Promise<never>((_, reject) => {
-      onAbort = () => {
+    const outcomes: PublishOutcome[] = new Array(batch.length);
+    let appended: Promise<void>;
+    const lone = batch.length === 1 ? batch[0] : undefined;
+    if (lone !== undefined) {
+      appended = this.appendOne(client, lone, 0, outcomes);
+    } else {
+      const all: Promise<void>[] = [];
+      for (const [key, indexes] of this.byStream(batch)) {
+        for (let from = 0; from < indexes.length; from += APPEND_MAX) {
+          const chunk = indexes.length <= APPEND_MAX ? indexes : indexes.slice(from, from + APPEND_MAX);
+          all.push(this.append(client, key, batch, chunk, outcomes));
+        }
+      }
+      appended = all.length === 1 ? (all[0] as Promise<void>) : Promise.all(all).then(() => undefined);
+    }
+    // `append` never rejects (it records failures as outcomes): only the signal can end the wait early.
+    return new Promise((resolve, reject) => {
+      const onAbort = () => {
         reject(new BrokerUnavailableError('publish aborted while waiting for redis'));
         // A publish that outlived its deadline may sit on a dead (half-open) link: check it.
         void this.probe('after a publish timed out');
       };
-      signal.addEventListener('abort', onAbort, { once: true });
+      signal.addEventListener('abort', onAbort, ONCE);
+      appended.then(
+        () => {
+          signal.removeEventListener('abort', onAbort);
+          resolve(outcomes);
+        },
+        (error: unknown) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(error);
+        },
+      );
     });
+  }
+
+  /** Appends the lone message `m` (index `i`) with a plain `XADD` and records its outcome. */
+  private async appendOne(client: Redis, m: OutgoingMessage, i: number, outcomes: PublishOutcome[]): Promise<void> {
+    const key = this.streamOf(m.topic); // an invalid topic rejects the publish, as for a batch
     try {
-      await Promise.race([appended.length === 1 ? appended[0] : Promise.all(appended), aborted]);
-      return outcomes;
-    } finally {
-      if (onAbort) signal.removeEventListener('abort', onAbort);
+      await client.xadd(key, '*', HEADERS_FIELD, encodeHeaders(m.headers), BODY_FIELD, encodeBody(m.body));
+      outcomes[i] = PUBLISHED;
+    } catch (error) {
+      outcomes[i] = failedXadd(m, error);
     }
   }
 
@@ -340,13 +370,8 @@ export class RedisStreamsTransport implements Transport {
     indexes: readonly number[],
     outcomes: PublishOutcome[],
   ): Promise<void> {
+    if (indexes.length === 1) return this.appendOne(client, batch[indexes[0] as number] as OutgoingMessage, indexes[0] as number, outcomes);
     try {
-      if (indexes.length === 1) {
-        const m = batch[indexes[0] as number] as OutgoingMessage;
-        await client.xadd(key, '*', HEADERS_FIELD, encodeHeaders(m.headers), BODY_FIELD, encodeBody(m.body));
-        outcomes[indexes[0] as number] = PUBLISHED;
-        return;
-      }
       const args: (string | Buffer)[] = new Array(indexes.length * 2);
       for (let j = 0; j < indexes.length; j++) {
         const m = batch[indexes[j] as number] as OutgoingMessage;
