@@ -27,6 +27,14 @@ const ESCAPE = '\\';
 const HEADERS_NAME = Buffer.from(HEADERS_FIELD);
 const BODY_NAME = Buffer.from(BODY_FIELD);
 
+/** Whether `name` holds exactly the bytes of `expected` (a loop over a few bytes: cheaper than a native `equals`). */
+function isName(name: Buffer, expected: Buffer): boolean {
+  const n = expected.length;
+  if (name.length !== n) return false;
+  for (let i = 0; i < n; i++) if (name[i] !== expected[i]) return false;
+  return true;
+}
+
 /** Flattens headers and body into `XADD` field/value arguments: `_headers <json> body <data>`. */
 export function encodeFields(headers: Readonly<Record<string, string>>, body: Uint8Array): (string | Buffer)[] {
   return [HEADERS_FIELD, encodeHeaders(headers), BODY_FIELD, encodeBody(body)];
@@ -113,11 +121,11 @@ export function decodeFields(fields: readonly Buffer[], copier?: BodyCopier): Wi
     // Field names compared as bytes: the two of the current layout need no string of their own.
     const nameBytes = fields[i] as Buffer;
     const value = fields[i + 1] as Buffer;
-    if (nameBytes.equals(BODY_NAME)) {
+    if (isName(nameBytes, BODY_NAME)) {
       body = copier ? copier.copy(value) : copyOwn(value);
       continue;
     }
-    const parsed = nameBytes.equals(HEADERS_NAME) ? parseHeaders(value) : undefined;
+    const parsed = isName(nameBytes, HEADERS_NAME) ? parseHeaders(value) : undefined;
     if (parsed !== undefined && headers === undefined) {
       headers = parsed;
     } else if (parsed !== undefined) {
