@@ -311,6 +311,53 @@ describe.skipIf(!broker)('redis-streams specifics', () => {
     }
   });
 
+  it('a settled delivery frees its slot before its XACK replies: at most `concurrency` handlers, at most 2 × `concurrency` pending', async () => {
+    const namespace = ns('c');
+    const topic = `${namespace}.${Paid.type}`;
+    const stream = streamOf(topic);
+    const concurrency = 4;
+    const total = 60;
+    const transport = new RedisStreamsTransport({ url });
+    const bus = new EventBus({ transport, namespace, retry: { backoff: FAST } });
+    try {
+      // A backlog, so that every read can be full.
+      await bus.subscribe(Paid, { group: 'g', concurrency }, () => {}).then((s) => s.close());
+      await Promise.all(Array.from({ length: total }, (_, i) => bus.publish(Paid, { order: `o-${i}` })));
+      // Fault injection on the real client: every XACK reaches Redis 30 ms late, so settled
+      // deliveries stay pending in Redis for a while (their slots are what this test is about).
+      const client = (transport as unknown as { client: Redis }).client;
+      const call = client.call.bind(client) as (...args: unknown[]) => Promise<unknown>;
+      (client as unknown as { call: typeof call }).call = (...args) =>
+        args[0] === 'XACK' ? new Promise((resolve) => setTimeout(resolve, 30)).then(() => call(...args)) : call(...args);
+      const seen = new IdSet();
+      let running = 0;
+      let maxRunning = 0;
+      let maxPending = 0;
+      await bus.subscribe(Paid, { group: 'g', concurrency }, async (_d, ctx) => {
+        running++;
+        maxRunning = Math.max(maxRunning, running);
+        try {
+          // Entries the group read and Redis has no acknowledgement for (handled here, or XACK on its way).
+          const [pending] = (await admin.xpending(stream, 'g')) as [number];
+          maxPending = Math.max(maxPending, pending);
+        } finally {
+          running--;
+        }
+        seen.add(ctx.id);
+      });
+      await seen.waitFor(total, 30_000, 'consumer');
+      expect(maxRunning).toBe(concurrency);
+      // The next read went out while the previous batch's XACK was delayed (not after it) …
+      expect(maxPending).toBeGreaterThan(concurrency);
+      // … but no more than `concurrency` settled deliveries wait for their XACK reply.
+      expect(maxPending).toBeLessThanOrEqual(2 * concurrency);
+      expect(seen.total).toBe(total); // nothing delivered twice
+    } finally {
+      await bus.close();
+      await deleteNamespace(admin, namespace);
+    }
+  });
+
   it("retention 'acked' trims only below what every group has read and acknowledged (XTRIM MINID)", async () => {
     const namespace = ns('t');
     const topic = `${namespace}.${Paid.type}`;
