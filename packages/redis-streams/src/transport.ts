@@ -87,8 +87,9 @@ export interface ResolvedSettings {
  *   per message inside Redis) and resolves each message on its own reply (durable as the server's
  *   AOF settings make it — see the README).
  * - A group is a Redis consumer group; each subscription reads with `XREADGROUP … BLOCK` on its own
- *   connection, at most `concurrency` entries in flight, and acknowledges what core settled during
- *   one event-loop turn with one `XACK` per stream.
+ *   connection, at most `concurrency` deliveries unsettled by core, and acknowledges what core
+ *   settled during one event-loop turn with one `XACK` per stream (the next read does not wait for
+ *   its reply; at most another `concurrency` may wait for one).
  * - Entries left pending by a crashed consumer are claimed after `claimIdleMs` (`XAUTOCLAIM`); the
  *   attempt number adds Redis's delivery count to the attempt carried in the headers.
  * - Retries wait in a per-group sorted set and move, when due, to the group's own retry stream;
