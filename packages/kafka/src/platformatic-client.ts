@@ -22,6 +22,7 @@ import {
   Admin,
   type BaseOptions,
   type ClusterMetadata,
+  ConnectionPool,
   Consumer,
   type ConsumerOptions,
   type GroupAssignment,
@@ -189,15 +190,55 @@ function partitioner(): (message: { topic: string }, key: Buffer | undefined) =>
   };
 }
 
-/** One idempotent producer, used for one `send` at a time; retired after an unknown outcome. */
+/** A request timed out: the connection it used is presumed dead (half-open, black-holed). */
+class RequestTimedOutError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RequestTimedOutError';
+  }
+}
+
+function isRequestTimeout(error: unknown): boolean {
+  return [...chain(error)].some((e) => e.name === 'TimeoutError' || e.message === 'Request timed out');
+}
+
+/**
+ * One idempotent producer, used for one `send` at a time.
+ *
+ * - After a send of unknown outcome the producer refuses further sends (the transport replaces it:
+ *   new producer id), as with kafkajs.
+ * - The first request timeout marks it broken at once: the pending send rejects promptly (the
+ *   library would retry on a new connection, up to `requestRetries` times `requestTimeoutMs`).
+ */
 class PlatformaticProducer implements RecordProducer {
   private broken: Error | undefined;
+  private readonly onBroken = new Set<(error: Error) => void>();
   private tail: Promise<void> = Promise.resolve();
+  private producer!: Producer<string | undefined, Buffer, string, string>;
 
-  constructor(private readonly producer: Producer<string | undefined, Buffer, string, string>) {}
+  attach(producer: Producer<string | undefined, Buffer, string, string>): void {
+    this.producer = producer;
+  }
+
+  /** Called by the library before it retries a request after `error`. */
+  retried(error: unknown): void {
+    if (isRequestTimeout(error)) this.breakWith(new RequestTimedOutError(`a produce request timed out: ${(error as Error).message}`));
+  }
+
+  private breakWith(error: Error): void {
+    if (this.broken) return;
+    this.broken = error;
+    for (const reject of this.onBroken) reject(error);
+    this.onBroken.clear();
+  }
 
   async send(batches: readonly TopicRecords[]): Promise<void> {
     if (this.broken) throw this.broken;
+    let reject!: (error: Error) => void;
+    const broken = new Promise<never>((_, r) => {
+      reject = r;
+    });
+    this.onBroken.add(reject);
     const run = this.tail.then(async () => {
       if (this.broken) throw this.broken;
       const messages = [];
@@ -206,7 +247,7 @@ class PlatformaticProducer implements RecordProducer {
       try {
         await this.producer.send({ messages });
       } catch (error) {
-        if (!isRejection(error)) this.broken = error instanceof Error ? error : new Error(String(error));
+        if (!isRejection(error)) this.breakWith(error instanceof Error ? error : new Error(String(error)));
         throw error;
       }
     });
@@ -214,12 +255,18 @@ class PlatformaticProducer implements RecordProducer {
       () => {},
       () => {},
     );
-    await run;
+    try {
+      await Promise.race([run, broken]);
+    } finally {
+      this.onBroken.delete(reject);
+    }
   }
 
   async close(): Promise<void> {
-    this.broken ??= new Error('the producer was closed');
-    await this.producer.close();
+    const wasBroken = this.broken !== undefined;
+    this.breakWith(new Error('the producer was closed'));
+    // A broken producer may still retry a request in the background: do not wait for it.
+    await this.producer.close(wasBroken);
   }
 }
 
@@ -275,6 +322,12 @@ class PlatformaticGroupConsumer implements GroupConsumer {
   private readonly retired: Promise<void>[] = [];
   private closing: Promise<void> | undefined;
   private readonly fromBeginning: Map<string, boolean>;
+  private coordinator: { consumer: RawConsumer; node: number } | undefined;
+  /**
+   * Fetches go over connections of their own: the broker answers one request per connection at
+   * a time, so a commit or heartbeat queued behind a fetch long-poll would wait `maxWaitTimeMs`.
+   */
+  private readonly fetchPools = new WeakMap<RawConsumer, ConnectionPool>();
 
   constructor(
     private readonly config: GroupConsumerConfig,
@@ -295,7 +348,25 @@ class PlatformaticGroupConsumer implements GroupConsumer {
       maxWaitTime: c.maxWaitTimeMs,
       autocommit: false,
     };
-    return new Consumer(options);
+    const consumer = new Consumer(options);
+    const { clientId, connectTimeout, requestTimeout, tls, sasl } = options;
+    const connection: ConstructorParameters<typeof ConnectionPool>[1] = { connectTimeout, requestTimeout };
+    if (tls) connection.tls = tls;
+    if (sasl) connection.sasl = sasl;
+    this.fetchPools.set(consumer, new ConnectionPool(clientId, connection));
+    return consumer;
+  }
+
+  /** Closes `c` and its fetch connections. */
+  private async dispose(c: RawConsumer, force: boolean): Promise<void> {
+    try {
+      await c.close(force).catch(() => c.close(true));
+    } finally {
+      await this.fetchPools
+        .get(c)
+        ?.close()
+        .catch(() => {});
+    }
   }
 
   async start(handlers: GroupConsumerHandlers): Promise<void> {
@@ -469,6 +540,7 @@ class PlatformaticGroupConsumer implements GroupConsumer {
           response = await c.fetch({
             node,
             maxWaitTime,
+            connectionPool: this.fetchPools.get(c) as ConnectionPool,
             topics: [...byTopic].map(([topicId, tps]) => ({
               topicId,
               partitions: tps.map((p) => ({
@@ -603,7 +675,7 @@ class PlatformaticGroupConsumer implements GroupConsumer {
         const next = this.spawn();
         this.consumer = next;
         this.stale();
-        this.retired.push(old.close(true).catch(() => {}));
+        this.retired.push(this.dispose(old, true).catch(() => {}));
         try {
           await this.join(next, handlers);
           return;
@@ -642,11 +714,18 @@ class PlatformaticGroupConsumer implements GroupConsumer {
         committedMetadata: o.metadata ?? null,
       });
     }
-    const coordinator = await c.findGroupCoordinator();
-    const metadata = await c.metadata({ topics: [] });
-    const broker = metadata.brokers.get(coordinator);
-    if (!broker) throw new Error(`group coordinator ${coordinator} not in the cluster metadata`);
-    await offsetCommit(c, broker, c.groupId, c.generationId, c.memberId, [...topics.values()]);
+    // The coordinator is looked up once (FindCoordinator is a round trip) and again after a failure.
+    const coordinator = this.coordinator?.consumer === c ? this.coordinator.node : await c.findGroupCoordinator();
+    this.coordinator = { consumer: c, node: coordinator };
+    try {
+      const metadata = await c.metadata({ topics: [] });
+      const broker = metadata.brokers.get(coordinator);
+      if (!broker) throw new Error(`group coordinator ${coordinator} not in the cluster metadata`);
+      await offsetCommit(c, broker, c.groupId, c.generationId, c.memberId, [...topics.values()]);
+    } catch (error) {
+      this.coordinator = undefined;
+      throw error;
+    }
   }
 
   pauseTopics(topics: readonly string[]): void {
@@ -660,7 +739,7 @@ class PlatformaticGroupConsumer implements GroupConsumer {
       this.stale();
       await this.loop?.catch(() => {});
       await this.restarting;
-      await this.consumer.close().catch(() => this.consumer.close(true));
+      await this.dispose(this.consumer, false);
       await Promise.all(this.retired);
     })();
     return this.closing;
@@ -740,8 +819,15 @@ export class PlatformaticClient implements KafkaClient {
   }
 
   async createProducer(): Promise<RecordProducer> {
+    const wrapper = new PlatformaticProducer();
+    const base = baseOptions(this.settings);
+    const retryDelay = base.retryDelay as (client: object, op: string, attempt: number, retries: number, error: Error) => number;
     const options: ProducerOptions<string | undefined, Buffer, string, string> = {
-      ...baseOptions(this.settings),
+      ...base,
+      retryDelay: (client, op, attempt, retries, error) => {
+        wrapper.retried(error);
+        return retryDelay(client, op, attempt, retries, error);
+      },
       idempotent: true,
       acks: -1,
       timeout: this.settings.ackTimeoutMs,
@@ -759,7 +845,8 @@ export class PlatformaticClient implements KafkaClient {
       await producer.close(true).catch(() => {});
       throw error;
     }
-    return new PlatformaticProducer(producer);
+    wrapper.attach(producer);
+    return wrapper;
   }
 
   async createTopics(specs: readonly TopicSpec[]): Promise<void> {
