@@ -7,7 +7,10 @@
  * with another run.
  */
 import { runConformance } from '@busbar/conformance';
-import { afterAll, describe } from 'vitest';
+import { defineEvent, EventBus } from '@busbar/core';
+import { Partitioners } from 'kafkajs';
+import { afterAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
 import { brokerForTests } from '../brokers/resolve.js';
 import { kafkaSpecificTests } from './kafka-specific.js';
 import { cleanupNamespace, createRawClient, testTransport, useTestClient } from './kafka-test-kit.js';
@@ -30,4 +33,38 @@ describe.skipIf(!broker)('kafka (platformatic client)', () => {
   });
   const via = broker?.via ?? 'env';
   kafkaSpecificTests(brokers, via === 'localhost' && process.env.BUSBAR_KAFKA_KILL_TEST !== '1' ? 'env' : via);
+
+  it('puts every key on the partition kafkajs (and the Java client) would choose', async () => {
+    const Keyed = defineEvent({ type: 'kafka.keyed', version: 1, schema: z.object({ key: z.string() }) });
+    const ns = `kp${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
+    const bus = new EventBus({ transport: testTransport(brokers, { numPartitions: 5 }), namespace: ns });
+    const keys = Array.from({ length: 40 }, (_, i) => `key-${i}-${'x'.repeat(i % 7)}`);
+    const seen = new Map<string, number>();
+    let all!: () => void;
+    const done = new Promise<void>((r) => {
+      all = r;
+    });
+    try {
+      await bus.subscribe(Keyed, { group: 'g', concurrency: 8 }, async (data, ctx) => {
+        seen.set(data.key, Number(ctx.position.split('/').slice(-2, -1)[0]));
+        if (seen.size === keys.length) all();
+      });
+      await Promise.all(keys.map((key) => bus.publish(Keyed, { key }, { key })));
+      await done;
+      const pick = Partitioners.DefaultPartitioner();
+      const partitionMetadata = Array.from({ length: 5 }, (_, partitionId) => ({
+        partitionId,
+        leader: 0,
+        replicas: [0],
+        isr: [0],
+        partitionErrorCode: 0,
+      }));
+      for (const key of keys)
+        expect(seen.get(key), key).toBe(pick({ topic: bus.topicOf(Keyed), partitionMetadata, message: { key, value: null } }));
+      expect(new Set(seen.values()).size).toBeGreaterThan(1);
+    } finally {
+      await bus.close();
+      await cleanupNamespace(brokers, ns);
+    }
+  });
 });
