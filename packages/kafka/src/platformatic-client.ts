@@ -183,7 +183,8 @@ function baseOptions(s: PlatformaticClientSettings): BaseOptions {
 function partitioner(): (message: { topic: string }, key: Buffer | undefined) => number {
   const next = new Map<string, number>();
   return (message, key) => {
-    if (key && key.length > 0) return murmur2(key) & 0x7fffffff;
+    // An empty key is a key (kafkajs and the Java client hash it too); only a missing one is not.
+    if (key !== undefined) return murmur2(key) & 0x7fffffff;
     const n = next.get(message.topic) ?? 0;
     next.set(message.topic, (n + 1) & 0x3fffffff);
     return n;
@@ -296,7 +297,7 @@ function headersOf(raw: readonly (readonly [Buffer | null, Buffer | null])[]): R
 function toIncoming(offset: bigint, r: KafkaRecord): IncomingRecord {
   return {
     offset: offset.toString(),
-    key: r.key === null || r.key.length === 0 ? undefined : r.key.toString('utf8'),
+    key: r.key === null ? undefined : r.key.toString('utf8'),
     value: r.value ?? EMPTY,
     headers: headersOf(r.headers),
   };
