@@ -75,6 +75,8 @@ beforeAll(async () => {
         maxRetryTimeMs: 500,
         ackTimeoutMs: 5000,
         maxWaitTimeMs: 200,
+        // BUSBAR_FAULTS_KAFKA_CLIENT=platformatic runs the suite on the @platformatic/kafka client.
+        ...(process.env.BUSBAR_FAULTS_KAFKA_CLIENT ? { client: process.env.BUSBAR_FAULTS_KAFKA_CLIENT } : {}),
         ...extra,
       },
     }),
@@ -114,7 +116,12 @@ beforeAll(async () => {
     },
     wrongCredentialsSpec: (pw) => ({
       kind: 'kafka',
-      options: { brokers: [own.direct], sasl: { mechanism: 'plain', username: 'busbar-faults', password: pw }, connectTimeoutMs: 3000 },
+      options: {
+        brokers: [own.direct],
+        sasl: { mechanism: 'plain', username: 'busbar-faults', password: pw },
+        connectTimeoutMs: 3000,
+        ...(process.env.BUSBAR_FAULTS_KAFKA_CLIENT ? { client: process.env.BUSBAR_FAULTS_KAFKA_CLIENT } : {}),
+      },
     }),
   };
 }, 240_000);

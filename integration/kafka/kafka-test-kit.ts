@@ -9,6 +9,16 @@ import { KafkaTransport, type KafkaTransportOptions } from '@busbar/kafka';
 import { type Admin, type Consumer, Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
 import { ProbeInbox } from '../brokers/probe-inbox.js';
 
+let testClient: KafkaTransportOptions['client'];
+
+/**
+ * Selects the client library of every transport this kit builds (in this test file: vitest
+ * isolates modules per file). @defaultValue the transport's default
+ */
+export function useTestClient(client: KafkaTransportOptions['client']): void {
+  testClient = client;
+}
+
 /** Options for tests: short group timeouts (the broker allows sessions down to 1 s), short polls. */
 export function testTransportOptions(brokers: string, extra: KafkaTransportOptions = {}): KafkaTransportOptions {
   return {
@@ -21,6 +31,7 @@ export function testTransportOptions(brokers: string, extra: KafkaTransportOptio
     connectTimeoutMs: 5000,
     reconnectBackoff: { initialMs: 100, maxMs: 1000 },
     logLevel: 'nothing',
+    ...(testClient === undefined ? {} : { client: testClient }),
     ...extra,
   };
 }

@@ -86,8 +86,15 @@ export interface KafkaTransportOptions {
   subscribeTimeoutMs?: number;
   /** How long reading the dead letters may take, ms. @defaultValue 60000 */
   deadLetterScanTimeoutMs?: number;
-  /** kafkajs log level, mapped into the bus's (redacting) logger. @defaultValue 'warn' */
+  /** kafkajs log level, mapped into the bus's (redacting) logger (the platformatic client logs nothing). @defaultValue 'warn' */
   logLevel?: 'nothing' | 'error' | 'warn' | 'info' | 'debug';
+  /**
+   * The Kafka client library under the transport. `'kafkajs'`: kafkajs 2.x. `'platformatic'`:
+   * `@platformatic/kafka` (actively maintained, markedly less CPU per message; SASL PLAIN,
+   * SCRAM and OAUTHBEARER only). Both keep the same guarantees (idempotent producer, acks = all,
+   * offsets committed after processing). Opt-in for now. @defaultValue 'kafkajs'
+   */
+  client?: 'kafkajs' | 'platformatic';
 }
 
 /** Options with defaults applied. @internal */
@@ -117,6 +124,7 @@ export interface ResolvedOptions {
   readonly subscribeTimeoutMs: number;
   readonly deadLetterScanTimeoutMs: number;
   readonly logLevel: 'nothing' | 'error' | 'warn' | 'info' | 'debug';
+  readonly client: 'kafkajs' | 'platformatic';
 }
 
 function int(value: number | undefined, fallback: number, name: string, min: number): number {
@@ -138,6 +146,8 @@ export function resolveOptions(o: KafkaTransportOptions): ResolvedOptions {
   if (heartbeatIntervalMs >= sessionTimeoutMs) throw new ConfigError('heartbeatIntervalMs must be lower than sessionTimeoutMs');
   const level = o.logLevel ?? 'warn';
   if (!['nothing', 'error', 'warn', 'info', 'debug'].includes(level)) throw new ConfigError(`unknown logLevel "${level}"`);
+  const client = o.client ?? 'kafkajs';
+  if (client !== 'kafkajs' && client !== 'platformatic') throw new ConfigError(`unknown client "${String(client).slice(0, 40)}"`);
   return {
     brokers,
     clientId: o.clientId ?? 'busbar',
@@ -167,5 +177,6 @@ export function resolveOptions(o: KafkaTransportOptions): ResolvedOptions {
     subscribeTimeoutMs: int(o.subscribeTimeoutMs, 60_000, 'subscribeTimeoutMs', 1),
     deadLetterScanTimeoutMs: int(o.deadLetterScanTimeoutMs, 60_000, 'deadLetterScanTimeoutMs', 1),
     logLevel: level,
+    client,
   };
 }

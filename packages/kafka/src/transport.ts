@@ -27,6 +27,7 @@ import type { KafkaClient, OutgoingRecord, RecordProducer, TopicPartitionOffset,
 import { scanDeadLetters } from './dead-letters.js';
 import { KafkajsClient } from './kafkajs-client.js';
 import { type KafkaTransportOptions, type ResolvedOptions, resolveOptions } from './options.js';
+import { PlatformaticClient } from './platformatic-client.js';
 import { KafkaSubscription, type SubscriptionNames } from './subscription.js';
 
 /** Kafka's limits on topic names: 249 characters of `[a-zA-Z0-9._-]`. */
@@ -109,6 +110,19 @@ export class KafkaTransport implements Transport {
   /** Builds the client. Override to swap the client library (see `client.ts`). @internal */
   protected createClient(logger: Logger): KafkaClient {
     const o = this.options;
+    if (o.client === 'platformatic')
+      return new PlatformaticClient({
+        brokers: o.brokers,
+        clientId: o.clientId,
+        ssl: o.ssl,
+        sasl: o.sasl,
+        connectionTimeoutMs: o.connectionTimeoutMs,
+        requestTimeoutMs: o.requestTimeoutMs,
+        requestRetries: o.requestRetries,
+        maxRetryTimeMs: o.maxRetryTimeMs,
+        ackTimeoutMs: o.ackTimeoutMs,
+        logger,
+      });
     return new KafkajsClient({
       brokers: o.brokers,
       clientId: o.clientId,

@@ -7,6 +7,7 @@
 
 import { spawnSync } from 'node:child_process';
 import { type Admin, Kafka, type Consumer as KConsumer, logLevel, type Producer } from 'kafkajs';
+import { BusbarImpl } from '../busbar.js';
 import { type Ceiling, type Consumer, type Impl, publishOnly, type Target } from '../impl.js';
 import { toolClasspath } from '../javatools.js';
 import { ceHeaders, type Payload } from '../payload.js';
@@ -141,7 +142,7 @@ class RawKafka implements Impl {
 /** Builds the Kafka target. */
 export async function createTarget(url: string, via: string, runId: string, full: boolean): Promise<Target> {
   const brokers = url.split(',').map((s) => s.trim());
-  const ctor = await loadTransport<{ brokers: string[] }>('@busbar/kafka', 'KafkaTransport');
+  const ctor = await loadTransport<{ brokers: string[]; client?: 'kafkajs' | 'platformatic' }>('@busbar/kafka', 'KafkaTransport');
   const kafka = new Kafka({ clientId: `busbar-bench-${runId}`, brokers, logLevel: logLevel.NOTHING });
   const admin = kafka.admin();
   await admin.connect();
@@ -170,6 +171,17 @@ export async function createTarget(url: string, via: string, runId: string, full
       ),
     raw: (instance, bytes) => new RawKafka(instance === 1 ? 'raw' : 'raw-2', kafka, admin, `${runId}-${bytes}`),
     peers: (bytes) => [
+      // The same bus over KafkaTransport's opt-in @platformatic/kafka client (not a peer: Busbar itself).
+      typeof ctor === 'string'
+        ? { label: 'busbar-plt', skip: ctor }
+        : new BusbarImpl({
+            label: 'busbar-plt',
+            transport: () => new ctor({ brokers, client: 'platformatic' }),
+            namespace: `bench-${runId}-kp${bytes}`,
+            cleanup: deleteNamespace,
+            description:
+              "Busbar EventBus over KafkaTransport with client: 'platformatic' (@platformatic/kafka; idempotent producer, acks=all)",
+          }),
       publishOnly(
         'raw+ce-headers',
         'kafkajs as raw, plus the 9 CloudEvents headers Busbar sends (diagnostic)',
