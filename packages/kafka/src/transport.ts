@@ -3,6 +3,7 @@ import {
   BrokerUnavailableError,
   BusClosedError,
   backoffDelay,
+  ConfigError,
   type ConnectionState,
   checkBrokerName,
   type DeadLetterScan,
@@ -27,7 +28,6 @@ import type { KafkaClient, OutgoingRecord, RecordProducer, TopicPartitionOffset,
 import { scanDeadLetters } from './dead-letters.js';
 import { KafkajsClient } from './kafkajs-client.js';
 import { type KafkaTransportOptions, type ResolvedOptions, resolveOptions } from './options.js';
-import { PlatformaticClient } from './platformatic-client.js';
 import { KafkaSubscription, type SubscriptionNames } from './subscription.js';
 
 /** Kafka's limits on topic names: 249 characters of `[a-zA-Z0-9._-]`. */
@@ -107,22 +107,13 @@ export class KafkaTransport implements Transport {
     this.options = resolveOptions(options);
   }
 
-  /** Builds the client. Override to swap the client library (see `client.ts`). @internal */
-  protected createClient(logger: Logger): KafkaClient {
+  /**
+   * Builds the client. Override to swap the client library (see `client.ts`). `@platformatic/kafka`
+   * is an optional peer dependency, loaded only when `client: 'platformatic'` is chosen. @internal
+   */
+  protected createClient(logger: Logger): KafkaClient | Promise<KafkaClient> {
     const o = this.options;
-    if (o.client === 'platformatic')
-      return new PlatformaticClient({
-        brokers: o.brokers,
-        clientId: o.clientId,
-        ssl: o.ssl,
-        sasl: o.sasl,
-        connectionTimeoutMs: o.connectionTimeoutMs,
-        requestTimeoutMs: o.requestTimeoutMs,
-        requestRetries: o.requestRetries,
-        maxRetryTimeMs: o.maxRetryTimeMs,
-        ackTimeoutMs: o.ackTimeoutMs,
-        logger,
-      });
+    if (o.client === 'platformatic') return loadPlatformaticClient(o, logger);
     return new KafkajsClient({
       brokers: o.brokers,
       clientId: o.clientId,
@@ -141,9 +132,17 @@ export class KafkaTransport implements Transport {
   async connect(context: TransportContext): Promise<void> {
     if (this.closed) throw new BusClosedError('the Kafka transport is closed');
     if (this.client) return;
+    const made = this.createClient(context.logger);
+    const client = made instanceof Promise ? await made : made;
+    if (this.client || this.closed) {
+      // A concurrent connect (or close) won while the client library loaded.
+      await client.close().catch(() => {});
+      if (this.closed) throw new BusClosedError('the Kafka transport is closed');
+      return;
+    }
     this.context = context;
     this.logger = context.logger;
-    this.client = this.createClient(context.logger);
+    this.client = client;
     this.setState('connecting');
     let timer: NodeJS.Timeout | undefined;
     try {
@@ -498,4 +497,33 @@ export class KafkaTransport implements Transport {
     })();
     return this.closing;
   }
+}
+
+/** Loads the optional `@platformatic/kafka` client (and the library) on first use. */
+async function loadPlatformaticClient(o: ResolvedOptions, logger: Logger): Promise<KafkaClient> {
+  let mod: typeof import('./platformatic-client.js');
+  try {
+    mod = await import('./platformatic-client.js');
+  } catch (error) {
+    const code = (error as { code?: unknown }).code;
+    if (code === 'ERR_MODULE_NOT_FOUND' && String((error as Error).message).includes('@platformatic/kafka')) {
+      throw new ConfigError(
+        "client: 'platformatic' needs the optional peer dependency @platformatic/kafka (^2.12.1); install it next to @busbar/kafka",
+        { cause: error },
+      );
+    }
+    throw error;
+  }
+  return new mod.PlatformaticClient({
+    brokers: o.brokers,
+    clientId: o.clientId,
+    ssl: o.ssl,
+    sasl: o.sasl,
+    connectionTimeoutMs: o.connectionTimeoutMs,
+    requestTimeoutMs: o.requestTimeoutMs,
+    requestRetries: o.requestRetries,
+    maxRetryTimeMs: o.maxRetryTimeMs,
+    ackTimeoutMs: o.ackTimeoutMs,
+    logger,
+  });
 }
