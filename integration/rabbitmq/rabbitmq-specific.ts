@@ -310,6 +310,59 @@ export function rabbitmqSpecificTests(url: string, registry: TransportRegistry):
       }
     });
 
+    it('overlapping publish calls land in call order, also when one has to wait (channel, declaration, full buffer)', async () => {
+      const ns = namespace();
+      const topic = `${ns}.order`;
+      const setup = registry.create();
+      await setup.connect({ logger: silentLogger, emit: () => {} });
+      const spec: SubscriptionSpec = { topic, group: 'g', concurrency: 1, startFrom: 'latest', orderedByKey: false };
+      await (await setup.subscribe(spec, () => {})).close();
+      await setup.close();
+      // A fresh transport: the first calls wait for the publish channel and the exchange
+      // declaration. Then 8 calls of 400 messages issued in one turn overfill the channel's stream
+      // (amqplib buffers ~2,000 frames before `publish` returns false), so the last calls find an
+      // earlier one waiting for it to drain. Without the transport's write order, either round
+      // interleaves calls (checked by disabling it).
+      const transport = registry.create();
+      expect(transport.capabilities.orderedPublishCalls).toBeGreaterThan(1);
+      await transport.connect({ logger: silentLogger, emit: () => {} });
+      const conn = await connect(url);
+      try {
+        const ids: string[] = [];
+        const calls = (round: number) =>
+          Array.from({ length: 8 }, (_, c) => {
+            const batch = Array.from({ length: 400 }, (_, i) => outgoing(topic, `${ns}-${round}-${c}-${i}`));
+            for (const m of batch) ids.push(m.id);
+            return transport.publish(batch, new AbortController().signal);
+          });
+        const waiting = await Promise.all(calls(1)); // channel not open, exchange not declared yet
+        const direct = await Promise.all(calls(2)); // channel open: written at once until the buffer fills
+        for (const outcomes of [...waiting, ...direct]) expect(outcomes.every((o) => o.ok)).toBe(true);
+        const ch = await conn.createChannel();
+        const seen: string[] = [];
+        let notify: () => void = () => {};
+        await ch.consume(
+          `${topic}:g`,
+          (m) => {
+            if (!m) return;
+            seen.push(String(m.properties.messageId));
+            notify();
+          },
+          { noAck: true },
+        );
+        await until<void>('every message read back', T, (done) => {
+          notify = () => seen.length >= ids.length && done();
+          notify();
+        });
+        expect(seen.length).toBe(ids.length);
+        const firstOutOfOrder = seen.findIndex((id, i) => id !== ids[i]);
+        expect(firstOutOfOrder, `message ${seen[firstOutOfOrder]} arrived where ${ids[firstOutOfOrder]} was expected`).toBe(-1);
+      } finally {
+        await conn.close().catch(() => {});
+        await transport.close();
+      }
+    });
+
     it('coalesced acknowledgements never cover a delivery that was not settled', async () => {
       const ns = namespace();
       const transport = registry.create();

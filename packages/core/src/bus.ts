@@ -88,7 +88,10 @@ export interface BusOptions {
   maxPendingPublishes?: number;
   /** `'wait'` (within the publish timeout) or `'reject'` with `BackpressureError`. @defaultValue 'wait' */
   publishOverflow?: 'wait' | 'reject';
-  /** Auto-batching of concurrent publishes. @defaultValue `{ maxBatchSize: 500, maxInFlightBatches: 1 }` */
+  /**
+   * Auto-batching of concurrent publishes.
+   * @defaultValue `{ maxBatchSize: 500, maxInFlightBatches: transport.capabilities.orderedPublishCalls ?? 1 }`
+   */
   batching?: BatchingOptions;
   /** Circuit breaker around publishing, or `false` to disable. @defaultValue `{ failureThreshold: 5, recoveryTimeoutMs: 5000 }` */
   breaker?: CircuitBreakerOptions | false;
@@ -417,6 +420,7 @@ export class EventBus extends EventEmitter<BusEvents> {
       maxPending: positive(options.maxPendingPublishes ?? 10_000, 'maxPendingPublishes'),
       overflow: options.publishOverflow ?? 'wait',
       ...options.batching,
+      maxInFlightBatches: options.batching?.maxInFlightBatches ?? this.transport.capabilities.orderedPublishCalls,
       onSent: (m) => {
         if (this.listenerCount('published') > 0) this.emit('published', { id: m.id, type: m.headers[Headers.type] ?? '', topic: m.topic });
       },

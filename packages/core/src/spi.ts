@@ -165,6 +165,20 @@ export interface TransportCapabilities {
   readonly leaseExtension: boolean;
   /** Longest retry delay the broker can hold, in ms (core caps delays to it). */
   readonly maxRetryDelayMs: number;
+  /**
+   * How many {@link Transport.publish} calls may be in flight at once without losing publish
+   * order: the messages of a call made later are appended after those of every call made earlier
+   * (e.g. one AMQP channel, where frames are processed in the order written). Core uses it as the
+   * default of `batching.maxInFlightBatches`. Absent or 1: calls may overtake each other (or the
+   * transport does not say), so core keeps one call in flight.
+   *
+   * A transport that sets it must keep the order itself, also when a call has to wait before
+   * writing (connecting, declaring, a full buffer): later calls wait for it. What it does not
+   * promise is that a failed message stops later ones: when a message of one call fails (rejected,
+   * or outcome unknown), messages of the same and of later calls already written may still land,
+   * exactly as the later messages of one batch do — see `batching.maxInFlightBatches`.
+   */
+  readonly orderedPublishCalls?: number;
   /** Maximum length of a broker object name, in bytes. */
   readonly maxNameLength: number;
   /** Characters allowed in a broker object name. */

@@ -14,6 +14,7 @@ import {
   PublishRejectedError,
   PublishTimeoutError,
   type Transport,
+  type TransportCapabilities,
   ValidationError,
 } from '../src/index.js';
 import { basicCapabilities } from './fixtures.js';
@@ -22,19 +23,19 @@ const Ping = defineEvent({ type: 'ping', schema: z.object({ n: z.number() }) });
 
 class ScriptedTransport implements Transport {
   readonly name = 'scripted';
-  readonly capabilities = basicCapabilities;
   batches: OutgoingMessage[][] = [];
-  private gates: (() => void)[] = [];
+  private gates: { resolve: () => void; reject: (error: Error) => void }[] = [];
   hold = false;
   fail: ((m: OutgoingMessage) => Error | undefined) | undefined;
   down = false;
+  constructor(readonly capabilities: TransportCapabilities = basicCapabilities) {}
   async connect() {}
   async publish(batch: readonly OutgoingMessage[], signal: AbortSignal) {
     this.batches.push([...batch]);
     if (this.down) throw new BrokerUnavailableError('connection refused to amqp://u:pw@h');
     if (this.hold) {
       await new Promise<void>((resolve, reject) => {
-        this.gates.push(resolve);
+        this.gates.push({ resolve, reject });
         signal.addEventListener('abort', () => reject(signal.reason), { once: true });
       });
     }
@@ -44,7 +45,11 @@ class ScriptedTransport implements Transport {
     });
   }
   openGates() {
-    for (const g of this.gates.splice(0)) g();
+    for (const g of this.gates.splice(0)) g.resolve();
+  }
+  /** Fails the oldest call still held, as a whole. */
+  failOldest(error: Error) {
+    this.gates.shift()?.reject(error);
   }
   async subscribe(): Promise<never> {
     throw new Error('not used');
@@ -76,6 +81,49 @@ describe('EventBus publish path', () => {
     const rejected = results.filter((r) => r.status === 'rejected');
     expect(rejected).toHaveLength(1);
     expect((rejected[0] as PromiseRejectedResult).reason).toBeInstanceOf(PublishRejectedError);
+  });
+
+  it("keeps the transport's orderedPublishCalls calls in flight by default (one per synchronous run); maxInFlightBatches overrides it", async () => {
+    const turn = () => new Promise<void>((r) => setImmediate(r));
+    const run = async (t: ScriptedTransport, bus: EventBus) => {
+      t.hold = true;
+      const all: Promise<unknown>[] = [];
+      // Five turns of two publishes each, while every call is held.
+      for (let i = 0; i < 5; i++) {
+        all.push(bus.publish(Ping, { n: 2 * i }), bus.publish(Ping, { n: 2 * i + 1 }));
+        await turn();
+      }
+      const inFlight = t.batches.map((b) => b.length);
+      t.hold = false;
+      t.openGates();
+      await Promise.all(all);
+      // Handed to the transport in publish order, whatever the number of calls.
+      expect(t.batches.flat().map((m) => JSON.parse(new TextDecoder().decode(m.body)).n)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+      return inFlight;
+    };
+    const pipelined = { ...basicCapabilities, orderedPublishCalls: 3 };
+    const a = new ScriptedTransport(pipelined);
+    expect(await run(a, new EventBus({ transport: a, breaker: false }))).toEqual([2, 2, 2]);
+    expect(a.batches.map((b) => b.length)).toEqual([2, 2, 2, 4]);
+    const b = new ScriptedTransport();
+    expect(await run(b, new EventBus({ transport: b, breaker: false }))).toEqual([2]);
+    const c = new ScriptedTransport(pipelined);
+    expect(await run(c, new EventBus({ transport: c, breaker: false, batching: { maxInFlightBatches: 1 } }))).toEqual([2]);
+  });
+
+  it('a call that fails as a whole fails only its own publishes; the calls in flight after it still settle', async () => {
+    const t = new ScriptedTransport({ ...basicCapabilities, orderedPublishCalls: 2 });
+    const bus = new EventBus({ transport: t, breaker: false });
+    t.hold = true;
+    const first = bus.publish(Ping, { n: 1 });
+    await new Promise((r) => setImmediate(r));
+    const second = bus.publish(Ping, { n: 2 });
+    await new Promise((r) => setImmediate(r));
+    expect(t.batches.map((b) => b.length)).toEqual([1, 1]);
+    t.failOldest(new BrokerUnavailableError('channel closed; outcome unknown'));
+    await expect(first).rejects.toBeInstanceOf(BrokerUnavailableError);
+    t.openGates();
+    await expect(second).resolves.toMatchObject({ id: expect.any(String) });
   });
 
   it('validates before any I/O', async () => {

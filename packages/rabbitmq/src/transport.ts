@@ -41,6 +41,15 @@ export interface DeclaredObjects {
 /** RabbitMQ names: up to 255 bytes; we never derive names starting with the reserved `amq.`. */
 const NAME_PATTERN = /^(?!amq\.)[A-Za-z0-9._:-]+$/;
 
+/**
+ * Publish calls core may keep in flight (`capabilities.orderedPublishCalls`): every call writes on
+ * the one confirm channel, in call order (see `publish`), and RabbitMQ handles a channel's frames
+ * in the order written, so overlapping calls keep publish order. 16 lets a steady flow of publishes
+ * go out while earlier ones await their confirms (each call is a synchronous run's publishes, or
+ * what queued while all 16 were busy).
+ */
+const ORDERED_PUBLISH_CALLS = 16;
+
 /** The confirm channel publishes go through, and what the transport tracks about it. */
 interface PublishLink {
   readonly ch: ConfirmChannel;
@@ -150,6 +159,11 @@ export class RabbitMqTransport implements Transport {
     timestamp: undefined,
   };
   private readonly headerTables = new PublishHeaderTables();
+  /**
+   * Set while a publish call writes after having waited (see {@link inWriteOrder}): later calls
+   * write after it, so overlapping calls keep their order on the channel.
+   */
+  private writing: Promise<void> | undefined;
   /** Objects declared/verified on the current connection (cleared on reconnect and channel errors). */
   private ready = new Set<string>();
   private readonly declaredExchanges = new Set<string>();
@@ -165,6 +179,7 @@ export class RabbitMqTransport implements Transport {
       balancedAssignment: true,
       leaseExtension: false,
       maxRetryDelayMs: this.options.delayTiersMs[this.options.delayTiersMs.length - 1] as number,
+      orderedPublishCalls: ORDERED_PUBLISH_CALLS,
       maxNameLength: 255,
       namePattern: NAME_PATTERN,
     };
@@ -520,12 +535,55 @@ export class RabbitMqTransport implements Transport {
     if (outcome && !outcome.ok) throw outcome.error;
   }
 
-  /** @inheritDoc */
+  /**
+   * @inheritDoc
+   *
+   * Calls may overlap (`capabilities.orderedPublishCalls`): the messages of a call are written to
+   * the channel after those of every earlier call, so RabbitMQ appends them in call order. A call
+   * that can write at once (channel open, exchanges declared, no earlier call still writing)
+   * writes synchronously; one that has to wait first (for the channel, a declaration, or the
+   * channel's buffer to drain) makes every later call wait until it has written.
+   */
   async publish(batch: readonly OutgoingMessage[], signal: AbortSignal): Promise<readonly PublishOutcome[]> {
     const aborted = () =>
       signal.reason instanceof Error ? signal.reason : new BrokerUnavailableError('publish aborted before RabbitMQ confirmed it');
-    const link = this.publishLink ?? (await raceSignal(this.getPublishChannel(signal), signal, aborted));
-    // Exchanges not yet declared on this connection (usually none: one check per topic of the batch).
+    const confirms = new ConfirmBatch(batch.length);
+    const link = this.publishLink;
+    if (this.writing === undefined && link !== undefined && this.declared(batch)) {
+      // One frame needs no coalescing (and a lone awaited publish no extra event-loop turn).
+      if (batch.length > 1) link.writes.hold();
+      const next = this.writeFrom(link, batch, 0, confirms);
+      if (next < batch.length) await this.inWriteOrder(() => this.writeRest(link, batch, next, confirms, signal, aborted));
+    } else {
+      await this.inWriteOrder(async () => {
+        if (signal.aborted) throw aborted();
+        const current = this.publishLink ?? (await raceSignal(this.getPublishChannel(signal), signal, aborted));
+        const exchangeErrors = await this.declareExchanges(batch, signal, aborted);
+        if (batch.length > 1) current.writes.hold();
+        const next = this.writeFrom(current, batch, 0, confirms, exchangeErrors);
+        if (next < batch.length) await this.writeRest(current, batch, next, confirms, signal, aborted, exchangeErrors);
+      });
+    }
+    return raceSignal(confirms.done, signal, aborted);
+  }
+
+  /** Whether the exchange of every message of `batch` was declared on this connection. */
+  private declared(batch: readonly OutgoingMessage[]): boolean {
+    let lastTopic: string | undefined;
+    for (const m of batch) {
+      if (m.topic === lastTopic) continue;
+      lastTopic = m.topic;
+      if (!this.ready.has(`e:${m.topic}`)) return false;
+    }
+    return true;
+  }
+
+  /** Declares the exchanges of `batch` not declared yet; returns the failed ones (their messages fail). */
+  private async declareExchanges(
+    batch: readonly OutgoingMessage[],
+    signal: AbortSignal,
+    aborted: () => Error,
+  ): Promise<Map<string, Error> | undefined> {
     let declaring: Map<string, Promise<void>> | undefined;
     let lastTopic: string | undefined;
     for (const m of batch) {
@@ -535,39 +593,83 @@ export class RabbitMqTransport implements Transport {
       declaring ??= new Map();
       declaring.set(m.topic, this.ensureExchange(m.topic));
     }
-    let exchangeErrors: Map<string, Error> | undefined;
-    if (declaring) {
-      const failed = new Map<string, Error>();
-      await raceSignal(
-        Promise.all(
-          [...declaring].map(([t, p]) =>
-            p.catch((error: unknown) => {
-              failed.set(t, error instanceof Error ? error : new Error(String(error)));
-            }),
-          ),
+    if (!declaring) return undefined;
+    const failed = new Map<string, Error>();
+    await raceSignal(
+      Promise.all(
+        [...declaring].map(([t, p]) =>
+          p.catch((error: unknown) => {
+            failed.set(t, error instanceof Error ? error : new Error(String(error)));
+          }),
         ),
-        signal,
-        aborted,
-      );
-      if (failed.size > 0) exchangeErrors = failed;
-    }
-    const confirms = new ConfirmBatch(batch.length);
+      ),
+      signal,
+      aborted,
+    );
+    return failed.size > 0 ? failed : undefined;
+  }
+
+  /**
+   * Writes `batch` from message `from` on until the channel's buffer is full; returns the index of
+   * the next message to write (`batch.length` when all were written).
+   */
+  private writeFrom(
+    link: PublishLink,
+    batch: readonly OutgoingMessage[],
+    from: number,
+    confirms: ConfirmBatch,
+    exchangeErrors?: Map<string, Error>,
+  ): number {
     const timestamp = Math.floor(Date.now() / 1000);
-    // One frame needs no coalescing (and a lone awaited publish no extra event-loop turn).
-    if (batch.length > 1) link.writes.hold();
-    for (let i = 0; i < batch.length; i++) {
+    for (let i = from; i < batch.length; i++) {
       const m = batch[i] as OutgoingMessage;
       const failed = exchangeErrors?.get(m.topic);
       if (failed) {
         confirms.fail(i, failed);
         continue;
       }
-      if (!this.write(link, m.topic, m.topic, m.body, m.headers, timestamp, confirms, i)) {
-        await raceSignal(this.drained(link.ch), signal, aborted);
-        link.writes.hold();
-      }
+      if (!this.write(link, m.topic, m.topic, m.body, m.headers, timestamp, confirms, i)) return i + 1;
     }
-    return raceSignal(confirms.done, signal, aborted);
+    return batch.length;
+  }
+
+  /** Writes the rest of `batch` from `from` on, waiting for the channel's buffer to drain each time it filled. */
+  private async writeRest(
+    link: PublishLink,
+    batch: readonly OutgoingMessage[],
+    from: number,
+    confirms: ConfirmBatch,
+    signal: AbortSignal,
+    aborted: () => Error,
+    exchangeErrors?: Map<string, Error>,
+  ): Promise<void> {
+    let next = from;
+    while (next < batch.length) {
+      await raceSignal(this.drained(link.ch), signal, aborted);
+      link.writes.hold();
+      next = this.writeFrom(link, batch, next, confirms, exchangeErrors);
+    }
+  }
+
+  /**
+   * Runs `write` once every earlier publish call that had to wait has written; calls made while it
+   * runs wait for it in turn (a FIFO: `write` runs after the previous holder finished, even if this
+   * call was aborted meanwhile — `write` must then check its signal before writing).
+   */
+  private async inWriteOrder(write: () => Promise<void>): Promise<void> {
+    const previous = this.writing;
+    let release!: () => void;
+    const mine = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    this.writing = mine;
+    try {
+      if (previous) await previous;
+      await write();
+    } finally {
+      if (this.writing === mine) this.writing = undefined;
+      release();
+    }
   }
 
   // ---------------------------------------------------------------------------------------------

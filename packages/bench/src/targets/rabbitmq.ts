@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import type { Transport } from '@busbar/core';
 import { type ChannelModel, type ConfirmChannel, connect } from 'amqplib';
 import { repoRoot } from '../brokers.js';
+import { BenchEvent, BusbarImpl } from '../busbar.js';
 import { type Ceiling, type Consumer, type Impl, publishOnly, type Target } from '../impl.js';
 import { toolClasspath } from '../javatools.js';
 import { ceHeaders, type Payload } from '../payload.js';
@@ -141,6 +142,27 @@ async function deleteObjects(url: string, queues: readonly string[], exchanges: 
   }
 }
 
+/**
+ * Busbar's impl, with the `sink` group of the publish-only scenarios (see `preparePublishOnly`)
+ * deleted before it first consumes, as the raw loop purges its queue there: otherwise every
+ * message of s3–s5 is also written to the sink's quorum queue (bound to the same exchange, never
+ * read, growing all run), so the broker — on the same cores as the client — does twice the work
+ * for Busbar's messages.
+ */
+function withoutSinkWhenConsuming(url: string, impl: Impl | { skip: string }): Impl | { skip: string } {
+  if ('skip' in impl || !(impl instanceof BusbarImpl)) return impl;
+  const consume = impl.consume.bind(impl);
+  let dropped = false;
+  impl.consume = async (concurrency, handler, settled) => {
+    if (!dropped) {
+      dropped = true;
+      await deleteObjects(url, [`${impl.eventBus.topicOf(BenchEvent)}:sink`], []);
+    }
+    return consume(concurrency, handler, settled);
+  };
+  return impl;
+}
+
 /** Builds the RabbitMQ target. */
 export async function createTarget(url: string, via: string, runId: string, full: boolean): Promise<Target> {
   const ctor = await loadTransport<{ url: string }>('@busbar/rabbitmq', 'RabbitMqTransport');
@@ -157,12 +179,15 @@ export async function createTarget(url: string, via: string, runId: string, full
       ? { s1: 3_000, s2: 40_000, s3: 40_000, s4Seconds: 10, s6: 2_000 }
       : { s1: 1_000, s2: 15_000, s3: 15_000, s4Seconds: 2, s6: 1_000 },
     busbar: (bytes) =>
-      busbarOr(
-        ctor,
-        { url },
-        `bench-${runId}-q${bytes}`,
-        (ns, transport) => deleteObjectsContaining(url, ns, transport),
-        'Busbar EventBus over RabbitMqTransport (confirms, persistent)',
+      withoutSinkWhenConsuming(
+        url,
+        busbarOr(
+          ctor,
+          { url },
+          `bench-${runId}-q${bytes}`,
+          (ns, transport) => deleteObjectsContaining(url, ns, transport),
+          'Busbar EventBus over RabbitMqTransport (confirms, persistent)',
+        ),
       ),
     raw: (instance, bytes) => new RawRabbit(instance === 1 ? 'raw' : 'raw-2', url, `${runId}-${bytes}`),
     peers: (bytes) => [
