@@ -220,9 +220,10 @@ class ByteStore {
     const at = this.reserve(n);
     const slab = this.slab;
     // Within one slab (a message delivered soon after it was stored) `copyWithin` needs no view
-    // of the source, which `Buffer.copy` makes.
-    if (entry.bytes === slab) slab.copyWithin(at, entry.at, entry.at + n);
-    else entry.bytes.copy(slab, at, entry.at, entry.at + n);
+    // of the source; across slabs a plain view is cheaper than the Buffer `Buffer.copy` makes.
+    const from = entry.bytes;
+    if (from === slab) slab.copyWithin(at, entry.at, entry.at + n);
+    else slab.set(new Uint8Array(from.buffer, from.byteOffset + entry.at, n), at);
     return new Uint8Array(slab.buffer, slab.byteOffset + at, n);
   }
 
