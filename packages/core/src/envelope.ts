@@ -215,6 +215,8 @@ class HeaderScan {
 }
 
 const scanner = new HeaderScan();
+/** The default of `decodeMessage`'s `extraUpcasters` (one object, not one per call). */
+const NO_UPCASTERS: Upcasters = Object.freeze({});
 
 /**
  * Decodes and validates an untrusted message for `event`: checks size limits, the CloudEvents
@@ -225,7 +227,7 @@ export function decodeMessage<E extends EventDefinition>(
   message: WireMessage,
   event: E,
   limits: DecodeLimits,
-  extraUpcasters: Upcasters = {},
+  extraUpcasters: Upcasters = NO_UPCASTERS,
 ): DecodeResult<unknown> {
   try {
     if (message.body.byteLength > limits.maxPayloadBytes) {
