@@ -69,16 +69,38 @@ export function dataSchemaUri(type: string, version: number): string {
   return `urn:busbar:${type}:v${version}`;
 }
 
+/** Bytes of the pool {@link encodeJson} cuts bodies from. */
+const BODY_POOL_BYTES = 64 * 1024;
+/** Longest JSON text (in UTF-16 units) cut from the pool; a longer one gets a buffer of its own. */
+const POOLED_TEXT_MAX = 4096;
+// Zero-filled: the gaps between bodies never show earlier contents of the process heap.
+let bodyPool = Buffer.alloc(BODY_POOL_BYTES);
+let bodyPoolUsed = 0;
+
 /**
- * Encodes data as UTF-8 JSON bytes. The bytes are a view into a shared pool (as `Buffer.from`
- * makes them, several times cheaper than a fresh `ArrayBuffer` for small payloads): read them
- * through the view (`byteOffset`, `byteLength`), not through `.buffer` alone.
+ * Encodes data as UTF-8 JSON bytes. Small bodies are views into a shared 64 KiB pool (as
+ * `Buffer.from` cuts them from Node's 8 KiB pool, several times cheaper than a fresh `ArrayBuffer`
+ * each): read them through the view (`byteOffset`, `byteLength`), not through `.buffer` alone. A
+ * pool is never written again where a body was cut, and is freed once no body into it is held.
+ * The text is written in one pass (no separate UTF-8 length pass) into room for its worst case
+ * (3 bytes per UTF-16 unit).
  */
 export function encodeJson(data: unknown): Uint8Array {
   const text: string | undefined = JSON.stringify(data);
   if (text === undefined) return new Uint8Array(0); // `undefined`, a function…: no JSON text at all
-  const bytes = Buffer.from(text, 'utf8');
-  return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (text.length > POOLED_TEXT_MAX) {
+    const bytes = Buffer.from(text, 'utf8');
+    return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  }
+  if (bodyPoolUsed + text.length * 3 > BODY_POOL_BYTES) {
+    bodyPool = Buffer.alloc(BODY_POOL_BYTES);
+    bodyPoolUsed = 0;
+  }
+  const start = bodyPoolUsed;
+  const n = bodyPool.write(text, start, 'utf8');
+  // Next body 8-byte aligned, as Node aligns its pool.
+  bodyPoolUsed = (start + n + 7) & ~7;
+  return new Uint8Array(bodyPool.buffer, bodyPool.byteOffset + start, n);
 }
 
 /** Splits headers into user headers (everything not `ce_*` / `content-type`). */
@@ -103,7 +125,14 @@ function invalid(detail: string): DecodeResult<never> {
   return { ok: false, reason: { kind: 'invalid-envelope', detail } };
 }
 
-/** The attributes (string-valued only) and user headers of a message, gathered in one walk over its headers. */
+/** User headers of a message that has none: one shared, frozen, prototype-less empty object. */
+const NO_USER_HEADERS: Readonly<Record<string, string>> = Object.freeze(Object.create(null));
+
+/**
+ * The attributes (string-valued only) and user headers of a message, gathered in one walk over its
+ * headers. One instance serves every call of {@link decodeMessage} (it is synchronous): the caller
+ * copies what it needs out of it before running anything else (upcasters, the schema).
+ */
 class HeaderScan {
   bytes = 0;
   id: string | undefined;
@@ -118,9 +147,15 @@ class HeaderScan {
   partitionKey: string | undefined;
   traceparent: string | undefined;
   tracestate: string | undefined;
-  readonly user: Record<string, string> = Object.create(null);
+  /** Prototype-less (a header named `__proto__` is a plain key), made at the first user header. */
+  user: Record<string, string> | undefined;
 
-  constructor(h: Readonly<Record<string, string>>) {
+  scan(h: Readonly<Record<string, string>>): this {
+    this.bytes = 0;
+    this.id = this.source = this.type = this.specversion = this.time = this.contentType = undefined;
+    this.dataschema = this.eventVersion = this.idempotencyKey = this.partitionKey = undefined;
+    this.traceparent = this.tracestate = undefined;
+    this.user = undefined;
     // Own enumerable string keys, as `Object.entries` has them (cheaper than for-in + `hasOwn`).
     const keys = Object.keys(h);
     for (let i = 0; i < keys.length; i++) {
@@ -133,9 +168,11 @@ class HeaderScan {
       } else if (k === Headers.contentType) {
         this.contentType = text;
       } else {
+        this.user ??= Object.create(null) as Record<string, string>;
         this.user[k] = v as string;
       }
     }
+    return this;
   }
 
   private attribute(k: string, v: string): void {
@@ -177,6 +214,10 @@ class HeaderScan {
   }
 }
 
+const scanner = new HeaderScan();
+/** The default of `decodeMessage`'s `extraUpcasters` (one object, not one per call). */
+const NO_UPCASTERS: Upcasters = Object.freeze({});
+
 /**
  * Decodes and validates an untrusted message for `event`: checks size limits, the CloudEvents
  * attributes, parses JSON refusing prototype-polluting keys, upcasts older versions and validates
@@ -186,7 +227,7 @@ export function decodeMessage<E extends EventDefinition>(
   message: WireMessage,
   event: E,
   limits: DecodeLimits,
-  extraUpcasters: Upcasters = {},
+  extraUpcasters: Upcasters = NO_UPCASTERS,
 ): DecodeResult<unknown> {
   try {
     if (message.body.byteLength > limits.maxPayloadBytes) {
@@ -195,9 +236,13 @@ export function decodeMessage<E extends EventDefinition>(
         reason: { kind: 'payload-too-large', detail: `body of ${message.body.byteLength} bytes exceeds ${limits.maxPayloadBytes}` },
       };
     }
-    const h = new HeaderScan(message.headers);
+    const h = scanner.scan(message.headers);
     if (h.bytes > limits.maxHeaderBytes) return invalid(`headers exceed ${limits.maxHeaderBytes} bytes`);
-    const { id, type, specversion, source } = h;
+    // Everything read from the shared scanner is copied out before any user code (upcasters, the
+    // schema) runs, which might decode another message.
+    const { id, type, specversion, source, time, dataschema, idempotencyKey, partitionKey, traceparent, tracestate } = h;
+    const userHeaders = h.user ?? NO_USER_HEADERS;
+    const eventVersion = h.eventVersion;
     if (!id) return invalid(`missing attribute ${Headers.id}`);
     if (!source) return invalid(`missing attribute ${Headers.source}`);
     if (specversion !== SPEC_VERSION)
@@ -205,10 +250,11 @@ export function decodeMessage<E extends EventDefinition>(
     if (!type) return invalid(`missing attribute ${Headers.type}`);
     if (type !== event.type) return invalid(`${Headers.type} is "${type.slice(0, 200)}", this subscription handles "${event.type}"`);
     const contentType = h.contentType ?? JSON_CONTENT_TYPE;
+    h.user = undefined;
     if (contentType !== JSON_CONTENT_TYPE && !JSON_CONTENT.test(contentType)) {
       return invalid(`content-type "${contentType.slice(0, 100)}" is not JSON`);
     }
-    const versionText = h.eventVersion ?? '1';
+    const versionText = eventVersion ?? '1';
     const version = Number(versionText);
     if (!Number.isInteger(version) || version < 1)
       return invalid(`${Headers.eventVersion} "${versionText.slice(0, 50)}" is not an integer ≥ 1`);
@@ -260,16 +306,16 @@ export function decodeMessage<E extends EventDefinition>(
       source,
       type,
       specversion,
-      time: h.time ?? '',
+      time: time ?? '',
       datacontenttype: contentType,
-      dataschema: h.dataschema ?? dataSchemaUri(type, version),
+      dataschema: dataschema ?? dataSchemaUri(type, version),
       eventVersion: version,
-      idempotencyKey: h.idempotencyKey ?? id,
-      partitionKey: h.partitionKey,
-      traceparent: h.traceparent,
-      tracestate: h.tracestate,
+      idempotencyKey: idempotencyKey ?? id,
+      partitionKey,
+      traceparent,
+      tracestate,
     };
-    return { ok: true, data: parsed.data, attributes, userHeaders: h.user };
+    return { ok: true, data: parsed.data, attributes, userHeaders };
   } catch (e) {
     // Defensive: decoding must never throw into a consumer loop.
     return { ok: false, reason: { kind: 'undecodable', detail: `decoder failed: ${e instanceof Error ? e.message : String(e)}` } };

@@ -196,6 +196,43 @@ describe('EventBus envelope', () => {
   });
 });
 
+describe('EventBus message ids', () => {
+  it('makes random version 4 UUIDs (RFC 4122 variant, lower case), all distinct, with every header set in full', () => {
+    const bus = new EventBus({ transport: new HandTransport() });
+    const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+    const ids = new Set<string>();
+    const hex = new Set<string>();
+    // 20k ids: several refills of the random buffer.
+    for (let i = 0; i < 20_000; i++) {
+      const m = bus.encode(Ping, { n: i });
+      expect(m.id).toMatch(uuid);
+      expect(m.headers[Headers.id]).toBe(m.id);
+      expect(m.headers[Headers.idempotencyKey]).toBe(m.id);
+      ids.add(m.id);
+      for (const c of m.id.replaceAll('-', '')) hex.add(c);
+    }
+    expect(ids.size).toBe(20_000);
+    expect(hex.size).toBe(16);
+    const m = bus.encode(Ping, { n: 1 });
+    expect(Object.keys(m.headers).sort()).toEqual(
+      [
+        Headers.id,
+        Headers.source,
+        Headers.specversion,
+        Headers.type,
+        Headers.time,
+        Headers.contentType,
+        Headers.dataschema,
+        Headers.eventVersion,
+        Headers.idempotencyKey,
+      ].sort(),
+    );
+    const withUser = bus.encode(Ping, { n: 1 }, { headers: { 'x-a': '1' }, key: 'k', id: 'given' });
+    expect(withUser.headers).toMatchObject({ 'x-a': '1', [Headers.id]: 'given', [Headers.partitionKey]: 'k', [Headers.type]: 'ping' });
+    expect(Object.keys(withUser.headers)).toHaveLength(11);
+  });
+});
+
 describe('EventBus publish deadlines', () => {
   it('keeps each publish deadline after idle periods and holds no timer once closed', async () => {
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date'] });

@@ -141,9 +141,80 @@ describe('decodeMessage', () => {
     ]);
   });
 
+  it('gives a message without user headers an empty, frozen, prototype-less set; a __proto__ header is a plain key', () => {
+    const none = decodeMessage({ headers: headers(), body: encodeJson({ id: '1', email: 'a', name: 'b' }) }, V2, limits);
+    expect(none.ok && Object.keys(none.userHeaders)).toEqual([]);
+    expect(none.ok && Object.isFrozen(none.userHeaders) && Object.getPrototypeOf(none.userHeaders)).toBe(null);
+    const proto = JSON.parse(`{"__proto__": "p", "x-a": "1"}`) as Record<string, string>;
+    const r = decodeMessage({ headers: { ...headers(), ...proto }, body: encodeJson({ id: '1', email: 'a', name: 'b' }) }, V2, limits);
+    expect(r.ok && Object.getPrototypeOf(r.userHeaders)).toBe(null);
+    expect(r.ok && Object.entries(r.userHeaders)).toEqual([
+      ['__proto__', 'p'],
+      ['x-a', '1'],
+    ]);
+  });
+
+  it("keeps each message's attributes when an upcaster decodes another message meanwhile", () => {
+    const inner = {
+      headers: { ...headers({ [Headers.id]: 'inner', [Headers.time]: 'ti' }), 'x-b': '2' },
+      body: encodeJson({ id: '2', email: 'b', name: 'c' }),
+    };
+    let innerResult: ReturnType<typeof decodeMessage> | undefined;
+    const Nested = defineEvent({
+      type: 'user.created',
+      version: 2,
+      schema: z.object({ id: z.string(), email: z.string(), name: z.string() }),
+      upcasters: {
+        1: (v1) => {
+          innerResult = decodeMessage(inner, V2, limits);
+          return { ...(v1 as object), name: 'n' };
+        },
+      },
+    });
+    const outer = {
+      headers: { ...headers({ [Headers.eventVersion]: '1', [Headers.time]: 'to', [Headers.idempotencyKey]: 'k' }), 'x-a': '1' },
+      body: encodeJson({ id: '1', email: 'a' }),
+    };
+    const r = decodeMessage(outer, Nested, limits);
+    expect(r.ok && [r.attributes.id, r.attributes.time, r.attributes.idempotencyKey, { ...r.userHeaders }]).toEqual([
+      'm1',
+      'to',
+      'k',
+      { 'x-a': '1' },
+    ]);
+    expect(innerResult?.ok && [innerResult.attributes.id, innerResult.attributes.time, { ...innerResult.userHeaders }]).toEqual([
+      'inner',
+      'ti',
+      { 'x-b': '2' },
+    ]);
+  });
+
   it('rejects invalid UTF-8 as undecodable', () => {
     const r = decodeMessage({ headers: headers(), body: new Uint8Array([0xff, 0xfe, 0x00]) }, V2, limits);
     expect(!r.ok && r.reason.kind).toBe('undecodable');
+  });
+});
+
+describe('encodeJson', () => {
+  it('cuts independent views: each body keeps its bytes while later ones are encoded, across pools and sizes', () => {
+    const texts: string[] = [];
+    const bodies: Uint8Array[] = [];
+    // ~300 KiB in all: several pools, multi-byte text, and texts past the pooled size.
+    for (let i = 0; i < 600; i++) {
+      const value = i % 50 === 0 ? { big: 'é'.repeat(3000 + i) } : { i, s: `x€${'y'.repeat(i % 300)}😀` };
+      texts.push(JSON.stringify(value));
+      bodies.push(encodeJson(value));
+    }
+    const decoder = new TextDecoder();
+    bodies.forEach((b, i) => {
+      expect(decoder.decode(b)).toBe(texts[i]);
+      expect(b.byteLength).toBe(Buffer.byteLength(texts[i] as string));
+    });
+    for (let i = 1; i < bodies.length; i++) {
+      const a = bodies[i - 1] as Uint8Array;
+      const b = bodies[i] as Uint8Array;
+      if (a.buffer === b.buffer) expect(b.byteOffset).toBeGreaterThanOrEqual(a.byteOffset + a.byteLength);
+    }
   });
 });
 

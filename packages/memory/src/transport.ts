@@ -45,6 +45,17 @@ export interface MemoryTransportOptions {
 }
 
 const OK: PublishOutcome = Object.freeze({ ok: true });
+/** Settled results of an all-ok publish, per batch size: read-only, so one serves every batch of its size. */
+const ALL_OK: Promise<readonly PublishOutcome[]>[] = [];
+const allOk = (n: number): Promise<readonly PublishOutcome[]> => {
+  if (n > 1024) return Promise.resolve(new Array<PublishOutcome>(n).fill(OK));
+  let p = ALL_OK[n];
+  if (p === undefined) {
+    p = Promise.resolve(Object.freeze(new Array<PublishOutcome>(n).fill(OK)));
+    ALL_OK[n] = p;
+  }
+  return p;
+};
 
 /**
  * In-memory {@link Transport} with the observable semantics of the broker transports: durable
@@ -118,7 +129,7 @@ export class MemoryTransport implements Transport {
     } catch (error) {
       return Promise.reject(error);
     }
-    return Promise.resolve(new Array<PublishOutcome>(batch.length).fill(OK));
+    return allOk(batch.length);
   }
 
   /** Joins `spec.group` on `spec.topic`; the group's position is fixed when this resolves. */
