@@ -12,6 +12,7 @@ import {
   Kafka,
   type KafkaConfig,
   logLevel as KafkaLogLevel,
+  type KafkaMessage,
   type LogEntry,
   Partitioners,
   type Producer,
@@ -128,7 +129,8 @@ function* chain(error: unknown, depth = 0): Generator<Record<string, unknown>> {
 function headersOf(raw: IHeaders | undefined): Record<string, string> {
   const out: Record<string, string> = {};
   if (!raw) return out;
-  for (const [k, v] of Object.entries(raw)) {
+  for (const k in raw) {
+    const v = raw[k];
     if (v === undefined) continue;
     const last = Array.isArray(v) ? v[v.length - 1] : v;
     if (last === undefined) continue;
@@ -380,17 +382,39 @@ class KafkajsGroupConsumer implements GroupConsumer {
   }
 }
 
-function toBatch(p: EachBatchPayload, current: () => boolean): FetchedBatch {
-  const records: IncomingRecord[] = p.batch.messages.map((m) => ({
+/** A kafkajs message as the seam's record (header values decoded as UTF-8). */
+function toRecord(m: KafkaMessage): IncomingRecord {
+  return {
     offset: m.offset,
     key: m.key === null || m.key === undefined ? undefined : m.key.toString('utf8'),
     value: m.value ?? EMPTY,
     headers: headersOf(m.headers),
-  }));
+  };
+}
+
+/**
+ * The batch's records, converted one by one as they are iterated: a consumer at its concurrency
+ * limit walks a fetched batch slowly, and records converted up front would all live (and be
+ * copied by every young-generation GC) until the walk reaches them.
+ */
+class LazyRecords implements Iterable<IncomingRecord> {
+  constructor(private readonly messages: readonly KafkaMessage[]) {}
+
+  [Symbol.iterator](): Iterator<IncomingRecord> {
+    const messages = this.messages;
+    let i = 0;
+    return {
+      next: (): IteratorResult<IncomingRecord> =>
+        i < messages.length ? { done: false, value: toRecord(messages[i++] as KafkaMessage) } : { done: true, value: undefined },
+    };
+  }
+}
+
+function toBatch(p: EachBatchPayload, current: () => boolean): FetchedBatch {
   return {
     topic: p.batch.topic,
     partition: p.batch.partition,
-    records,
+    records: new LazyRecords(p.batch.messages),
     resolve: (offset) => p.resolveOffset(offset),
     heartbeat: () => p.heartbeat(),
     isActive: () => current() && p.isRunning() && !p.isStale(),
