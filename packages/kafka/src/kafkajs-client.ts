@@ -236,7 +236,8 @@ class KafkajsProducer implements RecordProducer {
       timeout: this.ackTimeoutMs,
       topicMessages: batches.map((b) => ({
         topic: b.topic,
-        messages: b.records.map((r) => ({ key: r.key ?? null, value: toBuffer(r.value), headers: { ...r.headers } })),
+        // kafkajs only reads the headers object (the record encoder walks its keys).
+        messages: b.records.map((r) => ({ key: r.key ?? null, value: toBuffer(r.value), headers: r.headers })),
       })),
     });
   }
