@@ -548,10 +548,10 @@ export class KafkaSubscription implements TransportSubscription {
   }
 
   /** @internal {@link KafkaDelivery.ack}: the record is done; resolves after the commit covering it was attempted. */
-  async settleAck(d: KafkaDelivery): Promise<void> {
+  settleAck(d: KafkaDelivery): Promise<void> {
     d.track.done(d.offset);
     this.gate.release(d.gateKey);
-    await this.flush();
+    return this.flush(); // shared by every ack settled while the previous commit runs
   }
 
   /** @internal {@link KafkaDelivery.retry}. */
