@@ -558,7 +558,29 @@ export class KafkajsClient implements KafkaClient {
   }
 
   async watermarks(topic: string): Promise<PartitionWatermarks[]> {
-    const rows = await retrying(() => this.withAdmin((a) => a.fetchTopicOffsets(topic)));
+    let rows: Awaited<ReturnType<Admin['fetchTopicOffsets']>>;
+    try {
+      rows = await retrying(() => this.withAdmin((a) => a.fetchTopicOffsets(topic)));
+    } catch (error) {
+      // kafkajs 2.2.4 asks for the offsets of the partitions its cached metadata lists; when that
+      // lists the topic without partitions (seen under load right after many topics were created:
+      // Kafka 4 propagates metadata asynchronously) it destructures an empty answer (TypeError) and
+      // refreshes that cache only when it expires (5 min). A throw-away admin starts from fresh metadata.
+      if (!(error instanceof TypeError)) throw error;
+      this.settings.logger.debug({ topic, err: error.message }, 'kafkajs had no partition metadata for the topic; asking again');
+      rows = await retrying(async () => {
+        const fresh = this.kafka.admin({ retry: { retries: this.settings.requestRetries, maxRetryTime: this.settings.maxRetryTimeMs } });
+        try {
+          await fresh.connect();
+          return await fresh.fetchTopicOffsets(topic);
+        } catch (e) {
+          // still no partitions: retry (after a backoff) like a stale-metadata error
+          throw e instanceof TypeError ? Object.assign(new Error(`no partition metadata for topic ${topic} yet`), { retriable: true }) : e;
+        } finally {
+          await fresh.disconnect().catch(() => {});
+        }
+      });
+    }
     return rows.map((r) => ({ partition: r.partition, low: r.low, high: r.high })).sort((a, b) => a.partition - b.partition);
   }
 
