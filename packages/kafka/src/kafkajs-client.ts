@@ -134,7 +134,7 @@ function headersOf(raw: IHeaders | undefined): Record<string, string> {
     if (v === undefined) continue;
     const last = Array.isArray(v) ? v[v.length - 1] : v;
     if (last === undefined) continue;
-    out[k] = typeof last === 'string' ? last : last.toString('utf8');
+    out[k] = typeof last === 'string' ? last : last.toString(); // UTF-8 (no argument: Buffer's fast path)
   }
   return out;
 }
@@ -387,7 +387,7 @@ class KafkajsGroupConsumer implements GroupConsumer {
 function toRecord(m: KafkaMessage): IncomingRecord {
   return {
     offset: m.offset,
-    key: m.key === null || m.key === undefined ? undefined : m.key.toString('utf8'),
+    key: m.key === null || m.key === undefined ? undefined : m.key.toString(),
     value: m.value ?? EMPTY,
     headers: headersOf(m.headers),
   };
