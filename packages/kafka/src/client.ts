@@ -68,7 +68,8 @@ export interface IncomingRecord {
 export interface FetchedBatch {
   readonly topic: string;
   readonly partition: number;
-  readonly records: readonly IncomingRecord[];
+  /** The records in offset order (an array will do; an implementation may convert them lazily as they are iterated). */
+  readonly records: Iterable<IncomingRecord>;
   /**
    * Marks the fetch position: the next fetch of this partition starts after `offset`. Not a
    * commit. Records not resolved when `onBatch` returns are fetched again.

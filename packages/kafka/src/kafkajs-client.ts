@@ -12,6 +12,7 @@ import {
   Kafka,
   type KafkaConfig,
   logLevel as KafkaLogLevel,
+  type KafkaMessage,
   type LogEntry,
   Partitioners,
   type Producer,
@@ -128,11 +129,12 @@ function* chain(error: unknown, depth = 0): Generator<Record<string, unknown>> {
 function headersOf(raw: IHeaders | undefined): Record<string, string> {
   const out: Record<string, string> = {};
   if (!raw) return out;
-  for (const [k, v] of Object.entries(raw)) {
+  for (const k in raw) {
+    const v = raw[k];
     if (v === undefined) continue;
     const last = Array.isArray(v) ? v[v.length - 1] : v;
     if (last === undefined) continue;
-    out[k] = typeof last === 'string' ? last : last.toString('utf8');
+    out[k] = typeof last === 'string' ? last : last.toString(); // UTF-8 (no argument: Buffer's fast path)
   }
   return out;
 }
@@ -234,7 +236,8 @@ class KafkajsProducer implements RecordProducer {
       timeout: this.ackTimeoutMs,
       topicMessages: batches.map((b) => ({
         topic: b.topic,
-        messages: b.records.map((r) => ({ key: r.key ?? null, value: toBuffer(r.value), headers: { ...r.headers } })),
+        // kafkajs only reads the headers object (the record encoder walks its keys).
+        messages: b.records.map((r) => ({ key: r.key ?? null, value: toBuffer(r.value), headers: r.headers })),
       })),
     });
   }
@@ -380,17 +383,39 @@ class KafkajsGroupConsumer implements GroupConsumer {
   }
 }
 
-function toBatch(p: EachBatchPayload, current: () => boolean): FetchedBatch {
-  const records: IncomingRecord[] = p.batch.messages.map((m) => ({
+/** A kafkajs message as the seam's record (header values decoded as UTF-8). */
+function toRecord(m: KafkaMessage): IncomingRecord {
+  return {
     offset: m.offset,
-    key: m.key === null || m.key === undefined ? undefined : m.key.toString('utf8'),
+    key: m.key === null || m.key === undefined ? undefined : m.key.toString(),
     value: m.value ?? EMPTY,
     headers: headersOf(m.headers),
-  }));
+  };
+}
+
+/**
+ * The batch's records, converted one by one as they are iterated: a consumer at its concurrency
+ * limit walks a fetched batch slowly, and records converted up front would all live (and be
+ * copied by every young-generation GC) until the walk reaches them.
+ */
+class LazyRecords implements Iterable<IncomingRecord> {
+  constructor(private readonly messages: readonly KafkaMessage[]) {}
+
+  [Symbol.iterator](): Iterator<IncomingRecord> {
+    const messages = this.messages;
+    let i = 0;
+    return {
+      next: (): IteratorResult<IncomingRecord> =>
+        i < messages.length ? { done: false, value: toRecord(messages[i++] as KafkaMessage) } : { done: true, value: undefined },
+    };
+  }
+}
+
+function toBatch(p: EachBatchPayload, current: () => boolean): FetchedBatch {
   return {
     topic: p.batch.topic,
     partition: p.batch.partition,
-    records,
+    records: new LazyRecords(p.batch.messages),
     resolve: (offset) => p.resolveOffset(offset),
     heartbeat: () => p.heartbeat(),
     isActive: () => current() && p.isRunning() && !p.isStale(),
@@ -533,7 +558,29 @@ export class KafkajsClient implements KafkaClient {
   }
 
   async watermarks(topic: string): Promise<PartitionWatermarks[]> {
-    const rows = await retrying(() => this.withAdmin((a) => a.fetchTopicOffsets(topic)));
+    let rows: Awaited<ReturnType<Admin['fetchTopicOffsets']>>;
+    try {
+      rows = await retrying(() => this.withAdmin((a) => a.fetchTopicOffsets(topic)));
+    } catch (error) {
+      // kafkajs 2.2.4 asks for the offsets of the partitions its cached metadata lists; when that
+      // lists the topic without partitions (seen under load right after many topics were created:
+      // Kafka 4 propagates metadata asynchronously) it destructures an empty answer (TypeError) and
+      // refreshes that cache only when it expires (5 min). A throw-away admin starts from fresh metadata.
+      if (!(error instanceof TypeError)) throw error;
+      this.settings.logger.debug({ topic, err: error.message }, 'kafkajs had no partition metadata for the topic; asking again');
+      rows = await retrying(async () => {
+        const fresh = this.kafka.admin({ retry: { retries: this.settings.requestRetries, maxRetryTime: this.settings.maxRetryTimeMs } });
+        try {
+          await fresh.connect();
+          return await fresh.fetchTopicOffsets(topic);
+        } catch (e) {
+          // still no partitions: retry (after a backoff) like a stale-metadata error
+          throw e instanceof TypeError ? Object.assign(new Error(`no partition metadata for topic ${topic} yet`), { retriable: true }) : e;
+        } finally {
+          await fresh.disconnect().catch(() => {});
+        }
+      });
+    }
     return rows.map((r) => ({ partition: r.partition, low: r.low, high: r.high })).sort((a, b) => a.partition - b.partition);
   }
 

@@ -38,14 +38,21 @@ export interface SubscriptionDeps {
   produce(topic: string, record: OutgoingRecord): Promise<void>;
 }
 
+/** A delivery (or record) waiting for a concurrency slot and, if it has one, its key. */
+interface GateWaiter {
+  readonly key: string | undefined;
+  readonly done: (granted: boolean) => void;
+}
+
 /**
  * Counts in-flight deliveries (slots) and busy keys. A waiter asks for a slot and, unless it
- * already holds it, its key; waiters are granted in arrival order where they can proceed.
+ * already holds it, its key; waiters are granted in arrival order where they can proceed. No timer
+ * per waiter: a waiter ends when it is granted or cancelled.
  */
 class Gate {
   private inFlight = 0;
   private readonly busy = new Set<string>();
-  private readonly waiters: { key: string | undefined; done: (granted: boolean) => void }[] = [];
+  private readonly waiters: GateWaiter[] = [];
 
   constructor(private readonly limit: number) {}
 
@@ -61,43 +68,28 @@ class Gate {
   release(key: string | undefined): void {
     this.inFlight--;
     if (key !== undefined) this.busy.delete(key);
-    this.pump();
+    if (this.waiters.length > 0) this.pump();
   }
 
   /** Gives back a key held without a slot. */
   releaseKey(key: string | undefined): void {
     if (key === undefined) return;
     this.busy.delete(key);
+    if (this.waiters.length > 0) this.pump();
+  }
+
+  /** Queues `waiter`: `done(true)` once it holds a slot (and its key), `done(false)` on cancel. */
+  enqueue(waiter: GateWaiter): void {
+    this.waiters.push(waiter);
     this.pump();
   }
 
-  /** Resolves `true` once acquired (slot + key), `false` after `ms` or on cancel. */
-  wait(key: string | undefined, ms: number): Promise<boolean> {
-    return new Promise((resolve) => {
-      const waiter = {
-        key,
-        done: (granted: boolean) => {
-          clearTimeout(timer);
-          resolve(granted);
-        },
-      };
-      const timer = setTimeout(() => {
-        const i = this.waiters.indexOf(waiter);
-        if (i >= 0) this.waiters.splice(i, 1);
-        resolve(false);
-      }, ms);
-      this.waiters.push(waiter);
-      this.pump();
-    });
-  }
-
-  /** Acquires (slot + key) waiting in `step` ms rounds; `false` once `cancelled()` says so. */
-  async acquire(key: string | undefined, step: number, between: () => Promise<boolean>): Promise<boolean> {
-    while (!this.tryAcquire(key)) {
-      if (await this.wait(key, step)) return true;
-      if (!(await between())) return false;
-    }
-    return true;
+  /** Withdraws a waiter not granted yet and tells it `done(false)`. */
+  cancel(waiter: GateWaiter): void {
+    const i = this.waiters.indexOf(waiter);
+    if (i < 0) return;
+    this.waiters.splice(i, 1);
+    waiter.done(false);
   }
 
   cancelAll(): void {
@@ -106,7 +98,7 @@ class Gate {
 
   private pump(): void {
     for (let i = 0; i < this.waiters.length && this.inFlight < this.limit; ) {
-      const w = this.waiters[i] as (typeof this.waiters)[number];
+      const w = this.waiters[i] as GateWaiter;
       if (this.tryAcquire(w.key)) {
         this.waiters.splice(i, 1);
         w.done(true);
@@ -222,6 +214,90 @@ const trackKey = (topic: string, partition: number) => `${partition}|${topic}`;
 function parseAttempt(value: string | undefined): number {
   const n = Number(value);
   return Number.isInteger(n) && n >= 1 ? n : 1;
+}
+
+/** No extra headers (the common case: a record's first hand-over). */
+const NO_EXTRA: Readonly<Record<string, string>> = Object.freeze({});
+
+/**
+ * Headers of one hand-over. A record's first hand-over (attempt 1, nothing to add or strip) uses
+ * the record's own headers object: nothing writes to a delivery's headers (they are read-only for
+ * core, and copies spread them). Otherwise a fresh object, without `delete` (which would turn it
+ * into a slow dictionary-mode object).
+ */
+function deliveryHeaders(rec: IncomingRecord, attempt: number, extra: Readonly<Record<string, string>>): Readonly<Record<string, string>> {
+  const plain = rec.headers[RETRY_AT_HEADER] === undefined;
+  if (plain && attempt === 1 && extra === NO_EXTRA) return rec.headers;
+  let headers: Record<string, string>;
+  if (plain) headers = { ...rec.headers, ...extra };
+  else {
+    headers = {};
+    for (const k in rec.headers) if (k !== RETRY_AT_HEADER) headers[k] = rec.headers[k] as string;
+    Object.assign(headers, extra);
+  }
+  if (attempt > 1 || extra[Headers.attempt] !== undefined) headers[Headers.attempt] = String(attempt);
+  return headers;
+}
+
+/**
+ * One hand-over of a record to core. A class rather than an object of closures: one allocation
+ * per delivery, the settle logic lives in {@link KafkaSubscription}. The first settle call wins;
+ * later ones resolve without effect.
+ */
+class KafkaDelivery implements Delivery {
+  readonly headers: Readonly<Record<string, string>>;
+  readonly body: Uint8Array;
+  readonly key: string | undefined;
+  private settled = false;
+
+  constructor(
+    private readonly sub: KafkaSubscription,
+    readonly rec: IncomingRecord,
+    readonly track: PartitionTrack,
+    readonly offset: bigint,
+    readonly attempt: number,
+    /** Headers added by earlier in-place retries (ordered subscriptions). */
+    readonly extra: Readonly<Record<string, string>>,
+    /** The key this delivery holds in the gate (ordered subscriptions). */
+    readonly gateKey: string | undefined,
+  ) {
+    this.headers = deliveryHeaders(rec, attempt, extra);
+    this.body = rec.value;
+    this.key = rec.key;
+  }
+
+  get position(): string {
+    return `${this.track.topic}/${this.track.partition}/${this.rec.offset}`;
+  }
+
+  /** A copy to produce elsewhere (retry copy, dead letter): same key and value, headers merged. */
+  copy(more: Readonly<Record<string, string>>): OutgoingRecord {
+    return { key: this.rec.key, value: this.rec.value, headers: { ...this.headers, ...more } };
+  }
+
+  ack(): Promise<void> {
+    if (this.settled) return Promise.resolve();
+    this.settled = true;
+    return this.sub.settleAck(this);
+  }
+
+  retry(delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void> {
+    if (this.settled) return Promise.resolve();
+    this.settled = true;
+    return this.sub.settleRetry(this, delayMs, extraHeaders);
+  }
+
+  deadLetter(deadLetterHeaders: Readonly<Record<string, string>>): Promise<void> {
+    if (this.settled) return Promise.resolve();
+    this.settled = true;
+    return this.sub.settleDeadLetter(this, deadLetterHeaders);
+  }
+
+  release(): Promise<void> {
+    if (this.settled) return Promise.resolve();
+    this.settled = true;
+    return this.sub.settleRelease(this);
+  }
 }
 
 /** A running group consumption of the main topic and the group's retry topic. */
@@ -346,6 +422,13 @@ export class KafkaSubscription implements TransportSubscription {
     }
   }
 
+  /**
+   * Hands the batch's records to core within the concurrency limit. Runs synchronously while slots
+   * are free; at the limit (or while a key is busy) it waits for a slot, heartbeating the group
+   * meanwhile. Offsets are resolved before every wait and on return (kafkajs reads them only at
+   * its next fetch), and `isActive()` is asked again after every wait: neither can change while
+   * the loop runs synchronously.
+   */
   private async processBatch(batch: FetchedBatch): Promise<void> {
     const k = trackKey(batch.topic, batch.partition);
     let track = this.tracks.get(k);
@@ -355,62 +438,97 @@ export class KafkaSubscription implements TransportSubscription {
     }
     const fromRetry = batch.topic === this.names.retryTopic;
     if (this.spec.orderedByKey && !fromRetry && track.restored === undefined) track.restored = await this.restoreAttempts(track);
-    const heartbeatMs = Math.max(100, Math.floor(this.deps.options.heartbeatIntervalMs / 2));
-    for (const rec of batch.records) {
+    /** Offset of the last record handed over (or skipped as handed before) and not resolved yet. */
+    let unresolved: string | undefined;
+    const resolvePending = () => {
+      if (unresolved !== undefined) batch.resolve(unresolved);
+      unresolved = undefined;
+    };
+    // Heartbeats while this batch waits (a slot, a retry copy's acknowledgement): one interval per
+    // batch, started at its first wait. A failed heartbeat (rebalance) ends the wait and is thrown.
+    let beat: NodeJS.Timeout | undefined;
+    let beatError: unknown;
+    let waiter: GateWaiter | undefined;
+    const heartbeating = () => {
+      resolvePending();
+      beat ??= setInterval(
+        () =>
+          void batch.heartbeat().catch((error: unknown) => {
+            beatError ??= error;
+            if (waiter) this.gate.cancel(waiter);
+          }),
+        Math.max(100, Math.floor(this.deps.options.heartbeatIntervalMs / 2)),
+      );
+    };
+    try {
       if (this.stopping || !batch.isActive()) return;
-      const offset = BigInt(rec.offset);
-      if (track.nextHand !== undefined && offset < track.nextHand) {
-        batch.resolve(rec.offset); // fetched again after a rejoin; already handed over
-        continue;
-      }
-      if (fromRetry) {
-        const due = Number(rec.headers[RETRY_AT_HEADER]);
-        const wait = Number.isFinite(due) ? due - Date.now() : 0;
-        if (wait > 0) {
-          // Not due yet: stop fetching this retry partition until it is (records behind it wait too).
-          const resume = batch.pause();
-          const timer = setTimeout(
-            () => {
-              this.timers.delete(timer);
-              if (!this.stopping) resume();
-            },
-            Math.min(wait, 2 ** 31 - 1),
-          );
-          this.timers.add(timer);
-          return;
+      for (const rec of batch.records) {
+        if (this.stopping) return;
+        const offset = BigInt(rec.offset);
+        if (track.nextHand !== undefined && offset < track.nextHand) {
+          unresolved = rec.offset; // fetched again after a rejoin; already handed over
+          continue;
         }
-      }
-      if (fromRetry) {
-        // A copy can be fetched before its producer saw the acknowledgement: let that retry()
-        // resolve (and core record the outcome) first, so outcomes stay in causal order.
-        const pending = this.producing.get(`${rec.headers[Headers.id]}|${rec.headers[Headers.attempt]}`);
-        if (pending) {
-          await pending.catch(() => {});
-          await new Promise<void>((r) => setImmediate(r));
+        if (fromRetry) {
+          const due = Number(rec.headers[RETRY_AT_HEADER]);
+          const wait = Number.isFinite(due) ? due - Date.now() : 0;
+          if (wait > 0) {
+            // Not due yet: stop fetching this retry partition until it is (records behind it wait too).
+            const resume = batch.pause();
+            const timer = setTimeout(
+              () => {
+                this.timers.delete(timer);
+                if (!this.stopping) resume();
+              },
+              Math.min(wait, 2 ** 31 - 1),
+            );
+            this.timers.add(timer);
+            return;
+          }
+          // A copy can be fetched before its producer saw the acknowledgement: let that retry()
+          // resolve (and core record the outcome) first, so outcomes stay in causal order.
+          const pending = this.producing.get(`${rec.headers[Headers.id]}|${rec.headers[Headers.attempt]}`);
+          if (pending) {
+            heartbeating();
+            await pending.catch(() => {});
+            await new Promise<void>((r) => setImmediate(r));
+            if (beatError !== undefined) throw beatError;
+            if (this.stopping || !batch.isActive()) return;
+          }
         }
+        const gateKey = this.spec.orderedByKey ? rec.key : undefined;
+        if (!this.gate.tryAcquire(gateKey)) {
+          // At the concurrency limit (or the key is busy): hold this partition's fetch, keep heartbeating.
+          heartbeating();
+          const granted = await new Promise<boolean>((done) => {
+            waiter = { key: gateKey, done };
+            this.gate.enqueue(waiter);
+          });
+          waiter = undefined;
+          if (beatError !== undefined) {
+            if (granted) this.gate.release(gateKey);
+            throw beatError;
+          }
+          if (!granted) return;
+          if (this.stopping || !batch.isActive()) {
+            this.gate.release(gateKey);
+            return;
+          }
+          if (track.nextHand !== undefined && offset < track.nextHand) {
+            // Handed over meanwhile by a batch of a replaced consumer (same partition, fetched again).
+            this.gate.release(gateKey);
+            unresolved = rec.offset;
+            continue;
+          }
+        }
+        track.handed(offset);
+        unresolved = rec.offset;
+        const attempt = fromRetry ? parseAttempt(rec.headers[Headers.attempt]) : (track.restored?.get(offset) ?? 1);
+        this.hand(rec, track, offset, attempt, NO_EXTRA, gateKey);
       }
-      const gateKey = this.spec.orderedByKey ? rec.key : undefined;
-      // At the concurrency limit (or the key is busy): hold this partition's fetch, keep heartbeating.
-      const acquired = await this.gate.acquire(gateKey, heartbeatMs, async () => {
-        if (this.stopping || !batch.isActive()) return false;
-        await batch.heartbeat();
-        return true;
-      });
-      if (!acquired) return;
-      if (this.stopping || !batch.isActive()) {
-        this.gate.release(gateKey);
-        return;
-      }
-      if (track.nextHand !== undefined && offset < track.nextHand) {
-        // Handed over meanwhile by a batch of a replaced consumer (same partition, fetched again).
-        this.gate.release(gateKey);
-        batch.resolve(rec.offset);
-        continue;
-      }
-      track.handed(offset);
-      batch.resolve(rec.offset);
-      const attempt = fromRetry ? parseAttempt(rec.headers[Headers.attempt]) : (track.restored?.get(offset) ?? 1);
-      this.hand(rec, track, attempt, {}, gateKey);
+    } finally {
+      clearInterval(beat);
+      resolvePending();
     }
   }
 
@@ -421,105 +539,82 @@ export class KafkaSubscription implements TransportSubscription {
   private hand(
     rec: IncomingRecord,
     track: PartitionTrack,
+    offset: bigint,
     attempt: number,
     extra: Readonly<Record<string, string>>,
     gateKey: string | undefined,
   ): void {
-    const offset = BigInt(rec.offset);
-    // A fresh object per delivery (core and copies may add to it); no `delete`, which would turn it
-    // into a slow dictionary-mode object.
-    let headers: Record<string, string>;
-    if (rec.headers[RETRY_AT_HEADER] === undefined) headers = { ...rec.headers, ...extra };
-    else {
-      headers = {};
-      for (const k in rec.headers) if (k !== RETRY_AT_HEADER) headers[k] = rec.headers[k] as string;
-      Object.assign(headers, extra);
-    }
-    if (attempt > 1 || extra[Headers.attempt] !== undefined) headers[Headers.attempt] = String(attempt);
-    let settled = false;
-    const once = (op: () => Promise<void>): Promise<void> => {
-      if (settled) return Promise.resolve();
-      settled = true;
-      return op();
-    };
-    const complete = async () => {
-      track.done(offset);
-      this.gate.release(gateKey);
-      await this.flush();
-    };
-    /** After a retry copy / dead letter is durable: the outcome is recorded; commit in the background. */
-    const completeInBackground = () => {
-      track.done(offset);
-      this.gate.release(gateKey);
+    this.onDelivery(new KafkaDelivery(this, rec, track, offset, attempt, extra, gateKey));
+  }
+
+  /** @internal {@link KafkaDelivery.ack}: the record is done; resolves after the commit covering it was attempted. */
+  settleAck(d: KafkaDelivery): Promise<void> {
+    d.track.done(d.offset);
+    this.gate.release(d.gateKey);
+    return this.flush(); // shared by every ack settled while the previous commit runs
+  }
+
+  /** @internal {@link KafkaDelivery.retry}. */
+  async settleRetry(d: KafkaDelivery, delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void> {
+    if (this.spec.orderedByKey) {
+      // Blocking in-partition retry: the key's later records wait, so order holds. The next
+      // attempt number goes into the offset commit's metadata, so it survives a restart.
+      d.track.retrying(d.offset, d.attempt + 1);
       this.flush().catch((error: unknown) =>
         this.deps.logger.warn(
           { group: this.names.groupId, err: describeError(error) },
-          'offset commit failed; will retry with the next one',
+          'committing the attempt count failed; will retry with the next commit',
         ),
       );
-    };
-    /** Hand the same record over again later; an ordered subscription keeps the key meanwhile. */
-    const again = (delayMs: number, nextAttempt: number, nextExtra: Readonly<Record<string, string>>) => {
-      this.gate.release(undefined);
-      if (!this.later(delayMs, rec, track, nextAttempt, nextExtra, gateKey)) this.gate.releaseKey(gateKey);
-    };
-    const failed = (error: unknown): never => {
-      again(REDELIVERY_DELAY_MS, attempt, extra);
-      throw error;
-    };
-    const copy = (more: Readonly<Record<string, string>>): OutgoingRecord => ({
-      key: rec.key,
-      value: rec.value,
-      headers: { ...headers, ...more },
+      this.again(d, Math.max(0, delayMs), d.attempt + 1, { ...d.extra, ...extraHeaders });
+      return;
+    }
+    const record = d.copy({
+      ...extraHeaders,
+      [Headers.attempt]: String(d.attempt + 1),
+      [RETRY_AT_HEADER]: String(Date.now() + Math.max(0, delayMs)),
     });
-    const delivery: Delivery = {
-      headers,
-      body: rec.value,
-      attempt,
-      position: `${track.topic}/${track.partition}/${rec.offset}`,
-      key: rec.key,
-      ack: () => once(complete),
-      retry: (delayMs, extraHeaders) =>
-        once(async () => {
-          if (this.spec.orderedByKey) {
-            // Blocking in-partition retry: the key's later records wait, so order holds. The next
-            // attempt number goes into the offset commit's metadata, so it survives a restart.
-            track.retrying(offset, attempt + 1);
-            this.flush().catch((error: unknown) =>
-              this.deps.logger.warn(
-                { group: this.names.groupId, err: describeError(error) },
-                'committing the attempt count failed; will retry with the next commit',
-              ),
-            );
-            again(Math.max(0, delayMs), attempt + 1, { ...extra, ...extraHeaders });
-            return;
-          }
-          const record = copy({
-            ...extraHeaders,
-            [Headers.attempt]: String(attempt + 1),
-            [RETRY_AT_HEADER]: String(Date.now() + Math.max(0, delayMs)),
-          });
-          const k = `${record.headers[Headers.id]}|${attempt + 1}`;
-          const producing = this.deps.produce(this.names.retryTopic, record);
-          this.producing.set(k, producing);
-          try {
-            await producing.catch(failed);
-          } finally {
-            this.producing.delete(k);
-          }
-          completeInBackground();
-        }),
-      deadLetter: (deadLetterHeaders) =>
-        once(async () => {
-          await this.deps.produce(this.names.deadLetterTopic, copy(deadLetterHeaders)).catch(failed);
-          completeInBackground();
-        }),
-      release: () =>
-        once(async () => {
-          again(REDELIVERY_DELAY_MS, attempt, extra);
-        }),
-    };
-    this.onDelivery(delivery);
+    const k = `${record.headers[Headers.id]}|${d.attempt + 1}`;
+    const producing = this.deps.produce(this.names.retryTopic, record);
+    this.producing.set(k, producing);
+    try {
+      await producing.catch((error: unknown) => this.failed(d, error));
+    } finally {
+      this.producing.delete(k);
+    }
+    this.completeInBackground(d);
+  }
+
+  /** @internal {@link KafkaDelivery.deadLetter}. */
+  async settleDeadLetter(d: KafkaDelivery, deadLetterHeaders: Readonly<Record<string, string>>): Promise<void> {
+    await this.deps.produce(this.names.deadLetterTopic, d.copy(deadLetterHeaders)).catch((error: unknown) => this.failed(d, error));
+    this.completeInBackground(d);
+  }
+
+  /** @internal {@link KafkaDelivery.release}. */
+  async settleRelease(d: KafkaDelivery): Promise<void> {
+    this.again(d, REDELIVERY_DELAY_MS, d.attempt, d.extra);
+  }
+
+  /** After a retry copy / dead letter is durable: the outcome is recorded; commit in the background. */
+  private completeInBackground(d: KafkaDelivery): void {
+    d.track.done(d.offset);
+    this.gate.release(d.gateKey);
+    this.flush().catch((error: unknown) =>
+      this.deps.logger.warn({ group: this.names.groupId, err: describeError(error) }, 'offset commit failed; will retry with the next one'),
+    );
+  }
+
+  /** Hand the same record over again later; an ordered subscription keeps the key meanwhile. */
+  private again(d: KafkaDelivery, delayMs: number, nextAttempt: number, nextExtra: Readonly<Record<string, string>>): void {
+    this.gate.release(undefined);
+    if (!this.later(delayMs, d.rec, d.track, d.offset, nextAttempt, nextExtra, d.gateKey)) this.gate.releaseKey(d.gateKey);
+  }
+
+  /** A settle's write failed: the record comes back later; rethrows. */
+  private failed(d: KafkaDelivery, error: unknown): never {
+    this.again(d, REDELIVERY_DELAY_MS, d.attempt, d.extra);
+    throw error;
   }
 
   /**
@@ -530,6 +625,7 @@ export class KafkaSubscription implements TransportSubscription {
     delayMs: number,
     rec: IncomingRecord,
     track: PartitionTrack,
+    offset: bigint,
     attempt: number,
     extra: Readonly<Record<string, string>>,
     gateKey: string | undefined,
@@ -539,8 +635,13 @@ export class KafkaSubscription implements TransportSubscription {
       async () => {
         this.timers.delete(timer);
         const current = this.tracks.get(trackKey(track.topic, track.partition)) === track;
-        // The key (if any) is still held by this record: wait for a slot only.
-        const ok = !this.stopping && current && (await this.gate.acquire(undefined, REDELIVERY_DELAY_MS, async () => !this.stopping));
+        // The key (if any) is still held by this record: wait for a slot only (`stop` cancels the wait).
+        const ok =
+          !this.stopping &&
+          current &&
+          (await new Promise<boolean>((done) => {
+            this.gate.enqueue({ key: undefined, done });
+          }));
         if (!ok) {
           this.gate.releaseKey(gateKey);
           return;
@@ -549,7 +650,7 @@ export class KafkaSubscription implements TransportSubscription {
           this.gate.release(gateKey);
           return;
         }
-        this.hand(rec, track, attempt, extra, gateKey);
+        this.hand(rec, track, offset, attempt, extra, gateKey);
       },
       Math.min(delayMs, 2 ** 31 - 1),
     );

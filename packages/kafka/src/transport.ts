@@ -43,11 +43,14 @@ const KAFKA_CAPABILITIES: TransportCapabilities = {
 };
 
 /** Rough size of a record on the wire, for splitting produce requests. */
-function recordBytes(r: OutgoingRecord): number {
-  let n = r.value.byteLength + (r.key?.length ?? 0) * 3 + 70;
-  for (const [k, v] of Object.entries(r.headers)) n += k.length + v.length * 3 + 10;
+function recordBytes(key: string | undefined, value: Uint8Array, headers: Readonly<Record<string, string>>): number {
+  let n = value.byteLength + (key?.length ?? 0) * 3 + 70;
+  for (const k in headers) n += k.length + (headers[k] as string).length * 3 + 10;
   return n;
 }
+
+/** Checked Kafka topic names kept per core topic at most (one per event type in practice). */
+const MAX_TOPIC_NAMES = 1000;
 
 function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
   if (!signal) return promise;
@@ -97,6 +100,8 @@ export class KafkaTransport implements Transport {
   private attempt: Promise<void> | undefined;
   private reconnectLoop: Promise<void> | undefined;
   private readonly topics = new Map<string, Promise<void>>();
+  /** Core topic → its checked Kafka topic name (`naming.topic` + `checkBrokerName`, once per topic). */
+  private readonly topicNames = new Map<string, string>();
   private readonly subscriptions = new Set<KafkaSubscription>();
   private closed = false;
   private closing: Promise<void> | undefined;
@@ -304,45 +309,58 @@ export class KafkaTransport implements Transport {
     }
   }
 
+  /** The Kafka topic of core topic `topic`, checked against Kafka's limits (throws `ConfigError`). */
+  private kafkaTopic(topic: string): string {
+    let name = this.topicNames.get(topic);
+    if (name === undefined) {
+      name = checkBrokerName(this.options.naming.topic(topic), this.capabilities, 'Kafka topic');
+      if (this.topicNames.size >= MAX_TOPIC_NAMES) this.topicNames.clear();
+      this.topicNames.set(topic, name);
+    }
+    return name;
+  }
+
   async publish(batch: readonly OutgoingMessage[], signal: AbortSignal): Promise<readonly PublishOutcome[]> {
     if (this.closed || this.state !== 'connected') throw this.unavailable();
     const outcomes: PublishOutcome[] = batch.map(() => ({ ok: true }));
+    /** Indexes of the messages to send, and their Kafka topics (same order). */
     const valid: number[] = [];
+    const topicOf: string[] = [];
     batch.forEach((m, i) => {
       try {
-        checkBrokerName(this.options.naming.topic(m.topic), this.capabilities, 'Kafka topic');
+        topicOf.push(this.kafkaTopic(m.topic));
         valid.push(i);
       } catch (error) {
         outcomes[i] = { ok: false, error: new PublishRejectedError(describeError(error), { cause: error }) };
       }
     });
     if (valid.length === 0) return outcomes;
-    const topicOf = (i: number) => this.options.naming.topic((batch[i] as OutgoingMessage).topic);
-    const names = [...new Set(valid.map(topicOf))];
+    const names = [...new Set(topicOf)];
     await abortable(this.ensureTopics(names.map((n) => this.topicSpec(n, this.options.numPartitions))), signal);
 
-    // Chunks of at most maxRequestBytes (Kafka caps one record batch at max.message.bytes), in order.
+    // Chunks of at most maxRequestBytes (Kafka caps one record batch at max.message.bytes), in order;
+    // each entry is a position in `valid` / `topicOf`.
     const chunks: number[][] = [];
     let current: number[] = [];
     let bytes = 0;
-    for (const i of valid) {
-      const m = batch[i] as OutgoingMessage;
-      const size = recordBytes({ key: m.key, value: m.body, headers: m.headers });
+    for (let v = 0; v < valid.length; v++) {
+      const m = batch[valid[v] as number] as OutgoingMessage;
+      const size = recordBytes(m.key, m.body, m.headers);
       if (current.length > 0 && bytes + size > this.options.maxRequestBytes) {
         chunks.push(current);
         current = [];
         bytes = 0;
       }
-      current.push(i);
+      current.push(v);
       bytes += size;
     }
     chunks.push(current);
 
     for (const [n, chunk] of chunks.entries()) {
       const byTopic = new Map<string, OutgoingRecord[]>();
-      for (const i of chunk) {
-        const m = batch[i] as OutgoingMessage;
-        const topic = topicOf(i);
+      for (const v of chunk) {
+        const m = batch[valid[v] as number] as OutgoingMessage;
+        const topic = topicOf[v] as string;
         let list = byTopic.get(topic);
         if (!list) {
           list = [];
@@ -358,7 +376,7 @@ export class KafkaTransport implements Transport {
       } catch (error) {
         if (n === 0) throw error; // nothing of the batch was appended
         // Later chunks are not sent either, so a caller's retry cannot reorder a key.
-        for (const later of chunks.slice(n)) for (const i of later) outcomes[i] = { ok: false, error: error as Error };
+        for (const later of chunks.slice(n)) for (const v of later) outcomes[valid[v] as number] = { ok: false, error: error as Error };
         break;
       }
     }
