@@ -792,11 +792,20 @@ interface Running {
   token: string | undefined;
   /** Effects registered with `ctx.commitWithCompletion`. */
   effects: ((tx: never) => void)[] | undefined;
+  /** Neighbours in the subscription's list of running deliveries (see `SubscriptionImpl.track`). */
+  prev: Running | undefined;
+  next: Running | undefined;
 }
 
 class SubscriptionImpl implements Subscription {
   private transportSub: TransportSubscription | undefined;
-  private readonly running = new Set<Running>();
+  /**
+   * Deliveries running now, oldest first: a list linked through the `Running` records rather than a
+   * `Set`, whose add and delete per delivery allocate (its table is rebuilt as entries come and go).
+   */
+  private first: Running | undefined;
+  private last: Running | undefined;
+  private runningCount = 0;
   private closing: Promise<void> | undefined;
   private resolveClosed!: () => void;
   readonly closed = new Promise<void>((r) => {
@@ -824,7 +833,7 @@ class SubscriptionImpl implements Subscription {
   }
 
   get inFlight(): number {
-    return this.running.size;
+    return this.runningCount;
   }
 
   async start(): Promise<void> {
@@ -849,7 +858,7 @@ class SubscriptionImpl implements Subscription {
     this.closing = (async () => {
       try {
         await this.transportSub?.stop();
-        const all = Promise.allSettled([...this.running].map((r) => r.done));
+        const all = Promise.allSettled(this.runningNow().map((r) => r.done));
         let timer: NodeJS.Timeout | undefined;
         const timedOut = await Promise.race([
           all.then(() => false),
@@ -859,7 +868,7 @@ class SubscriptionImpl implements Subscription {
         ]);
         clearTimeout(timer);
         if (timedOut) {
-          for (const r of [...this.running]) {
+          for (const r of this.runningNow()) {
             r.controller ??= new AbortController();
             r.controller.abort(new BusClosedError('subscription closed before the handler finished'));
             await this.settle(r, { status: 'released' }, release, undefined);
@@ -885,9 +894,38 @@ class SubscriptionImpl implements Subscription {
   }
 
   private onDelivery(delivery: Delivery): void {
-    const running: Running = { delivery, controller: undefined, settled: false, done: RESOLVED, token: undefined, effects: undefined };
-    this.running.add(running);
+    const running: Running = {
+      delivery,
+      controller: undefined,
+      settled: false,
+      done: RESOLVED,
+      token: undefined,
+      effects: undefined,
+      prev: this.last,
+      next: undefined,
+    };
+    if (this.last) this.last.next = running;
+    else this.first = running;
+    this.last = running;
+    this.runningCount++;
     running.done = this.process(running);
+  }
+
+  /** Takes a finished delivery off the running list (once: `process` calls it in its `finally`). */
+  private untrack(r: Running): void {
+    if (r.prev) r.prev.next = r.next;
+    else this.first = r.next;
+    if (r.next) r.next.prev = r.prev;
+    else this.last = r.prev;
+    r.prev = r.next = undefined;
+    this.runningCount--;
+  }
+
+  /** The deliveries running now, oldest first (a copy: settling them changes the list). */
+  private runningNow(): Running[] {
+    const out: Running[] = [];
+    for (let r = this.first; r; r = r.next) out.push(r);
+    return out;
   }
 
   /** Settles a delivery once; a later settle attempt (e.g. after a release on close) is ignored. */
@@ -1012,42 +1050,15 @@ class SubscriptionImpl implements Subscription {
       const started = Date.now();
       const ctx = new DeliveryContext(decoded.attributes, key, this.resolved.maxAttempts, decoded.userHeaders, r, this);
 
-      let timer: NodeJS.Timeout | undefined;
       try {
         // The handler runs on a later microtask, never inside the transport's delivery callback.
         await undefined;
         const result: unknown = this.handler(decoded.data, ctx);
-        if (this.options.handlerTimeoutMs !== undefined) {
-          const ms = this.options.handlerTimeoutMs;
-          await Promise.race([
-            result,
-            new Promise((_, reject) => {
-              timer = setTimeout(() => {
-                const err = new Error(`handler exceeded handlerTimeoutMs (${ms} ms)`);
-                r.controller ??= new AbortController();
-                r.controller.abort(err);
-                reject(err);
-              }, ms);
-            }),
-          ]);
-          clearTimeout(timer);
-        } else if (isThenable(result)) {
-          await result;
-        }
+        const timeoutMs = this.options.handlerTimeoutMs;
+        if (timeoutMs !== undefined) await this.withTimeout(r, result, timeoutMs);
+        else if (isThenable(result)) await result;
       } catch (error) {
-        clearTimeout(timer);
-        const token = r.token;
-        if (store && token) await store.store.release(this.scope, key, token).catch(() => {});
-        if (r.settled) return;
-        if (error instanceof DeadLetterRequest) {
-          await this.deadLetter(r, { kind: 'handler-requested', detail: truncate(error.reason, 2000) }, error, key);
-        } else if (error instanceof NonRetryableError) {
-          await this.deadLetter(r, { kind: 'non-retryable', detail: describeError(error) }, error, key);
-        } else if (error instanceof RetryRequest) {
-          await this.retryOrDeadLetter(r, new Error(error.reason), error.delayMs, key);
-        } else {
-          await this.retryOrDeadLetter(r, error, undefined, key);
-        }
+        await this.handlerFailed(r, error, key);
         return;
       }
       if (r.settled) return; // released on close while running: the message comes back
@@ -1073,7 +1084,47 @@ class SubscriptionImpl implements Subscription {
     } catch (error) {
       this.bus.internals.logger.error({ err: describeError(error), group: this.options.group }, 'delivery processing failed');
     } finally {
-      this.running.delete(r);
+      this.untrack(r);
+    }
+  }
+
+  /**
+   * Awaits the handler's result for at most `ms`, then aborts its signal and rejects. Apart from
+   * `process` so that its closure does not make `process` allocate a context per delivery.
+   */
+  private async withTimeout(r: Running, result: unknown, ms: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        result,
+        new Promise((_, reject) => {
+          timer = setTimeout(() => {
+            const err = new Error(`handler exceeded handlerTimeoutMs (${ms} ms)`);
+            r.controller ??= new AbortController();
+            r.controller.abort(err);
+            reject(err);
+          }, ms);
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** The handler threw (or timed out): release the idempotency claim, then retry or dead-letter. */
+  private async handlerFailed(r: Running, error: unknown, key: string): Promise<void> {
+    const store = this.store;
+    const token = r.token;
+    if (store && token) await store.store.release(this.scope, key, token).catch(() => {});
+    if (r.settled) return;
+    if (error instanceof DeadLetterRequest) {
+      await this.deadLetter(r, { kind: 'handler-requested', detail: truncate(error.reason, 2000) }, error, key);
+    } else if (error instanceof NonRetryableError) {
+      await this.deadLetter(r, { kind: 'non-retryable', detail: describeError(error) }, error, key);
+    } else if (error instanceof RetryRequest) {
+      await this.retryOrDeadLetter(r, new Error(error.reason), error.delayMs, key);
+    } else {
+      await this.retryOrDeadLetter(r, error, undefined, key);
     }
   }
 
