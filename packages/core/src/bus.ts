@@ -6,6 +6,7 @@ import {
   type DeadLetterReason,
   type DeadLetterReasonKind,
   type DecodeLimits,
+  type DecodeResult,
   dataSchemaUri,
   decodeMessage,
   type EnvelopeAttributes,
@@ -787,7 +788,6 @@ interface Running {
   /** Created on first use (reading `ctx.signal`, a handler timeout): most handlers never need one. */
   controller: AbortController | undefined;
   settled: boolean;
-  done: Promise<void>;
   /** The idempotency claim's token, while held. */
   token: string | undefined;
   /** Effects registered with `ctx.commitWithCompletion`. */
@@ -806,6 +806,8 @@ class SubscriptionImpl implements Subscription {
   private first: Running | undefined;
   private last: Running | undefined;
   private runningCount = 0;
+  /** Set by `close` while it waits for the running deliveries to finish; called when none is left. */
+  private drained: (() => void) | undefined;
   private closing: Promise<void> | undefined;
   private resolveClosed!: () => void;
   readonly closed = new Promise<void>((r) => {
@@ -858,7 +860,12 @@ class SubscriptionImpl implements Subscription {
     this.closing = (async () => {
       try {
         await this.transportSub?.stop();
-        const all = Promise.allSettled(this.runningNow().map((r) => r.done));
+        const all =
+          this.runningCount === 0
+            ? RESOLVED
+            : new Promise<void>((resolve) => {
+                this.drained = resolve;
+              });
         let timer: NodeJS.Timeout | undefined;
         const timedOut = await Promise.race([
           all.then(() => false),
@@ -898,7 +905,6 @@ class SubscriptionImpl implements Subscription {
       delivery,
       controller: undefined,
       settled: false,
-      done: RESOLVED,
       token: undefined,
       effects: undefined,
       prev: this.last,
@@ -908,7 +914,7 @@ class SubscriptionImpl implements Subscription {
     else this.first = running;
     this.last = running;
     this.runningCount++;
-    running.done = this.process(running);
+    this.process(running);
   }
 
   /** Takes a finished delivery off the running list (once: `process` calls it in its `finally`). */
@@ -918,7 +924,24 @@ class SubscriptionImpl implements Subscription {
     if (r.next) r.next.prev = r.prev;
     else this.last = r.prev;
     r.prev = r.next = undefined;
-    this.runningCount--;
+    if (--this.runningCount === 0 && this.drained) {
+      const drained = this.drained;
+      this.drained = undefined;
+      drained();
+    }
+  }
+
+  private logCrash(error: unknown): void {
+    this.bus.internals.logger.error({ err: describeError(error), group: this.options.group }, 'delivery processing failed');
+  }
+
+  /** An unexpected failure while processing a delivery: logged; the delivery, unsettled, comes back. */
+  private crashed(r: Running, error: unknown): void {
+    try {
+      this.logCrash(error);
+    } finally {
+      this.untrack(r);
+    }
   }
 
   /** The deliveries running now, oldest first (a copy: settling them changes the list). */
@@ -1010,18 +1033,97 @@ class SubscriptionImpl implements Subscription {
   }
 
   /**
-   * Runs one delivery to its settlement. Never rejects: an unexpected failure is logged and the
-   * delivery, left unsettled, comes back (at-least-once).
+   * Runs one delivery to its settlement, taking it off the running list when done. Never throws:
+   * an unexpected failure is logged and the delivery, left unsettled, comes back (at-least-once).
    *
-   * One async frame per delivery on the common path (decode, handler, ack): each further `await`
-   * of an async helper costs a promise, a suspended frame and a microtask per message.
+   * The common case (decoded, no idempotency store, no handler timeout) is a chain of three
+   * promise reactions (handler start, handler result, ack) sharing one closure context: an async
+   * function costs a suspended frame with its whole register file plus, per `await`, a promise
+   * and its resume closures, about twice the allocation. Everything else runs in
+   * {@link processAsync}.
    */
-  private async process(r: Running): Promise<void> {
+  private process(r: Running): void {
+    const d = r.delivery;
+    const bus = this.bus;
+    let decoded: DecodeResult<unknown>;
+    try {
+      if (bus.listenerCount('delivered') > 0) bus.emit('delivered', this.info(d));
+      decoded = decodeMessage(d, this.event, this.limits, this.options.upcasters);
+    } catch (error) {
+      this.crashed(r, error);
+      return;
+    }
+    if (!decoded.ok || this.store || this.options.handlerTimeoutMs !== undefined) {
+      void this.processAsync(r, decoded);
+      return;
+    }
+    const key = decoded.attributes.idempotencyKey;
+    const data = decoded.data;
+    const started = Date.now();
+    const ctx = new DeliveryContext(decoded.attributes, key, this.resolved.maxAttempts, decoded.userHeaders, r, this);
+    const failed = (error: unknown): void => {
+      this.handlerFailed(r, error, key).then(
+        () => this.untrack(r),
+        (e: unknown) => this.crashed(r, e),
+      );
+    };
+    const acked = (): void => {
+      try {
+        if (bus.listenerCount('outcome') > 0) bus.emit('outcome', this.info(d, key), { status: 'acked', durationMs: Date.now() - started });
+      } catch (error) {
+        this.crashed(r, error);
+        return;
+      }
+      this.untrack(r);
+    };
+    const ackFailed = (error: unknown): void => {
+      try {
+        this.settleFailed(r, error, 'acked', key);
+      } catch (e) {
+        this.crashed(r, e);
+        return;
+      }
+      this.untrack(r);
+    };
+    const succeeded = (): void => {
+      if (r.settled) {
+        this.untrack(r); // released on close while running: the message comes back
+        return;
+      }
+      // `settle(r, acked, ack, key)`, inline: the ack is what every delivery does.
+      r.settled = true;
+      let acking: Promise<void>;
+      try {
+        acking = Promise.resolve(d.ack());
+      } catch (error) {
+        ackFailed(error);
+        return;
+      }
+      acking.then(acked, ackFailed);
+    };
+    // The handler runs on a later microtask, never inside the transport's delivery callback.
+    RESOLVED.then(() => {
+      let result: unknown;
+      try {
+        result = this.handler(data, ctx);
+      } catch (error) {
+        failed(error);
+        return;
+      }
+      // `Promise.resolve` returns a native promise as it is, and makes any other thenable safe to chain.
+      if (isThenable(result)) Promise.resolve(result).then(succeeded, failed);
+      else succeeded();
+    });
+  }
+
+  /**
+   * {@link process} for a delivery that failed to decode, or runs with an idempotency store or a
+   * handler timeout.
+   */
+  private async processAsync(r: Running, decoded: DecodeResult<unknown>): Promise<void> {
     try {
       const d = r.delivery;
       const bus = this.bus;
-      if (bus.listenerCount('delivered') > 0) bus.emit('delivered', this.info(d));
-      const decoded = decodeMessage(d, this.event, this.limits, this.options.upcasters);
       if (!decoded.ok) {
         await this.deadLetter(r, decoded.reason, undefined, undefined);
         return;
@@ -1052,7 +1154,7 @@ class SubscriptionImpl implements Subscription {
 
       try {
         // The handler runs on a later microtask, never inside the transport's delivery callback.
-        await undefined;
+        await RESOLVED;
         const result: unknown = this.handler(decoded.data, ctx);
         const timeoutMs = this.options.handlerTimeoutMs;
         if (timeoutMs !== undefined) await this.withTimeout(r, result, timeoutMs);
@@ -1082,7 +1184,7 @@ class SubscriptionImpl implements Subscription {
       }
       if (bus.listenerCount('outcome') > 0) bus.emit('outcome', this.info(d, key), { status: 'acked', durationMs: Date.now() - started });
     } catch (error) {
-      this.bus.internals.logger.error({ err: describeError(error), group: this.options.group }, 'delivery processing failed');
+      this.logCrash(error);
     } finally {
       this.untrack(r);
     }
