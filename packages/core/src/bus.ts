@@ -792,9 +792,17 @@ interface Running {
   token: string | undefined;
   /** Effects registered with `ctx.commitWithCompletion`. */
   effects: ((tx: never) => void)[] | undefined;
-  /** Neighbours in the subscription's list of running deliveries (see `SubscriptionImpl.track`). */
+  /** Neighbours in the subscription's list of running deliveries (see `SubscriptionImpl.untrack`). */
   prev: Running | undefined;
   next: Running | undefined;
+  /** Common path (see `SubscriptionImpl.process`): the context, until the handler is called. */
+  ctx: DeliveryContext | undefined;
+  /** Common path: the decoded data, until the handler is called. */
+  data: unknown;
+  /** Common path: the ack was asked for (the settlement callbacks now report on it). */
+  acking: boolean;
+  /** Common path: when the handler was called for (epoch ms), for the outcome's `durationMs`. */
+  started: number;
 }
 
 class SubscriptionImpl implements Subscription {
@@ -816,6 +824,8 @@ class SubscriptionImpl implements Subscription {
   private readonly store: IdempotencyOptions | undefined;
   private readonly scope: string;
   private readonly limits: DecodeLimits;
+  /** {@link runHandler}, bound once (a promise reaction per delivery, no closure per delivery). */
+  private readonly startHandler = (r: Running): void => this.runHandler(r);
 
   constructor(
     private readonly bus: EventBus,
@@ -909,6 +919,10 @@ class SubscriptionImpl implements Subscription {
       effects: undefined,
       prev: this.last,
       next: undefined,
+      ctx: undefined,
+      data: undefined,
+      acking: false,
+      started: 0,
     };
     if (this.last) this.last.next = running;
     else this.first = running;
@@ -1037,9 +1051,10 @@ class SubscriptionImpl implements Subscription {
    * an unexpected failure is logged and the delivery, left unsettled, comes back (at-least-once).
    *
    * The common case (decoded, no idempotency store, no handler timeout) is a chain of three
-   * promise reactions (handler start, handler result, ack) sharing one closure context: an async
-   * function costs a suspended frame with its whole register file plus, per `await`, a promise
-   * and its resume closures, about twice the allocation. Everything else runs in
+   * promise reactions (handler start, handler result, ack) whose state lives in `r`: one reaction
+   * through a function bound once per subscription, then one pair of closures serving both the
+   * handler's result and the ack. An async function costs a suspended frame with its whole
+   * register file plus, per `await`, a promise and its resume closures. Everything else runs in
    * {@link processAsync}.
    */
   private process(r: Running): void {
@@ -1057,63 +1072,105 @@ class SubscriptionImpl implements Subscription {
       void this.processAsync(r, decoded);
       return;
     }
-    const key = decoded.attributes.idempotencyKey;
-    const data = decoded.data;
-    const started = Date.now();
-    const ctx = new DeliveryContext(decoded.attributes, key, this.resolved.maxAttempts, decoded.userHeaders, r, this);
-    const failed = (error: unknown): void => {
-      this.handlerFailed(r, error, key).then(
-        () => this.untrack(r),
-        (e: unknown) => this.crashed(r, e),
-      );
-    };
-    const acked = (): void => {
-      try {
-        if (bus.listenerCount('outcome') > 0) bus.emit('outcome', this.info(d, key), { status: 'acked', durationMs: Date.now() - started });
-      } catch (error) {
-        this.crashed(r, error);
-        return;
-      }
-      this.untrack(r);
-    };
-    const ackFailed = (error: unknown): void => {
-      try {
-        this.settleFailed(r, error, 'acked', key);
-      } catch (e) {
-        this.crashed(r, e);
-        return;
-      }
-      this.untrack(r);
-    };
-    const succeeded = (): void => {
-      if (r.settled) {
-        this.untrack(r); // released on close while running: the message comes back
-        return;
-      }
-      // `settle(r, acked, ack, key)`, inline: the ack is what every delivery does.
-      r.settled = true;
-      let acking: Promise<void>;
-      try {
-        acking = Promise.resolve(d.ack());
-      } catch (error) {
-        ackFailed(error);
-        return;
-      }
-      acking.then(acked, ackFailed);
-    };
+    r.started = Date.now();
+    r.data = decoded.data;
+    r.ctx = new DeliveryContext(
+      decoded.attributes,
+      decoded.attributes.idempotencyKey,
+      this.resolved.maxAttempts,
+      decoded.userHeaders,
+      r,
+      this,
+    );
     // The handler runs on a later microtask, never inside the transport's delivery callback.
-    RESOLVED.then(() => {
-      let result: unknown;
-      try {
-        result = this.handler(data, ctx);
-      } catch (error) {
-        failed(error);
-        return;
+    Promise.resolve(r).then(this.startHandler);
+  }
+
+  /** Common path, on a later microtask: runs the handler (`startHandler` is this, bound once). */
+  private runHandler(r: Running): void {
+    const ctx = r.ctx as DeliveryContext;
+    const data = r.data;
+    r.ctx = r.data = undefined;
+    let result: unknown;
+    try {
+      result = this.handler(data, ctx);
+    } catch (error) {
+      this.fastHandlerFailed(r, ctx.idempotencyKey, error);
+      return;
+    }
+    if (!isThenable(result)) {
+      this.ackDelivery(r, ctx.idempotencyKey, undefined, undefined);
+      return;
+    }
+    // One pair of callbacks per delivery serves both the handler's result and then the ack's.
+    const onFulfilled = (): void =>
+      r.acking ? this.acked(r, ctx.idempotencyKey) : this.ackDelivery(r, ctx.idempotencyKey, onFulfilled, onRejected);
+    const onRejected = (error: unknown): void =>
+      r.acking ? this.ackFailed(r, ctx.idempotencyKey, error) : this.fastHandlerFailed(r, ctx.idempotencyKey, error);
+    // `Promise.resolve` returns a native promise as it is, and makes any other thenable safe to chain.
+    Promise.resolve(result).then(onFulfilled, onRejected);
+  }
+
+  /** Common path: the handler succeeded; ack (`settle(r, acked, ack, key)`, inline). */
+  private ackDelivery(
+    r: Running,
+    key: string,
+    onFulfilled: (() => void) | undefined,
+    onRejected: ((error: unknown) => void) | undefined,
+  ): void {
+    if (r.settled) {
+      this.untrack(r); // released on close while running: the message comes back
+      return;
+    }
+    r.settled = true;
+    r.acking = true;
+    let acking: Promise<void>;
+    try {
+      acking = Promise.resolve(r.delivery.ack());
+    } catch (error) {
+      this.ackFailed(r, key, error);
+      return;
+    }
+    if (onFulfilled && onRejected) acking.then(onFulfilled, onRejected);
+    else {
+      acking.then(
+        () => this.acked(r, key),
+        (error: unknown) => this.ackFailed(r, key, error),
+      );
+    }
+  }
+
+  /** Common path: acked; report the outcome to listeners. */
+  private acked(r: Running, key: string | undefined): void {
+    try {
+      const bus = this.bus;
+      if (bus.listenerCount('outcome') > 0) {
+        bus.emit('outcome', this.info(r.delivery, key), { status: 'acked', durationMs: Date.now() - r.started });
       }
-      // `Promise.resolve` returns a native promise as it is, and makes any other thenable safe to chain.
-      if (isThenable(result)) Promise.resolve(result).then(succeeded, failed);
-      else succeeded();
-    });
+    } catch (error) {
+      this.crashed(r, error);
+      return;
+    }
+    this.untrack(r);
+  }
+
+  /** Common path: the transport refused the ack. */
+  private ackFailed(r: Running, key: string | undefined, error: unknown): void {
+    try {
+      this.settleFailed(r, error, 'acked', key);
+    } catch (e) {
+      this.crashed(r, e);
+      return;
+    }
+    this.untrack(r);
+  }
+
+  /** Common path: the handler threw or rejected. */
+  private fastHandlerFailed(r: Running, key: string, error: unknown): void {
+    this.handlerFailed(r, error, key).then(
+      () => this.untrack(r),
+      (e: unknown) => this.crashed(r, e),
+    );
   }
 
   /**
