@@ -803,6 +803,8 @@ interface Running {
   acking: boolean;
   /** Common path: when the handler was called for (epoch ms), for the outcome's `durationMs`. */
   started: number;
+  /** Common path: the next delivery whose handler is due on the same microtask. */
+  nextStart: Running | undefined;
 }
 
 class SubscriptionImpl implements Subscription {
@@ -824,8 +826,27 @@ class SubscriptionImpl implements Subscription {
   private readonly store: IdempotencyOptions | undefined;
   private readonly scope: string;
   private readonly limits: DecodeLimits;
-  /** {@link runHandler}, bound once (a promise reaction per delivery, no closure per delivery). */
-  private readonly startHandler = (r: Running): void => this.runHandler(r);
+  /**
+   * Common path: deliveries whose handlers are due, oldest first, linked through
+   * `Running.nextStart`. The first one of a synchronous burst of deliveries queues one microtask
+   * ({@link startHandlers}) that starts them all, in delivery order.
+   */
+  private startsHead: Running | undefined;
+  private startsTail: Running | undefined;
+  private readonly startHandlers = (): void => {
+    let r = this.startsHead;
+    this.startsHead = this.startsTail = undefined;
+    while (r) {
+      const next = r.nextStart;
+      r.nextStart = undefined;
+      try {
+        this.runHandler(r);
+      } catch (error) {
+        this.crashed(r, error);
+      }
+      r = next;
+    }
+  };
 
   constructor(
     private readonly bus: EventBus,
@@ -923,6 +944,7 @@ class SubscriptionImpl implements Subscription {
       data: undefined,
       acking: false,
       started: 0,
+      nextStart: undefined,
     };
     if (this.last) this.last.next = running;
     else this.first = running;
@@ -1052,8 +1074,8 @@ class SubscriptionImpl implements Subscription {
    *
    * The common case (decoded, no idempotency store, no handler timeout) is a chain of three
    * promise reactions (handler start, handler result, ack) whose state lives in `r`: one reaction
-   * through a function bound once per subscription, then one pair of closures serving both the
-   * handler's result and the ack. An async function costs a suspended frame with its whole
+   * per burst of deliveries starts their handlers, then one pair of closures per delivery serves
+   * both the handler's result and the ack. An async function costs a suspended frame with its whole
    * register file plus, per `await`, a promise and its resume closures. Everything else runs in
    * {@link processAsync}.
    */
@@ -1083,10 +1105,15 @@ class SubscriptionImpl implements Subscription {
       this,
     );
     // The handler runs on a later microtask, never inside the transport's delivery callback.
-    Promise.resolve(r).then(this.startHandler);
+    if (this.startsTail) this.startsTail.nextStart = r;
+    else {
+      this.startsHead = r;
+      RESOLVED.then(this.startHandlers);
+    }
+    this.startsTail = r;
   }
 
-  /** Common path, on a later microtask: runs the handler (`startHandler` is this, bound once). */
+  /** Common path, on a later microtask (see {@link startHandlers}): runs the handler. */
   private runHandler(r: Running): void {
     const ctx = r.ctx as DeliveryContext;
     const data = r.data;

@@ -99,6 +99,25 @@ describe('EventBus delivery path', () => {
     expect(seen).toEqual(['callback returned', 'handler 1']);
   });
 
+  it('starts the handlers of a burst of deliveries after the callbacks, in delivery order; a throwing one stops no other', async () => {
+    const t = new HandTransport();
+    const bus = new EventBus({ transport: t });
+    const seen: string[] = [];
+    await bus.subscribe(Ping, { group: 'g', concurrency: 4 }, (d) => {
+      seen.push(`handler ${d.n}`);
+      if (d.n === 2) throw new Error('sync failure');
+    });
+    const settled = [1, 2, 3].map((n) => t.deliver(bus, { n }, `m${n}`));
+    seen.push('callbacks returned');
+    expect(await Promise.all(settled)).toEqual(['ack', 'retry', 'ack']);
+    expect(seen).toEqual(['callbacks returned', 'handler 1', 'handler 2', 'handler 3']);
+    // A later burst starts on a microtask of its own.
+    const again = t.deliver(bus, { n: 4 }, 'm4');
+    seen.push('callback returned');
+    expect(await again).toBe('ack');
+    expect(seen.slice(4)).toEqual(['callback returned', 'handler 4']);
+  });
+
   it('settles synchronous, asynchronous and thenable-returning handlers; a synchronous throw is a failure', async () => {
     const t = new HandTransport();
     const bus = new EventBus({ transport: t });
