@@ -6,6 +6,7 @@ import {
   type DeadLetterReason,
   type DeadLetterReasonKind,
   type DecodeLimits,
+  type DecodeResult,
   dataSchemaUri,
   decodeMessage,
   type EnvelopeAttributes,
@@ -787,16 +788,36 @@ interface Running {
   /** Created on first use (reading `ctx.signal`, a handler timeout): most handlers never need one. */
   controller: AbortController | undefined;
   settled: boolean;
-  done: Promise<void>;
   /** The idempotency claim's token, while held. */
   token: string | undefined;
   /** Effects registered with `ctx.commitWithCompletion`. */
   effects: ((tx: never) => void)[] | undefined;
+  /** Neighbours in the subscription's list of running deliveries (see `SubscriptionImpl.untrack`). */
+  prev: Running | undefined;
+  next: Running | undefined;
+  /** Common path (see `SubscriptionImpl.process`): the context, until the handler is called. */
+  ctx: DeliveryContext | undefined;
+  /** Common path: the decoded data, until the handler is called. */
+  data: unknown;
+  /** Common path: the ack was asked for (the settlement callbacks now report on it). */
+  acking: boolean;
+  /** Common path: when the handler was called for (epoch ms), for the outcome's `durationMs`. */
+  started: number;
+  /** Common path: the next delivery whose handler is due on the same microtask. */
+  nextStart: Running | undefined;
 }
 
 class SubscriptionImpl implements Subscription {
   private transportSub: TransportSubscription | undefined;
-  private readonly running = new Set<Running>();
+  /**
+   * Deliveries running now, oldest first: a list linked through the `Running` records rather than a
+   * `Set`, whose add and delete per delivery allocate (its table is rebuilt as entries come and go).
+   */
+  private first: Running | undefined;
+  private last: Running | undefined;
+  private runningCount = 0;
+  /** Set by `close` while it waits for the running deliveries to finish; called when none is left. */
+  private drained: (() => void) | undefined;
   private closing: Promise<void> | undefined;
   private resolveClosed!: () => void;
   readonly closed = new Promise<void>((r) => {
@@ -805,6 +826,27 @@ class SubscriptionImpl implements Subscription {
   private readonly store: IdempotencyOptions | undefined;
   private readonly scope: string;
   private readonly limits: DecodeLimits;
+  /**
+   * Common path: deliveries whose handlers are due, oldest first, linked through
+   * `Running.nextStart`. The first one of a synchronous burst of deliveries queues one microtask
+   * ({@link startHandlers}) that starts them all, in delivery order.
+   */
+  private startsHead: Running | undefined;
+  private startsTail: Running | undefined;
+  private readonly startHandlers = (): void => {
+    let r = this.startsHead;
+    this.startsHead = this.startsTail = undefined;
+    while (r) {
+      const next = r.nextStart;
+      r.nextStart = undefined;
+      try {
+        this.runHandler(r);
+      } catch (error) {
+        this.crashed(r, error);
+      }
+      r = next;
+    }
+  };
 
   constructor(
     private readonly bus: EventBus,
@@ -824,7 +866,7 @@ class SubscriptionImpl implements Subscription {
   }
 
   get inFlight(): number {
-    return this.running.size;
+    return this.runningCount;
   }
 
   async start(): Promise<void> {
@@ -849,7 +891,12 @@ class SubscriptionImpl implements Subscription {
     this.closing = (async () => {
       try {
         await this.transportSub?.stop();
-        const all = Promise.allSettled([...this.running].map((r) => r.done));
+        const all =
+          this.runningCount === 0
+            ? RESOLVED
+            : new Promise<void>((resolve) => {
+                this.drained = resolve;
+              });
         let timer: NodeJS.Timeout | undefined;
         const timedOut = await Promise.race([
           all.then(() => false),
@@ -859,7 +906,7 @@ class SubscriptionImpl implements Subscription {
         ]);
         clearTimeout(timer);
         if (timedOut) {
-          for (const r of [...this.running]) {
+          for (const r of this.runningNow()) {
             r.controller ??= new AbortController();
             r.controller.abort(new BusClosedError('subscription closed before the handler finished'));
             await this.settle(r, { status: 'released' }, release, undefined);
@@ -885,9 +932,59 @@ class SubscriptionImpl implements Subscription {
   }
 
   private onDelivery(delivery: Delivery): void {
-    const running: Running = { delivery, controller: undefined, settled: false, done: RESOLVED, token: undefined, effects: undefined };
-    this.running.add(running);
-    running.done = this.process(running);
+    const running: Running = {
+      delivery,
+      controller: undefined,
+      settled: false,
+      token: undefined,
+      effects: undefined,
+      prev: this.last,
+      next: undefined,
+      ctx: undefined,
+      data: undefined,
+      acking: false,
+      started: 0,
+      nextStart: undefined,
+    };
+    if (this.last) this.last.next = running;
+    else this.first = running;
+    this.last = running;
+    this.runningCount++;
+    this.process(running);
+  }
+
+  /** Takes a finished delivery off the running list (once: `process` calls it in its `finally`). */
+  private untrack(r: Running): void {
+    if (r.prev) r.prev.next = r.next;
+    else this.first = r.next;
+    if (r.next) r.next.prev = r.prev;
+    else this.last = r.prev;
+    r.prev = r.next = undefined;
+    if (--this.runningCount === 0 && this.drained) {
+      const drained = this.drained;
+      this.drained = undefined;
+      drained();
+    }
+  }
+
+  private logCrash(error: unknown): void {
+    this.bus.internals.logger.error({ err: describeError(error), group: this.options.group }, 'delivery processing failed');
+  }
+
+  /** An unexpected failure while processing a delivery: logged; the delivery, unsettled, comes back. */
+  private crashed(r: Running, error: unknown): void {
+    try {
+      this.logCrash(error);
+    } finally {
+      this.untrack(r);
+    }
+  }
+
+  /** The deliveries running now, oldest first (a copy: settling them changes the list). */
+  private runningNow(): Running[] {
+    const out: Running[] = [];
+    for (let r = this.first; r; r = r.next) out.push(r);
+    return out;
   }
 
   /** Settles a delivery once; a later settle attempt (e.g. after a release on close) is ignored. */
@@ -972,18 +1069,145 @@ class SubscriptionImpl implements Subscription {
   }
 
   /**
-   * Runs one delivery to its settlement. Never rejects: an unexpected failure is logged and the
-   * delivery, left unsettled, comes back (at-least-once).
+   * Runs one delivery to its settlement, taking it off the running list when done. Never throws:
+   * an unexpected failure is logged and the delivery, left unsettled, comes back (at-least-once).
    *
-   * One async frame per delivery on the common path (decode, handler, ack): each further `await`
-   * of an async helper costs a promise, a suspended frame and a microtask per message.
+   * The common case (decoded, no idempotency store, no handler timeout) is a chain of three
+   * promise reactions (handler start, handler result, ack) whose state lives in `r`: one reaction
+   * per burst of deliveries starts their handlers, then one pair of closures per delivery serves
+   * both the handler's result and the ack. An async function costs a suspended frame with its whole
+   * register file plus, per `await`, a promise and its resume closures. Everything else runs in
+   * {@link processAsync}.
    */
-  private async process(r: Running): Promise<void> {
+  private process(r: Running): void {
+    const d = r.delivery;
+    const bus = this.bus;
+    let decoded: DecodeResult<unknown>;
+    try {
+      if (bus.listenerCount('delivered') > 0) bus.emit('delivered', this.info(d));
+      decoded = decodeMessage(d, this.event, this.limits, this.options.upcasters);
+    } catch (error) {
+      this.crashed(r, error);
+      return;
+    }
+    if (!decoded.ok || this.store || this.options.handlerTimeoutMs !== undefined) {
+      void this.processAsync(r, decoded);
+      return;
+    }
+    r.started = Date.now();
+    r.data = decoded.data;
+    r.ctx = new DeliveryContext(
+      decoded.attributes,
+      decoded.attributes.idempotencyKey,
+      this.resolved.maxAttempts,
+      decoded.userHeaders,
+      r,
+      this,
+    );
+    // The handler runs on a later microtask, never inside the transport's delivery callback.
+    if (this.startsTail) this.startsTail.nextStart = r;
+    else {
+      this.startsHead = r;
+      RESOLVED.then(this.startHandlers);
+    }
+    this.startsTail = r;
+  }
+
+  /** Common path, on a later microtask (see {@link startHandlers}): runs the handler. */
+  private runHandler(r: Running): void {
+    const ctx = r.ctx as DeliveryContext;
+    const data = r.data;
+    r.ctx = r.data = undefined;
+    let result: unknown;
+    try {
+      result = this.handler(data, ctx);
+    } catch (error) {
+      this.fastHandlerFailed(r, ctx.idempotencyKey, error);
+      return;
+    }
+    if (!isThenable(result)) {
+      this.ackDelivery(r, ctx.idempotencyKey, undefined, undefined);
+      return;
+    }
+    // One pair of callbacks per delivery serves both the handler's result and then the ack's.
+    const onFulfilled = (): void =>
+      r.acking ? this.acked(r, ctx.idempotencyKey) : this.ackDelivery(r, ctx.idempotencyKey, onFulfilled, onRejected);
+    const onRejected = (error: unknown): void =>
+      r.acking ? this.ackFailed(r, ctx.idempotencyKey, error) : this.fastHandlerFailed(r, ctx.idempotencyKey, error);
+    // `Promise.resolve` returns a native promise as it is, and makes any other thenable safe to chain.
+    Promise.resolve(result).then(onFulfilled, onRejected);
+  }
+
+  /** Common path: the handler succeeded; ack (`settle(r, acked, ack, key)`, inline). */
+  private ackDelivery(
+    r: Running,
+    key: string,
+    onFulfilled: (() => void) | undefined,
+    onRejected: ((error: unknown) => void) | undefined,
+  ): void {
+    if (r.settled) {
+      this.untrack(r); // released on close while running: the message comes back
+      return;
+    }
+    r.settled = true;
+    r.acking = true;
+    let acking: Promise<void>;
+    try {
+      acking = Promise.resolve(r.delivery.ack());
+    } catch (error) {
+      this.ackFailed(r, key, error);
+      return;
+    }
+    if (onFulfilled && onRejected) acking.then(onFulfilled, onRejected);
+    else {
+      acking.then(
+        () => this.acked(r, key),
+        (error: unknown) => this.ackFailed(r, key, error),
+      );
+    }
+  }
+
+  /** Common path: acked; report the outcome to listeners. */
+  private acked(r: Running, key: string | undefined): void {
+    try {
+      const bus = this.bus;
+      if (bus.listenerCount('outcome') > 0) {
+        bus.emit('outcome', this.info(r.delivery, key), { status: 'acked', durationMs: Date.now() - r.started });
+      }
+    } catch (error) {
+      this.crashed(r, error);
+      return;
+    }
+    this.untrack(r);
+  }
+
+  /** Common path: the transport refused the ack. */
+  private ackFailed(r: Running, key: string | undefined, error: unknown): void {
+    try {
+      this.settleFailed(r, error, 'acked', key);
+    } catch (e) {
+      this.crashed(r, e);
+      return;
+    }
+    this.untrack(r);
+  }
+
+  /** Common path: the handler threw or rejected. */
+  private fastHandlerFailed(r: Running, key: string, error: unknown): void {
+    this.handlerFailed(r, error, key).then(
+      () => this.untrack(r),
+      (e: unknown) => this.crashed(r, e),
+    );
+  }
+
+  /**
+   * {@link process} for a delivery that failed to decode, or runs with an idempotency store or a
+   * handler timeout.
+   */
+  private async processAsync(r: Running, decoded: DecodeResult<unknown>): Promise<void> {
     try {
       const d = r.delivery;
       const bus = this.bus;
-      if (bus.listenerCount('delivered') > 0) bus.emit('delivered', this.info(d));
-      const decoded = decodeMessage(d, this.event, this.limits, this.options.upcasters);
       if (!decoded.ok) {
         await this.deadLetter(r, decoded.reason, undefined, undefined);
         return;
@@ -1012,42 +1236,15 @@ class SubscriptionImpl implements Subscription {
       const started = Date.now();
       const ctx = new DeliveryContext(decoded.attributes, key, this.resolved.maxAttempts, decoded.userHeaders, r, this);
 
-      let timer: NodeJS.Timeout | undefined;
       try {
         // The handler runs on a later microtask, never inside the transport's delivery callback.
-        await undefined;
+        await RESOLVED;
         const result: unknown = this.handler(decoded.data, ctx);
-        if (this.options.handlerTimeoutMs !== undefined) {
-          const ms = this.options.handlerTimeoutMs;
-          await Promise.race([
-            result,
-            new Promise((_, reject) => {
-              timer = setTimeout(() => {
-                const err = new Error(`handler exceeded handlerTimeoutMs (${ms} ms)`);
-                r.controller ??= new AbortController();
-                r.controller.abort(err);
-                reject(err);
-              }, ms);
-            }),
-          ]);
-          clearTimeout(timer);
-        } else if (isThenable(result)) {
-          await result;
-        }
+        const timeoutMs = this.options.handlerTimeoutMs;
+        if (timeoutMs !== undefined) await this.withTimeout(r, result, timeoutMs);
+        else if (isThenable(result)) await result;
       } catch (error) {
-        clearTimeout(timer);
-        const token = r.token;
-        if (store && token) await store.store.release(this.scope, key, token).catch(() => {});
-        if (r.settled) return;
-        if (error instanceof DeadLetterRequest) {
-          await this.deadLetter(r, { kind: 'handler-requested', detail: truncate(error.reason, 2000) }, error, key);
-        } else if (error instanceof NonRetryableError) {
-          await this.deadLetter(r, { kind: 'non-retryable', detail: describeError(error) }, error, key);
-        } else if (error instanceof RetryRequest) {
-          await this.retryOrDeadLetter(r, new Error(error.reason), error.delayMs, key);
-        } else {
-          await this.retryOrDeadLetter(r, error, undefined, key);
-        }
+        await this.handlerFailed(r, error, key);
         return;
       }
       if (r.settled) return; // released on close while running: the message comes back
@@ -1071,9 +1268,49 @@ class SubscriptionImpl implements Subscription {
       }
       if (bus.listenerCount('outcome') > 0) bus.emit('outcome', this.info(d, key), { status: 'acked', durationMs: Date.now() - started });
     } catch (error) {
-      this.bus.internals.logger.error({ err: describeError(error), group: this.options.group }, 'delivery processing failed');
+      this.logCrash(error);
     } finally {
-      this.running.delete(r);
+      this.untrack(r);
+    }
+  }
+
+  /**
+   * Awaits the handler's result for at most `ms`, then aborts its signal and rejects. Apart from
+   * `process` so that its closure does not make `process` allocate a context per delivery.
+   */
+  private async withTimeout(r: Running, result: unknown, ms: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        result,
+        new Promise((_, reject) => {
+          timer = setTimeout(() => {
+            const err = new Error(`handler exceeded handlerTimeoutMs (${ms} ms)`);
+            r.controller ??= new AbortController();
+            r.controller.abort(err);
+            reject(err);
+          }, ms);
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** The handler threw (or timed out): release the idempotency claim, then retry or dead-letter. */
+  private async handlerFailed(r: Running, error: unknown, key: string): Promise<void> {
+    const store = this.store;
+    const token = r.token;
+    if (store && token) await store.store.release(this.scope, key, token).catch(() => {});
+    if (r.settled) return;
+    if (error instanceof DeadLetterRequest) {
+      await this.deadLetter(r, { kind: 'handler-requested', detail: truncate(error.reason, 2000) }, error, key);
+    } else if (error instanceof NonRetryableError) {
+      await this.deadLetter(r, { kind: 'non-retryable', detail: describeError(error) }, error, key);
+    } else if (error instanceof RetryRequest) {
+      await this.retryOrDeadLetter(r, new Error(error.reason), error.delayMs, key);
+    } else {
+      await this.retryOrDeadLetter(r, error, undefined, key);
     }
   }
 

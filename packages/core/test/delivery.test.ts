@@ -78,6 +78,15 @@ afterEach(() => {
   vi.useRealTimers();
 });
 
+/** A promise and its `resolve` (`Promise.withResolvers` needs Node 22). */
+function gate(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => {
+    resolve = r;
+  });
+  return { promise, resolve };
+}
+
 describe('EventBus delivery path', () => {
   it('runs the handler on a later microtask, never inside the transport callback', async () => {
     const t = new HandTransport();
@@ -88,6 +97,25 @@ describe('EventBus delivery path', () => {
     seen.push('callback returned');
     expect(await settled).toBe('ack');
     expect(seen).toEqual(['callback returned', 'handler 1']);
+  });
+
+  it('starts the handlers of a burst of deliveries after the callbacks, in delivery order; a throwing one stops no other', async () => {
+    const t = new HandTransport();
+    const bus = new EventBus({ transport: t });
+    const seen: string[] = [];
+    await bus.subscribe(Ping, { group: 'g', concurrency: 4 }, (d) => {
+      seen.push(`handler ${d.n}`);
+      if (d.n === 2) throw new Error('sync failure');
+    });
+    const settled = [1, 2, 3].map((n) => t.deliver(bus, { n }, `m${n}`));
+    seen.push('callbacks returned');
+    expect(await Promise.all(settled)).toEqual(['ack', 'retry', 'ack']);
+    expect(seen).toEqual(['callbacks returned', 'handler 1', 'handler 2', 'handler 3']);
+    // A later burst starts on a microtask of its own.
+    const again = t.deliver(bus, { n: 4 }, 'm4');
+    seen.push('callback returned');
+    expect(await again).toBe('ack');
+    expect(seen.slice(4)).toEqual(['callback returned', 'handler 4']);
   });
 
   it('settles synchronous, asynchronous and thenable-returning handlers; a synchronous throw is a failure', async () => {
@@ -154,6 +182,94 @@ describe('EventBus delivery path', () => {
       ['outcome', 'm1', 'm1', 'acked'],
       ['published', 'p1', 'ping', 'ping'],
     ]);
+  });
+
+  it('reports a refused ack as settle-failed, logs a throwing outcome listener, and frees the slot either way', async () => {
+    const t = new HandTransport();
+    const errors: string[] = [];
+    const logger = { debug() {}, info() {}, warn() {}, error: (_o: object, msg?: string) => void errors.push(msg ?? '') };
+    const bus = new EventBus({ transport: t, logger });
+    const outcomes: string[] = [];
+    let throwInListener = false;
+    bus.on('outcome', (_info: DeliveryInfo, o: DeliveryOutcome) => {
+      outcomes.push(o.status);
+      if (throwInListener) throw new Error('listener bug');
+    });
+    const sub = await bus.subscribe(Ping, { group: 'g' }, async () => {});
+    const m = bus.encode(Ping, { n: 1 }, { id: 'm1' });
+    const refused = gate();
+    t.onDelivery?.({
+      headers: m.headers,
+      body: m.body,
+      attempt: 1,
+      position: 'p@1',
+      ack: async () => {
+        refused.resolve();
+        throw new Error('channel closed');
+      },
+      retry: async () => {},
+      deadLetter: async () => {},
+      release: async () => {},
+    });
+    expect(sub.inFlight).toBe(1);
+    await refused.promise;
+    await vi.waitFor(() => expect(outcomes).toEqual(['settle-failed']));
+    expect(sub.inFlight).toBe(0);
+    expect(errors).toEqual(['could not settle delivery; it will be redelivered']);
+
+    throwInListener = true;
+    expect(await t.deliver(bus, { n: 2 }, 'm2')).toBe('ack');
+    await vi.waitFor(() => expect(errors).toContain('delivery processing failed'));
+    expect(outcomes).toEqual(['settle-failed', 'acked']);
+    expect(sub.inFlight).toBe(0);
+  });
+
+  it('close resolves as soon as the running handlers finish, long before its deadline', async () => {
+    const t = new HandTransport();
+    const bus = new EventBus({ transport: t });
+    const g = gate();
+    let started = false;
+    const sub = await bus.subscribe(Ping, { group: 'g' }, async () => {
+      started = true;
+      await g.promise;
+    });
+    const settled = t.deliver(bus, { n: 1 });
+    await vi.waitFor(() => expect(started).toBe(true));
+    const closing = sub.close({ timeoutMs: 600_000 }); // were it to wait for the deadline, the test would time out
+    g.resolve();
+    await closing;
+    expect(await settled).toBe('ack');
+    expect(sub.inFlight).toBe(0);
+  });
+
+  it('close waits for running handlers, and releases those still running at its deadline', async () => {
+    const t = new HandTransport();
+    const bus = new EventBus({ transport: t });
+    const gates = new Map([
+      [1, gate()],
+      [2, gate()],
+    ]);
+    const started: number[] = [];
+    const sub = await bus.subscribe(Ping, { group: 'g', concurrency: 2 }, async (d) => {
+      started.push(d.n);
+      await gates.get(d.n)?.promise;
+    });
+    const first = t.deliver(bus, { n: 1 }, 'm1');
+    const second = t.deliver(bus, { n: 2 }, 'm2');
+    await vi.waitFor(() => expect(started).toEqual([1, 2]));
+    let closed = false;
+    const closing = sub.close({ timeoutMs: 200 }).then(() => (closed = true));
+    gates.get(1)?.resolve();
+    expect(await first).toBe('ack');
+    await new Promise((r) => setImmediate(r));
+    expect(closed).toBe(false); // the second handler still runs
+    expect(sub.inFlight).toBe(1);
+    await closing; // its deadline passed: released
+    expect(await second).toBe('release');
+    gates.get(2)?.resolve();
+    await new Promise((r) => setImmediate(r));
+    expect(t.settled).toEqual(['ack', 'release']); // the late handler's success does not ack a released delivery
+    expect(sub.inFlight).toBe(0);
   });
 });
 

@@ -141,6 +141,30 @@ describe('decodeMessage', () => {
     ]);
   });
 
+  it('reads the same headers from plain, prototype-less and dictionary-mode objects, never keys enumerable on Object.prototype', () => {
+    const withUser = { ...headers(), 'x-a': '1', 'x-b': '2' };
+    const nullProto = Object.assign(Object.create(null) as Record<string, string>, withUser);
+    const dictionary: Record<string, string> = { ...withUser, 'x-gone': '3' };
+    delete dictionary['x-gone']; // a delete turns the object into a dictionary
+    const body = encodeJson({ id: '1', email: 'a', name: 'b' });
+    const seen = [withUser, nullProto, dictionary].map((h) => {
+      const r = decodeMessage({ headers: h, body }, V2, limits);
+      return r.ok && [r.attributes.id, { ...r.userHeaders }];
+    });
+    expect(seen).toEqual(Array(3).fill(['m1', { 'x-a': '1', 'x-b': '2' }]));
+    // An enumerable key on Object.prototype (prototype pollution) shows up in for-in, not as a header.
+    const proto = Object.prototype as Record<string, unknown>;
+    proto['x-polluted'] = 'p';
+    try {
+      const r = decodeMessage({ headers: { ...headers(), [Headers.id]: undefined as unknown as string }, body }, V2, limits);
+      expect(!r.ok && r.reason.detail).toMatch(/missing attribute ce_id/);
+      const r2 = decodeMessage({ headers: withUser, body }, V2, limits);
+      expect(r2.ok && { ...r2.userHeaders }).toEqual({ 'x-a': '1', 'x-b': '2' });
+    } finally {
+      delete proto['x-polluted'];
+    }
+  });
+
   it('gives a message without user headers an empty, frozen, prototype-less set; a __proto__ header is a plain key', () => {
     const none = decodeMessage({ headers: headers(), body: encodeJson({ id: '1', email: 'a', name: 'b' }) }, V2, limits);
     expect(none.ok && Object.keys(none.userHeaders)).toEqual([]);
