@@ -2,7 +2,6 @@
  * The {@link KafkaClient} seam implemented with kafkajs 2.x. The only file that imports kafkajs.
  * @internal
  */
-import type { Logger } from '@busbar/core';
 import {
   type Admin,
   type Consumer,
@@ -16,7 +15,6 @@ import {
   type LogEntry,
   Partitioners,
   type Producer,
-  type SASLOptions,
 } from 'kafkajs';
 import type {
   CommittedOffset,
@@ -33,38 +31,11 @@ import type {
   TopicRecords,
   TopicSpec,
 } from './client.js';
-
-class GroupNotEmptyError extends Error {
-  constructor(groupId: string, state: string) {
-    super(`consumer group ${groupId} has running members (state ${state})`);
-    this.name = 'GroupNotEmptyError';
-  }
-}
-
-/** A request timed out: the connection it used is presumed dead (half-open, black-holed). */
-class RequestTimedOutError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'RequestTimedOutError';
-  }
-}
+import { type ClientSettings, errorChain, GroupNotEmptyError, REJECTED_ERRORS, RequestTimedOutError, toBuffer } from './client-common.js';
 
 /** Settings of the kafkajs client (resolved transport options). */
-export interface KafkajsClientSettings {
-  readonly brokers: readonly string[];
-  readonly clientId: string;
-  readonly ssl?: boolean | Record<string, unknown> | undefined;
-  readonly sasl?: SASLOptions | undefined;
-  readonly connectionTimeoutMs: number;
-  readonly requestTimeoutMs: number;
-  /** Retries of one client request (kafkajs `retry.retries`). */
-  readonly requestRetries: number;
-  /** Longest wait between two retries of a request, ms. */
-  readonly maxRetryTimeMs: number;
-  /** Broker-side wait for the in-sync replicas' acknowledgement, ms. */
-  readonly ackTimeoutMs: number;
+export interface KafkajsClientSettings extends ClientSettings {
   readonly logLevel: 'nothing' | 'error' | 'warn' | 'info' | 'debug';
-  readonly logger: Logger;
 }
 
 const LEVELS = {
@@ -75,26 +46,6 @@ const LEVELS = {
   debug: KafkaLogLevel.DEBUG,
 } as const;
 
-/** Broker error codes after which retrying the same request cannot help. */
-const REJECTED_TYPES = new Set([
-  'MESSAGE_TOO_LARGE',
-  'RECORD_LIST_TOO_LARGE',
-  'INVALID_RECORD',
-  'CORRUPT_MESSAGE',
-  'INVALID_TOPIC_EXCEPTION',
-  'TOPIC_AUTHORIZATION_FAILED',
-  'CLUSTER_AUTHORIZATION_FAILED',
-  'GROUP_AUTHORIZATION_FAILED',
-  'TRANSACTIONAL_ID_AUTHORIZATION_FAILED',
-  'SASL_AUTHENTICATION_FAILED',
-  'INVALID_REQUIRED_ACKS',
-  'POLICY_VIOLATION',
-  'INVALID_REPLICATION_FACTOR',
-  'INVALID_PARTITIONS',
-  'INVALID_CONFIG',
-  'UNSUPPORTED_VERSION',
-]);
-
 /**
  * Retries `fn` on errors kafkajs marks retriable (leader not elected yet, stale metadata right
  * after a topic was created — common on Kafka 4 where metadata propagates asynchronously).
@@ -104,7 +55,7 @@ async function retrying<T>(fn: () => Promise<T>, attempts = 8): Promise<T> {
     try {
       return await fn();
     } catch (error) {
-      const retriable = [...chain(error)].some((e) => e.retriable === true || e.type === 'UNKNOWN_TOPIC_OR_PARTITION');
+      const retriable = [...errorChain(error)].some((e) => e.retriable === true || e.type === 'UNKNOWN_TOPIC_OR_PARTITION');
       if (!retriable || n >= attempts) throw error;
       await new Promise((r) => setTimeout(r, Math.min(1000, 50 * 2 ** n)));
     }
@@ -113,17 +64,7 @@ async function retrying<T>(fn: () => Promise<T>, attempts = 8): Promise<T> {
 
 /** Whether the broker refused the request (it was not appended; retrying cannot help). */
 function isRejection(error: unknown): boolean {
-  return [...chain(error)].some((e) => typeof e.type === 'string' && REJECTED_TYPES.has(e.type));
-}
-
-/** Walks an error's `cause` / `errors` chain. */
-function* chain(error: unknown, depth = 0): Generator<Record<string, unknown>> {
-  if (depth > 6 || typeof error !== 'object' || error === null) return;
-  const e = error as Record<string, unknown>;
-  yield e;
-  if (e.cause !== undefined && e.cause !== error) yield* chain(e.cause, depth + 1);
-  if (e.originalError !== undefined) yield* chain(e.originalError, depth + 1);
-  if (Array.isArray(e.errors)) for (const inner of e.errors) yield* chain(inner, depth + 1);
+  return [...errorChain(error)].some((e) => typeof e.type === 'string' && REJECTED_ERRORS.has(e.type));
 }
 
 function headersOf(raw: IHeaders | undefined): Record<string, string> {
@@ -140,10 +81,6 @@ function headersOf(raw: IHeaders | undefined): Record<string, string> {
 }
 
 const EMPTY = new Uint8Array(0);
-
-function toBuffer(u: Uint8Array): Buffer {
-  return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
-}
 
 /**
  * kafkajs's default partitioner (murmur2 of the key; round-robin without a key), made stable per
@@ -491,7 +428,7 @@ export class KafkajsClient implements KafkaClient {
     try {
       return await fn(admin);
     } catch (error) {
-      const dead = [...chain(error)].some((e) => e.name === 'KafkaJSRequestTimeoutError' || e.message === 'Broker not connected');
+      const dead = [...errorChain(error)].some((e) => e.name === 'KafkaJSRequestTimeoutError' || e.message === 'Broker not connected');
       if (!dead) throw error;
       await this.replaceAdmin(admin);
       return fn(this.admin);
@@ -543,7 +480,7 @@ export class KafkajsClient implements KafkaClient {
       );
     } catch (error) {
       // Created concurrently by someone else: fine.
-      const types = [...chain(error)].map((e) => e.type).filter((t) => typeof t === 'string');
+      const types = [...errorChain(error)].map((e) => e.type).filter((t) => typeof t === 'string');
       if (types.length > 0 && types.every((t) => t === 'TOPIC_ALREADY_EXISTS')) return;
       throw error;
     }
@@ -626,8 +563,8 @@ export class KafkajsClient implements KafkaClient {
   }
 
   classify(error: unknown): ErrorKind {
-    for (const e of chain(error)) {
-      if (typeof e.type === 'string' && REJECTED_TYPES.has(e.type)) return 'rejected';
+    for (const e of errorChain(error)) {
+      if (typeof e.type === 'string' && REJECTED_ERRORS.has(e.type)) return 'rejected';
       if (e.name === 'GroupNotEmptyError') return 'group-not-empty';
     }
     return 'unavailable';

@@ -17,7 +17,6 @@
  *   (the library's `commit()` sends none).
  * @internal
  */
-import type { Logger } from '@busbar/core';
 import {
   Admin,
   type BaseOptions,
@@ -51,30 +50,10 @@ import type {
   TopicRecords,
   TopicSpec,
 } from './client.js';
+import { type ClientSettings, errorChain, GroupNotEmptyError, REJECTED_ERRORS, RequestTimedOutError, toBuffer } from './client-common.js';
 
 /** Settings of the `@platformatic/kafka` client (resolved transport options). */
-export interface PlatformaticClientSettings {
-  readonly brokers: readonly string[];
-  readonly clientId: string;
-  readonly ssl?: boolean | Record<string, unknown> | undefined;
-  readonly sasl?: SASLOptions | undefined;
-  readonly connectionTimeoutMs: number;
-  readonly requestTimeoutMs: number;
-  /** Retries of one client request. */
-  readonly requestRetries: number;
-  /** Longest wait between two retries of a request, ms. */
-  readonly maxRetryTimeMs: number;
-  /** Broker-side wait for the in-sync replicas' acknowledgement, ms. */
-  readonly ackTimeoutMs: number;
-  readonly logger: Logger;
-}
-
-class GroupNotEmptyError extends Error {
-  constructor(groupId: string, state: string) {
-    super(`consumer group ${groupId} has running members (state ${state})`);
-    this.name = 'GroupNotEmptyError';
-  }
-}
+export type PlatformaticClientSettings = ClientSettings;
 
 class StaleBatchError extends Error {
   constructor() {
@@ -83,37 +62,8 @@ class StaleBatchError extends Error {
   }
 }
 
-/** Broker error ids after which retrying the same request cannot help. */
-const REJECTED_IDS = new Set([
-  'MESSAGE_TOO_LARGE',
-  'RECORD_LIST_TOO_LARGE',
-  'INVALID_RECORD',
-  'CORRUPT_MESSAGE',
-  'INVALID_TOPIC_EXCEPTION',
-  'TOPIC_AUTHORIZATION_FAILED',
-  'CLUSTER_AUTHORIZATION_FAILED',
-  'GROUP_AUTHORIZATION_FAILED',
-  'TRANSACTIONAL_ID_AUTHORIZATION_FAILED',
-  'SASL_AUTHENTICATION_FAILED',
-  'INVALID_REQUIRED_ACKS',
-  'POLICY_VIOLATION',
-  'INVALID_REPLICATION_FACTOR',
-  'INVALID_PARTITIONS',
-  'INVALID_CONFIG',
-  'UNSUPPORTED_VERSION',
-]);
-
-/** Walks an error's `cause` / `errors` chain. */
-function* chain(error: unknown, depth = 0): Generator<Record<string, unknown>> {
-  if (depth > 6 || typeof error !== 'object' || error === null) return;
-  const e = error as Record<string, unknown>;
-  yield e;
-  if (e.cause !== undefined && e.cause !== error) yield* chain(e.cause, depth + 1);
-  if (Array.isArray(e.errors)) for (const inner of e.errors) yield* chain(inner, depth + 1);
-}
-
 function hasApiId(error: unknown, ids: ReadonlySet<string> | string): boolean {
-  for (const e of chain(error)) {
+  for (const e of errorChain(error)) {
     if (typeof e.apiId !== 'string') continue;
     if (typeof ids === 'string' ? e.apiId === ids : ids.has(e.apiId)) return true;
   }
@@ -122,7 +72,7 @@ function hasApiId(error: unknown, ids: ReadonlySet<string> | string): boolean {
 
 /** Whether the broker refused the request (it was not appended; retrying cannot help). */
 function isRejection(error: unknown): boolean {
-  return hasApiId(error, REJECTED_IDS);
+  return hasApiId(error, REJECTED_ERRORS);
 }
 
 /** Retriable errors right after a topic was created (metadata propagates asynchronously on Kafka 4). */
@@ -131,7 +81,7 @@ async function retrying<T>(fn: () => Promise<T>, attempts = 8): Promise<T> {
     try {
       return await fn();
     } catch (error) {
-      const retriable = [...chain(error)].some((e) => e.canRetry === true || e.apiId === 'UNKNOWN_TOPIC_OR_PARTITION');
+      const retriable = [...errorChain(error)].some((e) => e.canRetry === true || e.apiId === 'UNKNOWN_TOPIC_OR_PARTITION');
       if (!retriable || n >= attempts) throw error;
       await delay(Math.min(1000, 50 * 2 ** n));
     }
@@ -143,10 +93,6 @@ function delay(ms: number): Promise<void> {
 }
 
 const EMPTY = Buffer.alloc(0);
-
-function toBuffer(u: Uint8Array): Buffer {
-  return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
-}
 
 function saslOf(sasl: SASLOptions): PltSASLOptions {
   const s = sasl as unknown as Record<string, unknown>;
@@ -192,15 +138,8 @@ function partitioner(): (message: { topic: string }, key: Buffer | undefined) =>
 }
 
 /** A request timed out: the connection it used is presumed dead (half-open, black-holed). */
-class RequestTimedOutError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'RequestTimedOutError';
-  }
-}
-
 function isRequestTimeout(error: unknown): boolean {
-  return [...chain(error)].some((e) => e.name === 'TimeoutError' || e.message === 'Request timed out');
+  return [...errorChain(error)].some((e) => e.name === 'TimeoutError' || e.message === 'Request timed out');
 }
 
 /**
@@ -966,8 +905,8 @@ export class PlatformaticClient implements KafkaClient {
   }
 
   classify(error: unknown): ErrorKind {
-    for (const e of chain(error)) {
-      if (typeof e.apiId === 'string' && REJECTED_IDS.has(e.apiId)) return 'rejected';
+    for (const e of errorChain(error)) {
+      if (typeof e.apiId === 'string' && REJECTED_ERRORS.has(e.apiId)) return 'rejected';
       if (e.name === 'GroupNotEmptyError') return 'group-not-empty';
     }
     return 'unavailable';

@@ -25,6 +25,7 @@ import {
   type TransportSubscription,
 } from '@busbar/core';
 import type { KafkaClient, OutgoingRecord, RecordProducer, TopicPartitionOffset, TopicRecords, TopicSpec } from './client.js';
+import type { ClientSettings } from './client-common.js';
 import { scanDeadLetters } from './dead-letters.js';
 import { KafkajsClient } from './kafkajs-client.js';
 import { type KafkaTransportOptions, type ResolvedOptions, resolveOptions } from './options.js';
@@ -119,19 +120,7 @@ export class KafkaTransport implements Transport {
   protected createClient(logger: Logger): KafkaClient | Promise<KafkaClient> {
     const o = this.options;
     if (o.client === 'platformatic') return loadPlatformaticClient(o, logger);
-    return new KafkajsClient({
-      brokers: o.brokers,
-      clientId: o.clientId,
-      ssl: o.ssl,
-      sasl: o.sasl,
-      connectionTimeoutMs: o.connectionTimeoutMs,
-      requestTimeoutMs: o.requestTimeoutMs,
-      requestRetries: o.requestRetries,
-      maxRetryTimeMs: o.maxRetryTimeMs,
-      ackTimeoutMs: o.ackTimeoutMs,
-      logLevel: o.logLevel,
-      logger,
-    });
+    return new KafkajsClient({ ...clientSettings(o, logger), logLevel: o.logLevel });
   }
 
   async connect(context: TransportContext): Promise<void> {
@@ -532,7 +521,12 @@ async function loadPlatformaticClient(o: ResolvedOptions, logger: Logger): Promi
     }
     throw error;
   }
-  return new mod.PlatformaticClient({
+  return new mod.PlatformaticClient(clientSettings(o, logger));
+}
+
+/** The settings both clients take, from the resolved transport options. */
+function clientSettings(o: ResolvedOptions, logger: Logger): ClientSettings {
+  return {
     brokers: o.brokers,
     clientId: o.clientId,
     ssl: o.ssl,
@@ -543,5 +537,5 @@ async function loadPlatformaticClient(o: ResolvedOptions, logger: Logger): Promi
     maxRetryTimeMs: o.maxRetryTimeMs,
     ackTimeoutMs: o.ackTimeoutMs,
     logger,
-  });
+  };
 }

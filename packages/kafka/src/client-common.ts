@@ -1,0 +1,79 @@
+/**
+ * What both client implementations (`kafkajs-client.ts`, `platformatic-client.ts`) share: their
+ * settings, the errors they raise for the transport to classify, the broker errors after which a
+ * retry cannot help, and the walk over a client error's causes. Imports no client library.
+ * @internal
+ */
+import type { Logger } from '@busbar/core';
+import type { SASLOptions } from 'kafkajs';
+
+/** Settings of a client (resolved transport options). */
+export interface ClientSettings {
+  readonly brokers: readonly string[];
+  readonly clientId: string;
+  readonly ssl?: boolean | Record<string, unknown> | undefined;
+  readonly sasl?: SASLOptions | undefined;
+  readonly connectionTimeoutMs: number;
+  readonly requestTimeoutMs: number;
+  /** Retries of one client request. */
+  readonly requestRetries: number;
+  /** Longest wait between two retries of a request, ms. */
+  readonly maxRetryTimeMs: number;
+  /** Broker-side wait for the in-sync replicas' acknowledgement, ms. */
+  readonly ackTimeoutMs: number;
+  readonly logger: Logger;
+}
+
+/** Offsets can only be set on a group without running members (classified as `'group-not-empty'`). */
+export class GroupNotEmptyError extends Error {
+  constructor(groupId: string, state: string) {
+    super(`consumer group ${groupId} has running members (state ${state})`);
+    this.name = 'GroupNotEmptyError';
+  }
+}
+
+/** A request timed out: the connection it used is presumed dead (half-open, black-holed). */
+export class RequestTimedOutError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RequestTimedOutError';
+  }
+}
+
+/**
+ * Broker error names (Kafka protocol error codes, as kafkajs's `type` and @platformatic/kafka's
+ * `apiId` spell them) after which retrying the same request cannot help.
+ */
+export const REJECTED_ERRORS: ReadonlySet<string> = new Set([
+  'MESSAGE_TOO_LARGE',
+  'RECORD_LIST_TOO_LARGE',
+  'INVALID_RECORD',
+  'CORRUPT_MESSAGE',
+  'INVALID_TOPIC_EXCEPTION',
+  'TOPIC_AUTHORIZATION_FAILED',
+  'CLUSTER_AUTHORIZATION_FAILED',
+  'GROUP_AUTHORIZATION_FAILED',
+  'TRANSACTIONAL_ID_AUTHORIZATION_FAILED',
+  'SASL_AUTHENTICATION_FAILED',
+  'INVALID_REQUIRED_ACKS',
+  'POLICY_VIOLATION',
+  'INVALID_REPLICATION_FACTOR',
+  'INVALID_PARTITIONS',
+  'INVALID_CONFIG',
+  'UNSUPPORTED_VERSION',
+]);
+
+/** Walks an error's `cause` / `originalError` (kafkajs) / `errors` chain. */
+export function* errorChain(error: unknown, depth = 0): Generator<Record<string, unknown>> {
+  if (depth > 6 || typeof error !== 'object' || error === null) return;
+  const e = error as Record<string, unknown>;
+  yield e;
+  if (e.cause !== undefined && e.cause !== error) yield* errorChain(e.cause, depth + 1);
+  if (e.originalError !== undefined) yield* errorChain(e.originalError, depth + 1);
+  if (Array.isArray(e.errors)) for (const inner of e.errors) yield* errorChain(inner, depth + 1);
+}
+
+/** The bytes of `u` as a Buffer, without copying. */
+export function toBuffer(u: Uint8Array): Buffer {
+  return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+}
