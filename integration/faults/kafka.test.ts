@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { silentLogger } from '@busbar/core';
 import type { Redis } from 'ioredis';
 import { ConfigResourceTypes, Kafka, logLevel } from 'kafkajs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { brokerForTests, brokersRequired, type ResolvedBroker } from '../brokers/resolve.js';
 import { OwnKafka, run } from './lib/brokers.js';
 import { TcpProxy } from './lib/proxy.js';
@@ -138,6 +138,7 @@ afterAll(async () => {
 }, 120_000);
 
 describe.skipIf(!available)('faults[kafka]', () => {
+  beforeEach(() => own.ensureRunning(), 180_000);
   it('1. consumer killed (kill -9) mid-handler / after the effect / after the commit', () => consumerKilled(target, env));
   it('2. broker restarted (kill -9 of our Kafka, restarted on the same log dir)', () =>
     faultUnderLoad(

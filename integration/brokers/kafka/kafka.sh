@@ -31,6 +31,8 @@
 #   BUSBAR_KAFKA_PROXY_LISTEN_PORT port the PROXY listener binds (default 9094)
 #   BUSBAR_KAFKA_START_TIMEOUT    seconds to wait for readiness + smoke (default 90)
 #   BUSBAR_KAFKA_STOP_TIMEOUT     seconds to wait for clean shutdown (default 20)
+#   BUSBAR_KAFKA_PORT_FREE_WAIT   seconds `start` waits for a port still held (by
+#                                 a broker just killed) before giving up (default 10)
 #   BUSBAR_KAFKA_HEAP_OPTS        default "-Xms256m -Xmx512m"
 #   BUSBAR_KAFKA_JVM_OPTS         extra JVM flags appended to the defaults
 #   BUSBAR_KAFKAJS_FROM           dir to resolve kafkajs from for smoke.mjs
@@ -56,6 +58,7 @@ PROXY_PORT="${BUSBAR_KAFKA_PROXY_PORT:-}"
 PROXY_LISTEN_PORT="${BUSBAR_KAFKA_PROXY_LISTEN_PORT:-9094}"
 START_TIMEOUT="${BUSBAR_KAFKA_START_TIMEOUT:-90}"
 STOP_TIMEOUT="${BUSBAR_KAFKA_STOP_TIMEOUT:-20}"
+PORT_FREE_WAIT="${BUSBAR_KAFKA_PORT_FREE_WAIT:-10}"
 HEAP_OPTS="${BUSBAR_KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
 
 CACHE_ROOT="${BUSBAR_KAFKA_HOME:-$SCRIPT_DIR/.cache}"
@@ -415,11 +418,18 @@ cmd_start() {
   fi
   rm -f "$PID_FILE"
 
-  local p
+  # A broker that was just killed can still hold its ports for a moment: its main thread is a
+  # zombie (so it no longer counts as running) while its other threads, which share the open
+  # sockets, are still exiting. Give the ports up to PORT_FREE_WAIT seconds to close.
+  local p waited_for_port="" deadline=$(( $(date +%s) + PORT_FREE_WAIT ))
   for p in "$PORT" "$CONTROLLER_PORT" ${PROXY_PORT:+"$PROXY_LISTEN_PORT"}; do
-    if port_open "$HOST" "$p"; then
-      die "$HOST:$p is already in use by another process (not this script's broker for $DATA_DIR); free it, choose other BUSBAR_KAFKA_*PORT values, or set BUSBAR_KAFKA_BROKERS to use an existing cluster"
-    fi
+    while port_open "$HOST" "$p"; do
+      [[ -n "${waited_for_port:-}" ]] || { log "$HOST:$p still held (a broker just killed?); waiting up to ${PORT_FREE_WAIT}s"; waited_for_port=1; }
+      if (( $(date +%s) >= deadline )); then
+        die "$HOST:$p is already in use by another process (not this script's broker for $DATA_DIR); free it, choose other BUSBAR_KAFKA_*PORT values, or set BUSBAR_KAFKA_BROKERS to use an existing cluster"
+      fi
+      sleep 0.2
+    done
   done
 
   check_java

@@ -274,16 +274,49 @@ export class OwnKafka {
   }
 
   /**
-   * `kafka.sh start`, once more if the first start fails (the broker must be left running; the
-   * first failure is printed, so a flaky start stays visible).
+   * `kafka.sh start`, up to three times: a failed try is printed (so a flaky start stays visible),
+   * then `kafka.sh stop` clears whatever it left (a JVM that never got ready, a stale pid file)
+   * before the next. The broker must be left running; the last failure is thrown with the
+   * broker's log tail that kafka.sh printed.
    */
   private async startAgain(): Promise<void> {
-    try {
-      await this.script('start');
-    } catch (error) {
-      console.warn(`[faults] own Kafka did not start on the first try; trying again: ${String(error).slice(-2500)}`);
-      await this.script('start');
+    const tries = 3;
+    for (let i = 1; ; i++) {
+      try {
+        await this.script('start');
+        return;
+      } catch (error) {
+        if (i >= tries) throw error;
+        console.warn(
+          `[faults] own Kafka did not start (try ${i} of ${tries}); stopping what is left and trying again: ${String(error).slice(-4000)}`,
+        );
+        await this.script('stop').catch((e) => console.warn(`[faults] own Kafka stop failed: ${String(e).slice(-1000)}`));
+      }
     }
+  }
+
+  /** Whether the broker JVM of the pid file is alive (not stopped by us, not crashed). */
+  running(): boolean {
+    try {
+      return alive(this.pid());
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Before each scenario: a broker left paused is resumed, one that is not running is started
+   * again (and said so), so one scenario's failure does not become every later scenario's.
+   */
+  async ensureRunning(): Promise<void> {
+    try {
+      this.resume();
+    } catch {
+      // no pid: started below
+    }
+    if (this.running()) return;
+    console.warn('[faults] own Kafka was not running before this scenario (an earlier one left it down); starting it');
+    await this.startAgain();
   }
 
   /** SIGSTOP / SIGCONT of the broker JVM. */

@@ -178,6 +178,9 @@ export async function faultUnderLoad(t: FaultTarget, env: FaultEnv, fault: LoadF
       deadlineMs: fault.deadlineMs ?? 90_000,
       control,
     });
+    // Awaited below; if the fault itself throws first, its rejection must not surface later as an
+    // unhandled error blamed on whichever scenario runs then.
+    publishing.catch(() => {});
     await progress.reach(Math.floor(n / 3), 60_000, 'confirmed publishes');
     // Confirmed but not yet handled when the fault hits: what the broker must keep.
     s.ledger.notes.backlogAtFault = progress.count - (await s.effects.hlen(effectKeys(s.prefix).atomic));
