@@ -252,7 +252,7 @@ export function rabbitmqSpecificTests(url: string, registry: TransportRegistry):
       await back;
     });
 
-    it('one publish call: a returned (unroutable) message fails alone; each message carries exactly its own headers', async () => {
+    it('one publish call: a returned (unroutable) message fails alone (never reported durable early); each message carries exactly its own headers', async () => {
       const ns = namespace();
       const transport = registry.create();
       await transport.connect({ logger: silentLogger, emit: () => {} });
@@ -285,8 +285,11 @@ export function rabbitmqSpecificTests(url: string, registry: TransportRegistry):
           outgoing(unbound, `${ns}-lost-2`, { 'x-a': '3' }),
           outgoing(bound, `${ns}-d`, { 'x-a': '4' }),
         ];
-        const outcomes = await transport.publish(batch, new AbortController().signal);
+        // onDurable: each routed message reported once as its confirm arrives, a returned one never.
+        const durable: number[] = [];
+        const outcomes = await transport.publish(batch, new AbortController().signal, (i) => durable.push(i));
         expect(outcomes.map((o) => o.ok)).toEqual([true, false, true, true, false, true]);
+        expect(durable.sort()).toEqual([0, 2, 3, 5]);
         for (const i of [1, 4]) {
           const o = outcomes[i];
           expect(o && !o.ok && o.error).toBeInstanceOf(PublishRejectedError);

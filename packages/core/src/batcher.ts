@@ -283,9 +283,19 @@ export class PublishBatcher {
       const call: InFlightCall = { controller: this.spareControllers.pop() ?? new AbortController(), deadline: latest, batch };
       this.calls.add(call);
       this.watchDeadline(latest);
+      // A publisher whose own message is durable is released at once (see Transport.publish).
+      const onDurable =
+        batch.length > 1
+          ? (i: number): void => {
+              const entry = batch[i];
+              if (entry === undefined || entry.settled) return;
+              this.options.onSent?.(entry.message);
+              this.settle(entry);
+            }
+          : undefined;
       let outcomes: readonly PublishOutcome[];
       try {
-        outcomes = await this.options.transport.publish(messages, call.controller.signal);
+        outcomes = await this.options.transport.publish(messages, call.controller.signal, onDurable);
       } catch (error) {
         const err = toPublishError(error);
         breaker?.onFailure(err);
@@ -303,6 +313,7 @@ export class PublishBatcher {
         if (outcome === undefined) {
           this.settle(entry, new BrokerUnavailableError(`transport returned no outcome for ${entry.message.id}`));
         } else if (outcome.ok) {
+          if (entry.settled) continue; // released by onDurable (or timed out meanwhile)
           this.options.onSent?.(entry.message);
           this.settle(entry);
         } else {

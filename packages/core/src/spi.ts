@@ -217,8 +217,15 @@ export interface Transport {
    * or has failed; rejects only for a failure of the whole batch. Must honour `signal` (stop
    * waiting, never leave the caller hanging). Errors: `BrokerUnavailableError` (not connected),
    * `PublishRejectedError` (nack, unroutable), anything else is treated as unknown outcome.
+   *
+   * `onDurable`, when given, may be called once for a message as soon as the broker holds it
+   * (its confirm arrived), before the call resolves: core then releases that message's publisher
+   * at once instead of when the last message of the batch is confirmed, so a publisher that
+   * publishes again joins the next call while this one still waits for its other confirms. The
+   * returned outcomes must still include that message (as ok). Optional: a transport whose
+   * results arrive all at once (one reply per batch) has nothing to gain from it.
    */
-  publish(batch: readonly OutgoingMessage[], signal: AbortSignal): Promise<readonly PublishOutcome[]>;
+  publish(batch: readonly OutgoingMessage[], signal: AbortSignal, onDurable?: (index: number) => void): Promise<readonly PublishOutcome[]>;
   /**
    * Start consuming `spec.topic` as `spec.group`. Resolves once the group's starting position is
    * fixed. `onDelivery` is called with at most `spec.concurrency` unsettled deliveries at a time; it

@@ -30,8 +30,11 @@ class ScriptedTransport implements Transport {
   down = false;
   constructor(readonly capabilities: TransportCapabilities = basicCapabilities) {}
   async connect() {}
-  async publish(batch: readonly OutgoingMessage[], signal: AbortSignal) {
+  /** The `onDurable` of each call, in call order. */
+  durableHooks: (((i: number) => void) | undefined)[] = [];
+  async publish(batch: readonly OutgoingMessage[], signal: AbortSignal, onDurable?: (i: number) => void) {
     this.batches.push([...batch]);
+    this.durableHooks.push(onDurable);
     if (this.down) throw new BrokerUnavailableError('connection refused to amqp://u:pw@h');
     if (this.hold) {
       await new Promise<void>((resolve, reject) => {
@@ -124,6 +127,39 @@ describe('EventBus publish path', () => {
     await expect(first).rejects.toBeInstanceOf(BrokerUnavailableError);
     t.openGates();
     await expect(second).resolves.toMatchObject({ id: expect.any(String) });
+  });
+
+  it('releases a publisher as soon as the transport reports its message durable, not when the whole call resolves', async () => {
+    const t = new ScriptedTransport();
+    const bus = new EventBus({ transport: t, breaker: false });
+    const published: string[] = [];
+    bus.on('published', (e) => published.push(e.id));
+    const settled: string[] = [];
+    const track = <T>(p: Promise<T>, name: string) =>
+      p.then((r) => {
+        settled.push(name);
+        return r;
+      });
+    t.hold = true;
+    const a = track(bus.publish(Ping, { n: 1 }), 'a');
+    const b = track(bus.publish(Ping, { n: 2 }), 'b');
+    await new Promise((r) => setImmediate(r));
+    expect(t.batches.map((x) => x.length)).toEqual([2]);
+    const onDurable = t.durableHooks[0];
+    expect(onDurable).toBeTypeOf('function');
+    onDurable?.(1); // the second message's confirm arrives first
+    await new Promise((r) => setImmediate(r));
+    expect(settled).toEqual(['b']);
+    onDurable?.(1); // told twice: still one outcome, one event
+    t.openGates(); // the call resolves with both outcomes
+    const [ra, rb] = await Promise.all([a, b]);
+    expect(settled).toEqual(['b', 'a']);
+    expect(published.sort()).toEqual([ra.id, rb.id].sort());
+    // A lone publish (nothing to release early) gets no callback.
+    t.hold = false;
+    await bus.publish(Ping, { n: 3 });
+    expect(t.durableHooks).toHaveLength(2);
+    expect(t.durableHooks[1]).toBeUndefined();
   });
 
   it('validates before any I/O', async () => {

@@ -115,7 +115,11 @@ export class ConfirmBatch {
   private remaining: number;
   private resolve!: (outcomes: readonly PublishOutcome[]) => void;
 
-  constructor(size: number) {
+  /** @param onDurable told of each message confirmed, as its confirm arrives (see `Transport.publish`). */
+  constructor(
+    size: number,
+    private readonly onDurable?: (index: number) => void,
+  ) {
     this.outcomes = new Array<PublishOutcome>(size);
     this.remaining = size;
     this.done = new Promise((resolve) => {
@@ -126,6 +130,8 @@ export class ConfirmBatch {
 
   /** Message `i` is durable. */
   ok(i: number): void {
+    if (this.outcomes[i] !== undefined) return;
+    this.onDurable?.(i);
     this.set(i, OK);
   }
 

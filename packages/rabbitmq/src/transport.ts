@@ -544,10 +544,14 @@ export class RabbitMqTransport implements Transport {
    * writes synchronously; one that has to wait first (for the channel, a declaration, or the
    * channel's buffer to drain) makes every later call wait until it has written.
    */
-  async publish(batch: readonly OutgoingMessage[], signal: AbortSignal): Promise<readonly PublishOutcome[]> {
+  async publish(
+    batch: readonly OutgoingMessage[],
+    signal: AbortSignal,
+    onDurable?: (index: number) => void,
+  ): Promise<readonly PublishOutcome[]> {
     const aborted = () =>
       signal.reason instanceof Error ? signal.reason : new BrokerUnavailableError('publish aborted before RabbitMQ confirmed it');
-    const confirms = new ConfirmBatch(batch.length);
+    const confirms = new ConfirmBatch(batch.length, onDurable);
     const link = this.publishLink;
     if (this.writing === undefined && link !== undefined && this.declared(batch)) {
       // One frame needs no coalescing (and a lone awaited publish no extra event-loop turn).
