@@ -48,7 +48,10 @@ export function failureCases(suite: Suite): void {
     const { id } = await bus.publish(Order, { n: 1 });
     await spy.waitFor(id, { status: 'acked', timeoutMs: T });
     expect(times.map((t) => t.attempt)).toEqual([1, 2, 3, 4]);
-    const delays = spy.of(id).flatMap((r) => (r.outcome.status === 'retried' ? [r.outcome.delayMs] : []));
+    const retries = () => spy.of(id).filter((r) => r.outcome.status === 'retried');
+    // Each 'retried' is reported once its copy is durably scheduled, possibly after the copy ran.
+    await spy.waitUntil(() => retries().length >= maxAttempts - 1, { timeoutMs: T, label: `${maxAttempts - 1} retried outcomes` });
+    const delays = retries().flatMap((r) => (r.outcome.status === 'retried' ? [r.outcome.delayMs] : []));
     const rng = seededRandom(42);
     const cap = bus.transport.capabilities.maxRetryDelayMs;
     const expected = [1, 2, 3].map((retry) => Math.min(cap, backoffDelay(retry, backoff, rng)));
