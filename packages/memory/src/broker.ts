@@ -105,8 +105,14 @@ interface Member {
   readonly concurrency: number;
   readonly clock: Clock;
   readonly onDelivery: (delivery: Delivery) => void;
-  /** Unsettled deliveries, in delivery order. */
-  readonly inFlight: Set<MemoryDelivery>;
+  /**
+   * Unsettled deliveries, in delivery order: a list linked through `MemoryDelivery.prev/next`
+   * (a `Set`'s add and delete per delivery allocate as its table is rebuilt).
+   */
+  first: MemoryDelivery | undefined;
+  last: MemoryDelivery | undefined;
+  /** How many deliveries the list holds. */
+  inFlight: number;
 }
 
 interface Group {
@@ -147,6 +153,9 @@ interface Settler {
  */
 class MemoryDelivery implements Delivery {
   state: 'open' | 'settled' | 'returned' = 'open';
+  /** Neighbours in the member's list of unsettled deliveries. */
+  prev: MemoryDelivery | undefined = undefined;
+  next: MemoryDelivery | undefined = undefined;
   readonly headers: Readonly<Record<string, string>>;
   readonly body: Uint8Array;
   readonly key: string | undefined;
@@ -377,7 +386,15 @@ export class MemoryBroker {
     }
     g.ordered = spec.orderedByKey;
     const group = g;
-    const member: Member = { group, concurrency: Math.max(1, spec.concurrency), clock, onDelivery, inFlight: new Set() };
+    const member: Member = {
+      group,
+      concurrency: Math.max(1, spec.concurrency),
+      clock,
+      onDelivery,
+      first: undefined,
+      last: undefined,
+      inFlight: 0,
+    };
     group.members.push(member);
     this.schedule(group);
     const stop = () => {
@@ -391,13 +408,16 @@ export class MemoryBroker {
       stop,
       close: () => {
         stop();
-        const open = [...member.inFlight].reverse();
-        for (const d of open) {
+        const returned = member.inFlight > 0;
+        // Newest first, each to the head of the queue: they come back in delivery order.
+        for (let d = member.last; d !== undefined; ) {
+          const prev = d.prev;
           d.state = 'returned';
           this.untrack(d);
           group.queue.unshift(d.entry);
+          d = prev;
         }
-        if (open.length > 0) this.schedule(group);
+        if (returned) this.schedule(group);
         this.changed();
       },
     };
@@ -523,7 +543,7 @@ export class MemoryBroker {
     for (let k = 0; k < n; k++) {
       const idx = (g.rr + k) % n;
       const m = g.members[idx] as Member;
-      if (m.inFlight.size < m.concurrency) {
+      if (m.inFlight < m.concurrency) {
         g.rr = (idx + 1) % n;
         return m;
       }
@@ -540,7 +560,13 @@ export class MemoryBroker {
 
   private untrack(d: MemoryDelivery): void {
     const g = d.member.group;
-    d.member.inFlight.delete(d);
+    const m = d.member;
+    if (d.prev) d.prev.next = d.next;
+    else m.first = d.next;
+    if (d.next) d.next.prev = d.prev;
+    else m.last = d.prev;
+    d.prev = d.next = undefined;
+    m.inFlight--;
     g.inFlight--;
     this.hold(g, d.entry.key, -1);
   }
@@ -548,7 +574,11 @@ export class MemoryBroker {
   private deliver(member: Member, entry: Entry): void {
     const g = member.group;
     const d = new MemoryDelivery(this.settler, this.bytes, member, entry);
-    member.inFlight.add(d);
+    d.prev = member.last;
+    if (member.last) member.last.next = d;
+    else member.first = d;
+    member.last = d;
+    member.inFlight++;
     g.inFlight++;
     this.hold(g, entry.key, 1);
     member.onDelivery(d);
