@@ -2,13 +2,12 @@ import { randomFillSync } from 'node:crypto';
 import { hostname } from 'node:os';
 import { EventEmitter } from 'eventemitter3';
 import { type BatchingOptions, PublishBatcher } from './batcher.js';
+import { attributesOf, type DecodedMessage, decodeInto, NO_UPCASTERS, NO_USER_HEADERS } from './decode.js';
 import {
   type DeadLetterReason,
   type DeadLetterReasonKind,
   type DecodeLimits,
-  type DecodeResult,
   dataSchemaUri,
-  decodeMessage,
   type EnvelopeAttributes,
   encodeJson,
 } from './envelope.js';
@@ -317,8 +316,8 @@ function requestDeadLetter(reason: string): never {
  * The handler's context. A class with its per-delivery parts as accessors on the prototype: an
  * object literal with a getter of its own gets a map of its own, which costs ~4 µs per delivery on
  * Node 20 (more than the rest of the delivery) and makes every access to it megamorphic. What most
- * handlers never read (`signal`, `position`, `extendLease`, `commitWithCompletion`) is made on
- * first read, not per delivery.
+ * handlers never read (`attributes`, `signal`, `position`, `extendLease`, `commitWithCompletion`)
+ * is made on first read, not per delivery.
  */
 class DeliveryContext implements HandlerContext {
   readonly id: string;
@@ -329,19 +328,29 @@ class DeliveryContext implements HandlerContext {
   readonly #sub: SubscriptionImpl;
   #extendLease: ((ms: number) => Promise<void>) | undefined;
   #commit: (<TTx = unknown>(effect: (tx: TTx) => void) => void) | undefined;
+  #attributes: EnvelopeAttributes | undefined;
 
   constructor(
-    readonly attributes: EnvelopeAttributes,
+    id: string,
     readonly idempotencyKey: string,
     readonly maxAttempts: number,
     readonly headers: Readonly<Record<string, string>>,
     running: Running,
     sub: SubscriptionImpl,
   ) {
-    this.id = attributes.id;
+    this.id = id;
     this.attempt = running.delivery.attempt;
     this.#running = running;
     this.#sub = sub;
+  }
+
+  /**
+   * Made on first read, from the delivery's headers (as decoding had them): an object of 12
+   * fields, the largest part of a context, that most handlers never read.
+   */
+  get attributes(): EnvelopeAttributes {
+    this.#attributes ??= attributesOf(this.#running.delivery.headers);
+    return this.#attributes;
   }
 
   get position(): string {
@@ -795,17 +804,35 @@ interface Running {
   /** Neighbours in the subscription's list of running deliveries (see `SubscriptionImpl.untrack`). */
   prev: Running | undefined;
   next: Running | undefined;
-  /** Common path (see `SubscriptionImpl.process`): the context, until the handler is called. */
+  /** The handler's context, once decoded (see `SubscriptionImpl.process`). */
   ctx: DeliveryContext | undefined;
-  /** Common path: the decoded data, until the handler is called. */
+  /** The decoded data, until the handler is called. */
   data: unknown;
-  /** Common path: the ack was asked for (the settlement callbacks now report on it). */
+  /** The ack was asked for (the settlement callbacks now report on it). */
   acking: boolean;
-  /** Common path: when the handler was called for (epoch ms), for the outcome's `durationMs`. */
+  /** When the handler was called for (epoch ms), for the outcome's `durationMs`. */
   started: number;
   /** Common path: the next delivery whose handler is due on the same microtask. */
   nextStart: Running | undefined;
 }
+
+/**
+ * The promise callbacks of one delivery on the common path (see `SubscriptionImpl.continuation`):
+ * `r` is the delivery they serve now, `undefined` while the pair waits in the pool.
+ */
+interface Continuation {
+  r: Running | undefined;
+  /** The next pair in the pool. */
+  nextSpare: Continuation | undefined;
+  readonly onFulfilled: () => void;
+  readonly onRejected: (error: unknown) => void;
+}
+
+/**
+ * Where `SubscriptionImpl.process` has each delivery decoded (`decodeInto` fills it, synchronously,
+ * and `process` copies it out at once): one object for every subscription, not one per delivery.
+ */
+const decoded: DecodedMessage = { data: undefined, id: '', idempotencyKey: '', userHeaders: NO_USER_HEADERS, attributes: undefined };
 
 class SubscriptionImpl implements Subscription {
   private transportSub: TransportSubscription | undefined;
@@ -833,6 +860,12 @@ class SubscriptionImpl implements Subscription {
    */
   private startsHead: Running | undefined;
   private startsTail: Running | undefined;
+  /**
+   * Common path: promise callback pairs no delivery uses now (see {@link continuation}), linked
+   * through `nextSpare` (an array's store would be reallocated as the pool empties and refills).
+   */
+  private spare: Continuation | undefined;
+  private readonly upcasters: Upcasters;
   private readonly startHandlers = (): void => {
     let r = this.startsHead;
     this.startsHead = this.startsTail = undefined;
@@ -859,6 +892,7 @@ class SubscriptionImpl implements Subscription {
     this.scope = `${resolved.topic}|${options.group}`;
     const { maxPayloadBytes, maxHeaderBytes } = bus.internals;
     this.limits = { maxPayloadBytes, maxHeaderBytes };
+    this.upcasters = options.upcasters ?? NO_UPCASTERS;
   }
 
   get group(): string {
@@ -1074,36 +1108,36 @@ class SubscriptionImpl implements Subscription {
    *
    * The common case (decoded, no idempotency store, no handler timeout) is a chain of three
    * promise reactions (handler start, handler result, ack) whose state lives in `r`: one reaction
-   * per burst of deliveries starts their handlers, then one pair of closures per delivery serves
-   * both the handler's result and the ack. An async function costs a suspended frame with its whole
-   * register file plus, per `await`, a promise and its resume closures. Everything else runs in
-   * {@link processAsync}.
+   * per burst of deliveries starts their handlers, then one pair of callbacks, taken from a pool
+   * ({@link continuation}), serves both the handler's result and the ack. An async function costs
+   * a suspended frame with its whole register file plus, per `await`, a promise and its resume
+   * closures. Everything else runs in {@link processAsync}, which ends in the same ack
+   * ({@link ackDelivery}).
    */
   private process(r: Running): void {
     const d = r.delivery;
     const bus = this.bus;
-    let decoded: DecodeResult<unknown>;
+    let failure: DeadLetterReason | undefined;
     try {
       if (bus.listenerCount('delivered') > 0) bus.emit('delivered', this.info(d));
-      decoded = decodeMessage(d, this.event, this.limits, this.options.upcasters);
+      failure = decodeInto(d, this.event, this.limits, this.upcasters, decoded, false);
     } catch (error) {
       this.crashed(r, error);
       return;
     }
-    if (!decoded.ok || this.store || this.options.handlerTimeoutMs !== undefined) {
-      void this.processAsync(r, decoded);
+    if (failure !== undefined) {
+      void this.processAsync(r, failure);
+      return;
+    }
+    r.data = decoded.data;
+    r.ctx = new DeliveryContext(decoded.id, decoded.idempotencyKey, this.resolved.maxAttempts, decoded.userHeaders, r, this);
+    decoded.data = undefined; // `decoded` holds no message between deliveries
+    decoded.userHeaders = NO_USER_HEADERS;
+    if (this.store || this.options.handlerTimeoutMs !== undefined) {
+      void this.processAsync(r, undefined);
       return;
     }
     r.started = Date.now();
-    r.data = decoded.data;
-    r.ctx = new DeliveryContext(
-      decoded.attributes,
-      decoded.attributes.idempotencyKey,
-      this.resolved.maxAttempts,
-      decoded.userHeaders,
-      r,
-      this,
-    );
     // The handler runs on a later microtask, never inside the transport's delivery callback.
     if (this.startsTail) this.startsTail.nextStart = r;
     else {
@@ -1115,39 +1149,73 @@ class SubscriptionImpl implements Subscription {
 
   /** Common path, on a later microtask (see {@link startHandlers}): runs the handler. */
   private runHandler(r: Running): void {
-    const ctx = r.ctx as DeliveryContext;
     const data = r.data;
-    r.ctx = r.data = undefined;
+    r.data = undefined;
     let result: unknown;
     try {
-      result = this.handler(data, ctx);
+      result = this.handler(data, r.ctx as DeliveryContext);
     } catch (error) {
-      this.fastHandlerFailed(r, ctx.idempotencyKey, error);
+      this.fastHandlerFailed(r, error);
       return;
     }
     if (!isThenable(result)) {
-      this.ackDelivery(r, ctx.idempotencyKey, undefined, undefined);
+      this.ackDelivery(r, undefined);
       return;
     }
-    // One pair of callbacks per delivery serves both the handler's result and then the ack's.
-    const onFulfilled = (): void =>
-      r.acking ? this.acked(r, ctx.idempotencyKey) : this.ackDelivery(r, ctx.idempotencyKey, onFulfilled, onRejected);
-    const onRejected = (error: unknown): void =>
-      r.acking ? this.ackFailed(r, ctx.idempotencyKey, error) : this.fastHandlerFailed(r, ctx.idempotencyKey, error);
-    // `Promise.resolve` returns a native promise as it is, and makes any other thenable safe to chain.
-    Promise.resolve(result).then(onFulfilled, onRejected);
+    const k = this.continuation(r);
+    // `Promise.resolve` returns a native promise as it is, and makes any other thenable safe to
+    // chain: either way each callback is called at most once, which the pool relies on.
+    Promise.resolve(result).then(k.onFulfilled, k.onRejected);
   }
 
-  /** Common path: the handler succeeded; ack (`settle(r, acked, ack, key)`, inline). */
-  private ackDelivery(
-    r: Running,
-    key: string,
-    onFulfilled: (() => void) | undefined,
-    onRejected: ((error: unknown) => void) | undefined,
-  ): void {
+  /**
+   * A pair of promise callbacks for `r`, from the pool. A pair goes back to the pool only once
+   * neither callback is still registered anywhere ({@link resume}), so the pool holds at most as
+   * many pairs as deliveries ran at once, and a delivery costs no closures of its own.
+   */
+  private continuation(r: Running): Continuation {
+    let k = this.spare;
+    if (k !== undefined) {
+      this.spare = k.nextSpare;
+      k.nextSpare = undefined;
+    } else {
+      const c: Continuation = {
+        r: undefined,
+        nextSpare: undefined,
+        onFulfilled: () => this.resume(c, false, undefined),
+        onRejected: (error: unknown) => this.resume(c, true, error),
+      };
+      k = c;
+    }
+    k.r = r;
+    return k;
+  }
+
+  /** Common path: the handler's result, then the ack's, arrived. */
+  private resume(k: Continuation, rejected: boolean, error: unknown): void {
+    const r = k.r as Running;
+    k.r = undefined;
+    let chained = false;
+    if (r.acking) {
+      if (rejected) this.ackFailed(r, error);
+      else this.acked(r);
+    } else if (rejected) this.fastHandlerFailed(r, error);
+    else chained = this.ackDelivery(r, k);
+    if (!chained) {
+      k.nextSpare = this.spare;
+      this.spare = k;
+    }
+  }
+
+  /**
+   * The handler succeeded: acks `r`, then reports the outcome and takes `r` off the running list
+   * (`settle(r, acked, ack, key)`, without its async frame). Both paths end here. Returns whether
+   * `k` (or a pair from the pool, without `k`) now waits for the ack.
+   */
+  private ackDelivery(r: Running, k: Continuation | undefined): boolean {
     if (r.settled) {
       this.untrack(r); // released on close while running: the message comes back
-      return;
+      return false;
     }
     r.settled = true;
     r.acking = true;
@@ -1155,24 +1223,21 @@ class SubscriptionImpl implements Subscription {
     try {
       acking = Promise.resolve(r.delivery.ack());
     } catch (error) {
-      this.ackFailed(r, key, error);
-      return;
+      this.ackFailed(r, error);
+      return false;
     }
-    if (onFulfilled && onRejected) acking.then(onFulfilled, onRejected);
-    else {
-      acking.then(
-        () => this.acked(r, key),
-        (error: unknown) => this.ackFailed(r, key, error),
-      );
-    }
+    if (k === undefined) k = this.continuation(r);
+    else k.r = r;
+    acking.then(k.onFulfilled, k.onRejected);
+    return true;
   }
 
-  /** Common path: acked; report the outcome to listeners. */
-  private acked(r: Running, key: string | undefined): void {
+  /** Acked; report the outcome to listeners. */
+  private acked(r: Running): void {
     try {
       const bus = this.bus;
       if (bus.listenerCount('outcome') > 0) {
-        bus.emit('outcome', this.info(r.delivery, key), { status: 'acked', durationMs: Date.now() - r.started });
+        bus.emit('outcome', this.info(r.delivery, r.ctx?.idempotencyKey), { status: 'acked', durationMs: Date.now() - r.started });
       }
     } catch (error) {
       this.crashed(r, error);
@@ -1181,10 +1246,10 @@ class SubscriptionImpl implements Subscription {
     this.untrack(r);
   }
 
-  /** Common path: the transport refused the ack. */
-  private ackFailed(r: Running, key: string | undefined, error: unknown): void {
+  /** The transport refused the ack. */
+  private ackFailed(r: Running, error: unknown): void {
     try {
-      this.settleFailed(r, error, 'acked', key);
+      this.settleFailed(r, error, 'acked', r.ctx?.idempotencyKey);
     } catch (e) {
       this.crashed(r, e);
       return;
@@ -1193,26 +1258,29 @@ class SubscriptionImpl implements Subscription {
   }
 
   /** Common path: the handler threw or rejected. */
-  private fastHandlerFailed(r: Running, key: string, error: unknown): void {
-    this.handlerFailed(r, error, key).then(
+  private fastHandlerFailed(r: Running, error: unknown): void {
+    this.handlerFailed(r, error, (r.ctx as DeliveryContext).idempotencyKey).then(
       () => this.untrack(r),
       (e: unknown) => this.crashed(r, e),
     );
   }
 
   /**
-   * {@link process} for a delivery that failed to decode, or runs with an idempotency store or a
-   * handler timeout.
+   * {@link process} for a delivery that failed to decode (`failure`), or runs with an idempotency
+   * store or a handler timeout.
    */
-  private async processAsync(r: Running, decoded: DecodeResult<unknown>): Promise<void> {
+  private async processAsync(r: Running, failure: DeadLetterReason | undefined): Promise<void> {
+    /** Set once {@link ackDelivery} took the delivery over (it takes it off the running list). */
+    let acking = false;
     try {
-      const d = r.delivery;
-      const bus = this.bus;
-      if (!decoded.ok) {
-        await this.deadLetter(r, decoded.reason, undefined, undefined);
+      if (failure !== undefined) {
+        await this.deadLetter(r, failure, undefined, undefined);
         return;
       }
-      const key = decoded.attributes.idempotencyKey;
+      const ctx = r.ctx as DeliveryContext;
+      const data = r.data;
+      r.data = undefined;
+      const key = ctx.idempotencyKey;
       const store = this.store;
       if (store) {
         let claim: Awaited<ReturnType<IdempotencyStore['claim']>>;
@@ -1233,13 +1301,11 @@ class SubscriptionImpl implements Subscription {
         r.token = claim.token;
       }
 
-      const started = Date.now();
-      const ctx = new DeliveryContext(decoded.attributes, key, this.resolved.maxAttempts, decoded.userHeaders, r, this);
-
+      r.started = Date.now();
       try {
         // The handler runs on a later microtask, never inside the transport's delivery callback.
         await RESOLVED;
-        const result: unknown = this.handler(decoded.data, ctx);
+        const result: unknown = this.handler(data, ctx);
         const timeoutMs = this.options.handlerTimeoutMs;
         if (timeoutMs !== undefined) await this.withTimeout(r, result, timeoutMs);
         else if (isThenable(result)) await result;
@@ -1258,19 +1324,12 @@ class SubscriptionImpl implements Subscription {
         }
         if (r.settled) return;
       }
-      // `settle(r, acked, ack, key)`, inline: the ack is what every delivery does.
-      r.settled = true;
-      try {
-        await d.ack();
-      } catch (error) {
-        this.settleFailed(r, error, 'acked', key);
-        return;
-      }
-      if (bus.listenerCount('outcome') > 0) bus.emit('outcome', this.info(d, key), { status: 'acked', durationMs: Date.now() - started });
+      acking = true;
+      this.ackDelivery(r, undefined);
     } catch (error) {
       this.logCrash(error);
     } finally {
-      this.untrack(r);
+      if (!acking) this.untrack(r);
     }
   }
 

@@ -11,11 +11,13 @@ import {
   type Delivery,
   type DeliveryInfo,
   type DeliveryOutcome,
+  decodeMessage,
   defineEvent,
   EventBus,
   encodeJson,
   type HandlerContext,
   Headers,
+  MemoryIdempotencyStore,
   type OutgoingMessage,
   PublishTimeoutError,
   type Transport,
@@ -222,6 +224,99 @@ describe('EventBus delivery path', () => {
     await vi.waitFor(() => expect(errors).toContain('delivery processing failed'));
     expect(outcomes).toEqual(['settle-failed', 'acked']);
     expect(sub.inFlight).toBe(0);
+  });
+
+  it("makes ctx.attributes on first read as decoding has them, each delivery's own, one object per context", async () => {
+    const t = new HandTransport();
+    const bus = new EventBus({ transport: t });
+    const contexts: HandlerContext[] = [];
+    await bus.subscribe(Ping, { group: 'g', concurrency: 2 }, (_d, ctx) => void contexts.push(ctx));
+    const full = bus.encode(Ping, { n: 1 }, { id: 'a1', idempotencyKey: 'k1', key: 'pk', traceparent: 'tp', tracestate: 'ts' });
+    // Defaults: no time, dataschema, version, idempotency key or content type.
+    const bare = {
+      headers: { ce_id: 'a2', ce_source: 'urn:x', ce_specversion: '1.0', ce_type: 'ping', user: 'u' },
+      body: encodeJson({ n: 2 }),
+    };
+    const settled = [full, bare].map(
+      (m) =>
+        new Promise<void>((resolve) =>
+          t.onDelivery?.({
+            headers: m.headers,
+            body: m.body,
+            attempt: 1,
+            position: 'p@1',
+            ack: async () => resolve(),
+            retry: async () => {},
+            deadLetter: async () => {},
+            release: async () => {},
+          }),
+        ),
+    );
+    await Promise.all(settled);
+    const limits = { maxPayloadBytes: 1 << 20, maxHeaderBytes: 1 << 16 };
+    const expected = [full, bare].map((m) => {
+      const r = decodeMessage(m, Ping, limits);
+      return r.ok && r.attributes;
+    });
+    // Read after both were handled (and the second decoded after the first): each its own.
+    expect(contexts.map((c) => c.attributes)).toEqual(expected);
+    expect(contexts[1]?.attributes.dataschema).toBe('urn:busbar:ping:v1');
+    expect(contexts[1]?.attributes.idempotencyKey).toBe('a2');
+    expect(contexts[0]?.attributes).toBe(contexts[0]?.attributes);
+    expect(contexts.map((c) => [c.id, c.idempotencyKey, { ...c.headers }])).toEqual([
+      ['a1', 'k1', {}],
+      ['a2', 'a2', { user: 'u' }],
+    ]);
+  });
+
+  it('settles each of many interleaved deliveries by its own handler result, acks resolving out of order', async () => {
+    // Deliveries finish in an order unrelated to their arrival: each handler, and each ack, waits
+    // a time of its own, so the pooled callbacks pass from delivery to delivery mid-way.
+    const ticks = (n: number) => new Promise<void>((r) => (n === 0 ? r() : setTimeout(r, n)));
+    const fails = (n: number) => n % 3 === 0;
+    // The common path, and the idempotency store's path (which ends in the same ack).
+    for (const store of [undefined, new MemoryIdempotencyStore()]) {
+      const t = new HandTransport();
+      const bus = new EventBus({ transport: t, idempotency: store && { store } });
+      const outcomes = new Map<string, string>();
+      bus.on('outcome', (info: DeliveryInfo, o: DeliveryOutcome) => outcomes.set(`${info.id}/${info.idempotencyKey}`, o.status));
+      await bus.subscribe(Ping, { group: 'g', concurrency: 8 }, async (d) => {
+        await ticks((d.n * 7) % 5);
+        if (fails(d.n)) throw new Error(`fail ${d.n}`);
+      });
+      const results = new Map<string, string>();
+      // As a transport with a prefetch of 8 does: a delivery is handed over when one settled.
+      let next = 1;
+      let pending = 60;
+      const { promise: allSettled, resolve: settledAll } = gate();
+      const deliverNext = () => {
+        const n = next++;
+        if (n > 60) return;
+        const m = bus.encode(Ping, { n }, { id: `m${n}`, idempotencyKey: `k${n}` });
+        const settle = (how: string) => async () => {
+          await ticks((n * 3) % 4);
+          results.set(`m${n}`, how);
+          if (--pending === 0) settledAll();
+          deliverNext();
+        };
+        t.onDelivery?.({
+          headers: m.headers,
+          body: m.body,
+          attempt: 1,
+          position: `p@${n}`,
+          ack: settle('ack'),
+          retry: settle('retry'),
+          deadLetter: settle('dead-letter'),
+          release: settle('release'),
+        });
+      };
+      for (let i = 0; i < 8; i++) deliverNext();
+      await allSettled;
+      for (let n = 1; n <= 60; n++) expect(results.get(`m${n}`)).toBe(fails(n) ? 'retry' : 'ack');
+      await vi.waitFor(() => expect(outcomes.size).toBe(60));
+      for (let n = 1; n <= 60; n++) expect(outcomes.get(`m${n}/k${n}`)).toBe(fails(n) ? 'retried' : 'acked');
+      await bus.close();
+    }
   });
 
   it('close resolves as soon as the running handlers finish, long before its deadline', async () => {
