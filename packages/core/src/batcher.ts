@@ -36,9 +36,22 @@ interface Entry {
   readonly message: OutgoingMessage;
   readonly deadline: number;
   readonly timeoutMs: number;
+  /** What the publish resolves with. */
+  readonly result: unknown;
   settled: boolean;
-  resolve(): void;
+  resolve(value: unknown): void;
   reject(error: Error): void;
+}
+
+/**
+ * The resolving functions of the promise {@link PublishBatcher} made last: one executor for every
+ * publish (it stores them here, and `enqueue` takes them at once) instead of a closure per publish.
+ */
+let madeResolve: ((value: unknown) => void) | undefined;
+let madeReject: ((error: Error) => void) | undefined;
+function capture(resolve: (value: unknown) => void, reject: (error: Error) => void): void {
+  madeResolve = resolve;
+  madeReject = reject;
 }
 
 /** A transport call in flight, aborted once the latest deadline of its publishes passed. */
@@ -110,28 +123,35 @@ export class PublishBatcher {
   }
 
   /**
-   * Queues `message`; resolves once the transport reports it durable. Rejects with
+   * Queues `message`; resolves (with `result`) once the transport reports it durable. Rejects with
    * `PublishTimeoutError` at `timeoutMs` whatever the transport does (outcome then unknown).
    */
-  publish(message: OutgoingMessage, timeoutMs: number): Promise<void> {
+  publish<T = void>(message: OutgoingMessage, timeoutMs: number, result?: T): Promise<T> {
     const deadline = Date.now() + timeoutMs;
-    if (this.pending >= this.options.maxPending) return this.publishWhenRoom(message, deadline, timeoutMs);
-    return this.enqueue(message, deadline, timeoutMs);
+    if (this.pending >= this.options.maxPending) return this.publishWhenRoom(message, deadline, timeoutMs, result as T);
+    return this.enqueue(message, deadline, timeoutMs, result);
   }
 
-  private async publishWhenRoom(message: OutgoingMessage, deadline: number, timeoutMs: number): Promise<void> {
+  private async publishWhenRoom<T>(message: OutgoingMessage, deadline: number, timeoutMs: number, result: T): Promise<T> {
     if (this.options.overflow === 'reject') throw new BackpressureError(this.options.maxPending);
     await this.waitForCapacity(deadline, message.id);
-    return this.enqueue(message, deadline, timeoutMs);
+    return this.enqueue(message, deadline, timeoutMs, result);
   }
 
-  /** Queues a publish (no async function, no `await`: this runs once per message). */
-  private enqueue(message: OutgoingMessage, deadline: number, timeoutMs: number): Promise<void> {
+  /** Queues a publish (no async function, no `await`, no closure: this runs once per message). */
+  private enqueue<T>(message: OutgoingMessage, deadline: number, timeoutMs: number, result: unknown): Promise<T> {
     this.pending++;
-    let entry!: Entry;
-    const promise = new Promise<void>((resolve, reject) => {
-      entry = { message, deadline, timeoutMs, settled: false, resolve, reject };
-    });
+    const promise = new Promise<T>(capture as (resolve: (value: T) => void, reject: (error: Error) => void) => void);
+    const entry: Entry = {
+      message,
+      deadline,
+      timeoutMs,
+      result,
+      settled: false,
+      resolve: madeResolve as (value: unknown) => void,
+      reject: madeReject as (error: Error) => void,
+    };
+    madeResolve = madeReject = undefined;
     this.watchDeadline(deadline);
     this.queue.push(entry);
     if (!this.pumpDeferred && !this.pumpQueued && this.inFlight < this.maxInFlight) {
@@ -184,7 +204,7 @@ export class PublishBatcher {
     this.pending--;
     this.disarmIfIdle();
     if (error) entry.reject(error);
-    else entry.resolve();
+    else entry.resolve(entry.result);
     this.capacityWaiters.shift()?.();
     if (this.pending === 0) for (const w of this.idleWaiters.splice(0)) w();
   }

@@ -513,10 +513,11 @@ export class EventBus extends EventEmitter<BusEvents> {
     }
     const receipt: PublishReceipt = { id: message.id, idempotencyKey: message.headers[Headers.idempotencyKey] as string };
     const timeoutMs = options.timeoutMs ?? this.publishTimeoutMs;
-    const sent = this.connected
-      ? this.batcher.publish(message, timeoutMs)
-      : this.connecting.then(() => this.batcher.publish(message, timeoutMs));
-    return sent.then(() => receipt);
+    // The batcher's promise resolves with the receipt itself: no `.then(() => receipt)` (a closure,
+    // a promise and a reaction) per publish.
+    return this.connected
+      ? this.batcher.publish(message, timeoutMs, receipt)
+      : this.connecting.then(() => this.batcher.publish(message, timeoutMs, receipt));
   }
 
   /** Builds the outgoing message without sending it (validation included). */
