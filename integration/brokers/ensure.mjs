@@ -1,17 +1,44 @@
 #!/usr/bin/env node
 // Run by `pnpm test` before vitest: starts what the suites need that the project owns itself —
 // the real Apache Kafka broker (integration/brokers/kafka/kafka.sh) unless BUSBAR_KAFKA_BROKERS
-// points elsewhere. RabbitMQ and Redis are system services (see README); a missing one makes its
-// suite skip with a reason, or fail under CI=true.
+// points elsewhere or a broker already answers on the local Kafka port (the suites then use it, as
+// their lookup order says; kafka.sh would refuse a port another process holds). RabbitMQ and Redis
+// are system services (see README); a missing one makes its suite skip with a reason, or fail
+// under CI=true.
 import { spawnSync } from 'node:child_process';
+import { connect } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const required = process.env.CI === 'true' || process.env.BUSBAR_REQUIRE_BROKERS === '1';
+const kafkaPort = Number(process.env.BUSBAR_KAFKA_PORT ?? 9092);
+
+/** Whether something accepts a TCP connection on 127.0.0.1:`port` within a second. */
+function answers(port) {
+  return new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    const done = (ok) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(1000, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
+}
+
+/** Whether the pid file of this checkout's kafka.sh names a live process (its own broker). */
+function ownBrokerRunning() {
+  return spawnSync('bash', [join(here, 'kafka', 'kafka.sh'), 'status'], { stdio: 'ignore' }).status === 0;
+}
 
 if (process.env.BUSBAR_KAFKA_BROKERS) {
   console.log(`[busbar] Kafka: using BUSBAR_KAFKA_BROKERS=${process.env.BUSBAR_KAFKA_BROKERS}`);
+} else if (!ownBrokerRunning() && (await answers(kafkaPort))) {
+  console.log(
+    `[busbar] Kafka: a broker not started by this checkout already answers on 127.0.0.1:${kafkaPort}; the suites use it (set BUSBAR_KAFKA_BROKERS or BUSBAR_KAFKA_PORT to choose another)`,
+  );
 } else if (process.env.BUSBAR_SKIP_KAFKA_START === '1') {
   console.log('[busbar] Kafka: BUSBAR_SKIP_KAFKA_START=1, not starting it');
 } else {
