@@ -131,7 +131,9 @@ export function basicCases(suite: Suite): void {
         expect(Math.max(...attempts), `message ${n} was redelivered`).toBeGreaterThanOrEqual(2);
         // The 'retried' outcome is reported once the retry copy is durably scheduled; the copy can
         // be delivered and handled before that report arrives, so it is awaited, not assumed.
-        await spy.waitFor(r.id, { status: 'retried', timeoutMs: T });
+        await spy.waitFor(r.id, { status: 'retried', timeoutMs: T }).catch((e: Error) => {
+          throw new Error(`message ${n}: ${e.message}; its outcomes: ${JSON.stringify(spy.of(r.id).map((o) => o.outcome))}`);
+        });
       } else {
         expect(attempts[0], `message ${n}`).toBe(1);
       }
