@@ -6,27 +6,12 @@
 // are system services (see README); a missing one makes its suite skip with a reason, or fail
 // under CI=true.
 import { spawnSync } from 'node:child_process';
-import { connect } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { canConnect, localBroker, brokersRequired as required } from '@busbar/test-brokers';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const required = process.env.CI === 'true' || process.env.BUSBAR_REQUIRE_BROKERS === '1';
-const kafkaPort = Number(process.env.BUSBAR_KAFKA_PORT ?? 9092);
-
-/** Whether something accepts a TCP connection on 127.0.0.1:`port` within a second. */
-function answers(port) {
-  return new Promise((resolve) => {
-    const socket = connect({ host: '127.0.0.1', port });
-    const done = (ok) => {
-      socket.destroy();
-      resolve(ok);
-    };
-    socket.setTimeout(1000, () => done(false));
-    socket.once('connect', () => done(true));
-    socket.once('error', () => done(false));
-  });
-}
+const kafka = localBroker('kafka');
 
 /** Whether the pid file of this checkout's kafka.sh names a live process (its own broker). */
 function ownBrokerRunning() {
@@ -35,9 +20,9 @@ function ownBrokerRunning() {
 
 if (process.env.BUSBAR_KAFKA_BROKERS) {
   console.log(`[busbar] Kafka: using BUSBAR_KAFKA_BROKERS=${process.env.BUSBAR_KAFKA_BROKERS}`);
-} else if (!ownBrokerRunning() && (await answers(kafkaPort))) {
+} else if (!ownBrokerRunning() && (await canConnect(kafka.host, kafka.port))) {
   console.log(
-    `[busbar] Kafka: a broker not started by this checkout already answers on 127.0.0.1:${kafkaPort}; the suites use it (set BUSBAR_KAFKA_BROKERS or BUSBAR_KAFKA_PORT to choose another)`,
+    `[busbar] Kafka: a broker not started by this checkout already answers on ${kafka.host}:${kafka.port}; the suites use it (set BUSBAR_KAFKA_BROKERS or BUSBAR_KAFKA_PORT to choose another)`,
   );
 } else if (process.env.BUSBAR_SKIP_KAFKA_START === '1') {
   console.log('[busbar] Kafka: BUSBAR_SKIP_KAFKA_START=1, not starting it');

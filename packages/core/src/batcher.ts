@@ -39,6 +39,8 @@ interface Entry {
   /** What the publish resolves with. */
   readonly result: unknown;
   settled: boolean;
+  /** The broker confirmed it (reported once: through `onDurable` or in the call's outcomes). */
+  confirmed: boolean;
   resolve(value: unknown): void;
   reject(error: Error): void;
 }
@@ -148,6 +150,7 @@ export class PublishBatcher {
       timeoutMs,
       result,
       settled: false,
+      confirmed: false,
       resolve: madeResolve as (value: unknown) => void,
       reject: madeReject as (error: Error) => void,
     };
@@ -207,6 +210,17 @@ export class PublishBatcher {
     else entry.resolve(entry.result);
     this.capacityWaiters.shift()?.();
     if (this.pending === 0) for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  /**
+   * The broker holds `entry`'s message: `onSent` once, and the publish resolves (unless it timed out
+   * already: its caller was told the outcome is unknown, but the message did land).
+   */
+  private confirmed(entry: Entry): void {
+    if (entry.confirmed) return;
+    entry.confirmed = true;
+    this.options.onSent?.(entry.message);
+    this.settle(entry);
   }
 
   /** Keeps a finished call's controller for reuse if nothing can observe it any more (not aborted, no listener). */
@@ -308,9 +322,7 @@ export class PublishBatcher {
         batch.length > 1
           ? (i: number): void => {
               const entry = batch[i];
-              if (entry === undefined || entry.settled) return;
-              this.options.onSent?.(entry.message);
-              this.settle(entry);
+              if (entry !== undefined) this.confirmed(entry);
             }
           : undefined;
       let outcomes: readonly PublishOutcome[];
@@ -333,9 +345,7 @@ export class PublishBatcher {
         if (outcome === undefined) {
           this.settle(entry, new BrokerUnavailableError(`transport returned no outcome for ${entry.message.id}`));
         } else if (outcome.ok) {
-          if (entry.settled) continue; // released by onDurable (or timed out meanwhile)
-          this.options.onSent?.(entry.message);
-          this.settle(entry);
+          this.confirmed(entry);
         } else {
           const err = toPublishError(outcome.error);
           if (err instanceof BusError && err.retryable) brokerFailure = err;

@@ -988,7 +988,7 @@ class SubscriptionImpl implements Subscription {
     this.process(running);
   }
 
-  /** Takes a finished delivery off the running list (once: `process` calls it in its `finally`). */
+  /** Takes a finished delivery off the running list (once, by the path that ended it). */
   private untrack(r: Running): void {
     if (r.prev) r.prev.next = r.next;
     else this.first = r.next;

@@ -116,23 +116,9 @@ export function decodeMessage<E extends EventDefinition>(
   limits: DecodeLimits,
   extraUpcasters: Upcasters = NO_UPCASTERS,
 ): DecodeResult<unknown> {
-  const out = decodedOut;
+  // Not on the bus's delivery path (that one decodes into a reused object): a fresh one per call.
+  const out: DecodedMessage = { data: undefined, id: '', idempotencyKey: '', userHeaders: NO_USER_HEADERS, attributes: undefined };
   const reason = decodeInto(message, event, limits, extraUpcasters, out, true);
   if (reason !== undefined) return { ok: false, reason };
-  const result: DecodeResult<unknown> = {
-    ok: true,
-    data: out.data,
-    attributes: out.attributes as EnvelopeAttributes,
-    userHeaders: out.userHeaders,
-  };
-  out.data = out.attributes = undefined;
-  out.userHeaders = NO_USER_HEADERS;
-  return result;
+  return { ok: true, data: out.data, attributes: out.attributes as EnvelopeAttributes, userHeaders: out.userHeaders };
 }
-
-/**
- * Where {@link decodeMessage} has `decodeInto` put a message: one object for every call, read at
- * once (`decodeInto` fills it after the last upcaster or schema ran, so a nested call is done with
- * it before the outer one writes it).
- */
-const decodedOut: DecodedMessage = { data: undefined, id: '', idempotencyKey: '', userHeaders: NO_USER_HEADERS, attributes: undefined };
