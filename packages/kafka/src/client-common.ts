@@ -77,3 +77,64 @@ export function* errorChain(error: unknown, depth = 0): Generator<Record<string,
 export function toBuffer(u: Uint8Array): Buffer {
   return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 }
+
+/**
+ * The sends of one idempotent producer, one at a time, and the producer's end (both clients):
+ *
+ * - the clients roll a partition's sequence number back after a failed produce request and retry
+ *   it later; a send issued in between would reuse that sequence, and if the failed request did
+ *   land, the broker takes the newer batch for its duplicate — acknowledged, never appended. So
+ *   sends run one after another, and after a send of unknown outcome (any failure but a broker
+ *   rejection) the producer refuses further sends: the transport replaces it (new producer id);
+ * - {@link breakWith} (a request timed out, the producer closed) rejects the pending sends at once
+ *   and every later one.
+ */
+export class SerialSends {
+  private broken: Error | undefined;
+  private readonly onBroken = new Set<(error: Error) => void>();
+  private tail: Promise<void> = Promise.resolve();
+
+  /** @param isRejection whether a failed send was refused by the broker (nothing appended). */
+  constructor(private readonly isRejection: (error: unknown) => boolean) {}
+
+  /** Whether the producer was broken (it then refuses every send). */
+  get isBroken(): boolean {
+    return this.broken !== undefined;
+  }
+
+  /** Breaks the producer with `error` (the first error wins): pending and later sends reject with it. */
+  breakWith(error: Error): void {
+    if (this.broken) return;
+    this.broken = error;
+    for (const reject of this.onBroken) reject(error);
+    this.onBroken.clear();
+  }
+
+  /** Runs `send` after every earlier one settled; rejects at once when the producer breaks meanwhile. */
+  async run(send: () => Promise<void>): Promise<void> {
+    if (this.broken) throw this.broken;
+    let reject!: (error: Error) => void;
+    const broken = new Promise<never>((_, r) => {
+      reject = r;
+    });
+    this.onBroken.add(reject);
+    const run = this.tail.then(async () => {
+      if (this.broken) throw this.broken;
+      try {
+        await send();
+      } catch (error) {
+        if (!this.isRejection(error)) this.breakWith(error instanceof Error ? error : new Error(String(error)));
+        throw error;
+      }
+    });
+    this.tail = run.then(
+      () => {},
+      () => {},
+    );
+    try {
+      await Promise.race([run, broken]);
+    } finally {
+      this.onBroken.delete(reject);
+    }
+  }
+}

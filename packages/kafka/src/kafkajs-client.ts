@@ -31,7 +31,15 @@ import type {
   TopicRecords,
   TopicSpec,
 } from './client.js';
-import { type ClientSettings, errorChain, GroupNotEmptyError, REJECTED_ERRORS, RequestTimedOutError, toBuffer } from './client-common.js';
+import {
+  type ClientSettings,
+  errorChain,
+  GroupNotEmptyError,
+  REJECTED_ERRORS,
+  RequestTimedOutError,
+  SerialSends,
+  toBuffer,
+} from './client-common.js';
 
 /** Settings of the kafkajs client (resolved transport options). */
 export interface KafkajsClientSettings extends ClientSettings {
@@ -107,64 +115,24 @@ export const StablePartitioner: ICustomPartitioner = () => {
 };
 
 /**
- * One idempotent kafkajs producer, used for one `sendBatch` at a time.
- *
- * - kafkajs rolls a partition's sequence number back after a failed produce request and retries it
- *   later; a concurrent `sendBatch` sent in between reuses that sequence, and if the failed request
- *   did land, the broker takes the newer batch for its duplicate: acknowledged, never appended
- *   (seen after connection cuts). So sends are serialised here, and after a send of unknown outcome
- *   the producer refuses further sends (the transport replaces it: new producer id).
- * - kafkajs keeps a socket open after a request on it timed out and retries on it; on a half-open
- *   link that never ends. So the first request timeout marks this producer broken: pending and
- *   later sends reject at once.
+ * One idempotent kafkajs producer, its sends serialised by {@link SerialSends}. kafkajs keeps a
+ * socket open after a request on it timed out and retries on it; on a half-open link that never
+ * ends. So the first request timeout breaks this producer: pending and later sends reject at once.
  */
 class KafkajsProducer implements RecordProducer {
-  private broken: Error | undefined;
-  private readonly onBroken = new Set<(error: Error) => void>();
-  private tail: Promise<void> = Promise.resolve();
+  private readonly sends = new SerialSends(isRejection);
 
   constructor(
     private readonly producer: Producer,
     private readonly ackTimeoutMs: number,
   ) {
     producer.on(producer.events.REQUEST_TIMEOUT, (e) => {
-      this.breakWith(new RequestTimedOutError(`request ${e.payload.apiName} to ${e.payload.broker} timed out`));
+      this.sends.breakWith(new RequestTimedOutError(`request ${e.payload.apiName} to ${e.payload.broker} timed out`));
     });
   }
 
-  private breakWith(error: Error): void {
-    if (this.broken) return;
-    this.broken = error;
-    for (const reject of this.onBroken) reject(error);
-    this.onBroken.clear();
-  }
-
-  async send(batches: readonly TopicRecords[]): Promise<void> {
-    if (this.broken) throw this.broken;
-    let reject!: (error: Error) => void;
-    const broken = new Promise<never>((_, r) => {
-      reject = r;
-    });
-    this.onBroken.add(reject);
-    const run = this.tail.then(async () => {
-      if (this.broken) throw this.broken;
-      try {
-        await this.sendBatch(batches);
-      } catch (error) {
-        if (!isRejection(error)) this.breakWith(error instanceof Error ? error : new Error(String(error)));
-        throw error;
-      }
-    });
-    const settled = run.then(
-      () => {},
-      () => {},
-    );
-    this.tail = settled;
-    try {
-      await Promise.race([run, broken]);
-    } finally {
-      this.onBroken.delete(reject);
-    }
+  send(batches: readonly TopicRecords[]): Promise<void> {
+    return this.sends.run(() => this.sendBatch(batches));
   }
 
   private async sendBatch(batches: readonly TopicRecords[]): Promise<void> {
@@ -180,7 +148,7 @@ class KafkajsProducer implements RecordProducer {
   }
 
   async close(): Promise<void> {
-    this.breakWith(new Error('the producer was closed'));
+    this.sends.breakWith(new Error('the producer was closed'));
     await this.producer.disconnect();
   }
 }

@@ -50,7 +50,15 @@ import type {
   TopicRecords,
   TopicSpec,
 } from './client.js';
-import { type ClientSettings, errorChain, GroupNotEmptyError, REJECTED_ERRORS, RequestTimedOutError, toBuffer } from './client-common.js';
+import {
+  type ClientSettings,
+  errorChain,
+  GroupNotEmptyError,
+  REJECTED_ERRORS,
+  RequestTimedOutError,
+  SerialSends,
+  toBuffer,
+} from './client-common.js';
 
 /** Settings of the `@platformatic/kafka` client (resolved transport options). */
 export type PlatformaticClientSettings = ClientSettings;
@@ -143,17 +151,12 @@ function isRequestTimeout(error: unknown): boolean {
 }
 
 /**
- * One idempotent producer, used for one `send` at a time.
- *
- * - After a send of unknown outcome the producer refuses further sends (the transport replaces it:
- *   new producer id), as with kafkajs.
- * - The first request timeout marks it broken at once: the pending send rejects promptly (the
- *   library would retry on a new connection, up to `requestRetries` times `requestTimeoutMs`).
+ * One idempotent producer, its sends serialised by {@link SerialSends} (as with kafkajs). The first
+ * request timeout breaks it at once: the pending send rejects promptly (the library would retry on
+ * a new connection, up to `requestRetries` times `requestTimeoutMs`).
  */
 class PlatformaticProducer implements RecordProducer {
-  private broken: Error | undefined;
-  private readonly onBroken = new Set<(error: Error) => void>();
-  private tail: Promise<void> = Promise.resolve();
+  private readonly sends = new SerialSends(isRejection);
   private producer!: Producer<string | undefined, Buffer, string, string>;
 
   attach(producer: Producer<string | undefined, Buffer, string, string>): void {
@@ -162,49 +165,21 @@ class PlatformaticProducer implements RecordProducer {
 
   /** Called by the library before it retries a request after `error`. */
   retried(error: unknown): void {
-    if (isRequestTimeout(error)) this.breakWith(new RequestTimedOutError(`a produce request timed out: ${(error as Error).message}`));
+    if (isRequestTimeout(error)) this.sends.breakWith(new RequestTimedOutError(`a produce request timed out: ${(error as Error).message}`));
   }
 
-  private breakWith(error: Error): void {
-    if (this.broken) return;
-    this.broken = error;
-    for (const reject of this.onBroken) reject(error);
-    this.onBroken.clear();
-  }
-
-  async send(batches: readonly TopicRecords[]): Promise<void> {
-    if (this.broken) throw this.broken;
-    let reject!: (error: Error) => void;
-    const broken = new Promise<never>((_, r) => {
-      reject = r;
-    });
-    this.onBroken.add(reject);
-    const run = this.tail.then(async () => {
-      if (this.broken) throw this.broken;
+  send(batches: readonly TopicRecords[]): Promise<void> {
+    return this.sends.run(async () => {
       const messages = [];
       for (const b of batches)
         for (const r of b.records) messages.push({ topic: b.topic, key: r.key, value: toBuffer(r.value), headers: r.headers });
-      try {
-        await this.producer.send({ messages });
-      } catch (error) {
-        if (!isRejection(error)) this.breakWith(error instanceof Error ? error : new Error(String(error)));
-        throw error;
-      }
+      await this.producer.send({ messages });
     });
-    this.tail = run.then(
-      () => {},
-      () => {},
-    );
-    try {
-      await Promise.race([run, broken]);
-    } finally {
-      this.onBroken.delete(reject);
-    }
   }
 
   async close(): Promise<void> {
-    const wasBroken = this.broken !== undefined;
-    this.breakWith(new Error('the producer was closed'));
+    const wasBroken = this.sends.isBroken;
+    this.sends.breakWith(new Error('the producer was closed'));
     // A broken producer may still retry a request in the background: do not wait for it.
     await this.producer.close(wasBroken);
   }
