@@ -10,7 +10,6 @@ import {
   EventBus,
   type EventBus as EventBusType,
   type EventDefinition,
-  Headers,
   JSON_CONTENT_TYPE,
   OutcomeSpy,
   type RecordedOutcome,
@@ -18,6 +17,7 @@ import {
   TimeoutError,
   withTimeout,
 } from '@busbar/core';
+import { HeaderNames } from '@busbar/core/transport';
 import { afterEach, it, type TestContext } from 'vitest';
 import type { ConformanceTarget, RawBrokerClient, RawProbe } from './target.js';
 
@@ -345,15 +345,15 @@ export async function turns(n: number): Promise<void> {
 /** Valid CloudEvents headers for a message of `event`, written below the bus (override any). */
 export function envelopeHeaders(event: EventDefinition, id: string, overrides: Record<string, string> = {}): Record<string, string> {
   return {
-    [Headers.id]: id,
-    [Headers.source]: 'urn:busbar:conformance-raw',
-    [Headers.specversion]: SPEC_VERSION,
-    [Headers.type]: event.type,
-    [Headers.time]: new Date().toISOString(),
-    [Headers.contentType]: JSON_CONTENT_TYPE,
-    [Headers.dataschema]: dataSchemaUri(event.type, event.version),
-    [Headers.eventVersion]: String(event.version),
-    [Headers.idempotencyKey]: id,
+    [HeaderNames.id]: id,
+    [HeaderNames.source]: 'urn:busbar:conformance-raw',
+    [HeaderNames.specversion]: SPEC_VERSION,
+    [HeaderNames.type]: event.type,
+    [HeaderNames.time]: new Date().toISOString(),
+    [HeaderNames.contentType]: JSON_CONTENT_TYPE,
+    [HeaderNames.dataschema]: dataSchemaUri(event.type, event.version),
+    [HeaderNames.eventVersion]: String(event.version),
+    [HeaderNames.idempotencyKey]: id,
     ...overrides,
   };
 }

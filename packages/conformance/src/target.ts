@@ -1,4 +1,5 @@
-import type { BusOptions, Transport, WireMessage } from '@busbar/core';
+import type { BusOptions } from '@busbar/core';
+import type { Transport, WireMessage } from '@busbar/core/transport';
 
 /** A separate raw client's view of one destination, opened before the publishes it should see. */
 export interface RawProbe {

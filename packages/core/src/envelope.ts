@@ -1,4 +1,4 @@
-import { type DecodedMessage, decodeInto, NO_UPCASTERS, NO_USER_HEADERS } from './decode.js';
+import { type DecodedMessage, decodeInto, NO_UPCASTERS, NO_USER_HEADERS } from './delivery/decode.js';
 import type { EventDefinition, Upcasters } from './event.js';
 import { HeaderNames, RESERVED_HEADER_PREFIX } from './headers.js';
 import type { WireMessage } from './spi.js';
@@ -72,7 +72,7 @@ export interface DecodeLimits {
   readonly maxHeaderBytes: number;
 }
 
-export { dataSchemaUri } from './decode.js';
+export { dataSchemaUri } from './delivery/decode.js';
 
 /** Bytes of the pool {@link encodeJson} cuts bodies from. */
 const BODY_POOL_BYTES = 64 * 1024;

@@ -17,6 +17,8 @@ export type BusErrorCode =
   | 'PUBLISH_REJECTED'
   | 'BACKPRESSURE'
   | 'NON_RETRYABLE'
+  | 'RETRY_LATER'
+  | 'DEAD_LETTER_REQUESTED'
   | 'TIMEOUT'
   | 'DEAD_LETTER_FAILED';
 
@@ -170,6 +172,40 @@ export class TimeoutError extends BusError {
 export class NonRetryableError extends BusError {
   constructor(message: string, options: BusErrorOptions = {}) {
     super('NON_RETRYABLE', message, false, options);
+  }
+}
+
+/**
+ * A handler asks for a retry: thrown by `ctx.retry()`, or thrown by the handler itself. The
+ * delivery counts as a failed attempt and is retried after `delayMs` (default: the policy's
+ * backoff), or dead-lettered with reason `max-attempts` once the attempts are used up.
+ *
+ * `ctx.retry()` also records the request on the context: a handler whose own `try/catch`
+ * swallows this error still gets the retry (and a warning is logged).
+ */
+export class RetryLaterError extends BusError {
+  /** The delay asked for, ms; `undefined`: the policy's backoff. */
+  readonly delayMs: number | undefined;
+  constructor(message = 'handler requested a retry', options: BusErrorOptions & { delayMs?: number } = {}) {
+    super('RETRY_LATER', message, true, options);
+    this.delayMs = options.delayMs;
+  }
+}
+
+/**
+ * A handler asks for its message to go to the dead letters now, with reason
+ * `handler-requested`: thrown by `ctx.deadLetter(reason)` (the message is the reason), or thrown
+ * by the handler itself.
+ *
+ * `ctx.deadLetter()` also records the request on the context: a handler whose own `try/catch`
+ * swallows this error is still dead-lettered (and a warning is logged).
+ */
+export class DeadLetterRequestedError extends BusError {
+  /** The reason as the handler gave it (the dead letter's detail). */
+  readonly reason: string;
+  constructor(reason: string, options: BusErrorOptions = {}) {
+    super('DEAD_LETTER_REQUESTED', reason, false, options);
+    this.reason = reason;
   }
 }
 

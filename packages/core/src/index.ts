@@ -1,18 +1,29 @@
 /**
- * `@busbar/core`: typed events, the `EventBus`, the Transport SPI every broker implements, and the
- * resilience patterns (timeouts, retries with backoff + jitter, circuit breaker, fan-out) the bus is
- * built on.
+ * `@busbar/core`: the application API — typed events, the `EventBus`, its options, lifecycle
+ * events and dead letters, the errors it throws, idempotency stores, the resilience patterns
+ * (timeouts, retries with backoff + jitter, circuit breaker) and test helpers.
+ *
+ * Transport authors import `@busbar/core/transport` (the SPI and the kit); the names still
+ * re-exported from `./deprecated.js` move there.
  */
-export * from './batcher.js';
-export * from './bus.js';
+
+export { type BusHealth, type BusListener, EventBus } from './bus.js';
+export type { BusEvents, DeliveryInfo, DeliveryOutcome } from './bus-events.js';
+export type { DeadLetterQueue, DeadLetterView, ReplayOptions } from './dead-letters.js';
+export type { Handler, HandlerContext } from './delivery/context.js';
+export type { Subscription } from './delivery/subscription.js';
+export * from './deprecated.js';
 export * from './env.js';
 export * from './envelope.js';
 export * from './errors.js';
 export * from './event.js';
-export * from './headers.js';
+export { type HeaderKey, HeaderNames, Headers, JSON_CONTENT_TYPE, RESERVED_HEADER_PREFIX, SPEC_VERSION } from './headers.js';
 export * from './idempotency.js';
 export * from './logger.js';
-export * from './naming.js';
+export { topicName, validateGroup, validateNamespace } from './naming.js';
+export type { BusOptions, IdempotencyOptions, PublishOptions, RetryPolicy, SubscribeOptions } from './options.js';
+export type { BatchingOptions } from './publish/batcher.js';
+export type { PublishReceipt } from './publish/publisher.js';
 export * from './resilience.js';
-export type * from './spi.js';
+export type { ConnectionState, Transport, TransportCapabilities, TransportHealth, WireMessage } from './spi.js';
 export * from './testing.js';

@@ -1,4 +1,5 @@
-import type { DeliveryInfo, DeliveryOutcome, EventBus } from './bus.js';
+import type { EventBus } from './bus.js';
+import type { DeliveryInfo, DeliveryOutcome } from './bus-events.js';
 import { TimeoutError } from './errors.js';
 
 /** One outcome recorded by {@link OutcomeSpy}. */

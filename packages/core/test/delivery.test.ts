@@ -22,6 +22,7 @@ import {
   PublishTimeoutError,
   type Transport,
 } from '../src/index.js';
+import { encode } from '../src/transport/index.js';
 import { basicCapabilities } from './fixtures.js';
 
 const Ping = defineEvent({ type: 'ping', schema: z.object({ n: z.number() }) });
@@ -56,7 +57,7 @@ class HandTransport implements Transport {
   async close() {}
   /** Hands over `data` as a delivery of `Ping`; resolves when core settles it. */
   deliver(bus: EventBus, data: unknown, id = 'm1'): Promise<string> {
-    const m = bus.encode(Ping, data as never, { id });
+    const m = encode(bus, Ping, data as never, { id });
     return new Promise((resolve) => {
       const settle = (how: string) => async () => {
         this.settled.push(how);
@@ -89,12 +90,23 @@ function gate(): { promise: Promise<void>; resolve: () => void } {
   return { promise, resolve };
 }
 
-describe('EventBus delivery path', () => {
+/**
+ * The delivery path has two implementations (bus: `SubscriptionImpl.process`): a common path
+ * without an async frame (no idempotency store, no handler timeout) and `processAsync` for
+ * everything else. Every case runs on both; a handler timeout far beyond the case selects the
+ * second.
+ */
+const MODES = [
+  { path: 'common', extra: {} },
+  { path: 'async', extra: { handlerTimeoutMs: 60_000 } },
+] as const;
+
+describe.each(MODES)('EventBus delivery path ($path path)', ({ extra }) => {
   it('runs the handler on a later microtask, never inside the transport callback', async () => {
     const t = new HandTransport();
     const bus = new EventBus({ transport: t });
     const seen: string[] = [];
-    await bus.subscribe(Ping, { group: 'g' }, (d) => void seen.push(`handler ${d.n}`));
+    await bus.subscribe(Ping, { ...extra, group: 'g' }, (d) => void seen.push(`handler ${d.n}`));
     const settled = t.deliver(bus, { n: 1 });
     seen.push('callback returned');
     expect(await settled).toBe('ack');
@@ -105,7 +117,7 @@ describe('EventBus delivery path', () => {
     const t = new HandTransport();
     const bus = new EventBus({ transport: t });
     const seen: string[] = [];
-    await bus.subscribe(Ping, { group: 'g', concurrency: 4 }, (d) => {
+    await bus.subscribe(Ping, { ...extra, group: 'g', concurrency: 4 }, (d) => {
       seen.push(`handler ${d.n}`);
       if (d.n === 2) throw new Error('sync failure');
     });
@@ -133,7 +145,7 @@ describe('EventBus delivery path', () => {
     }
     const results: Record<number, unknown> = { 1: undefined, 2: Promise.resolve('x'), 3: new Later() };
     let thenableDone = false;
-    await bus.subscribe(Ping, { group: 'g' }, (d) => {
+    await bus.subscribe(Ping, { ...extra, group: 'g' }, (d) => {
       if (d.n === 4) throw new Error('sync failure');
       if (d.n === 3) setImmediate(() => setImmediate(() => (thenableDone = true)));
       return results[d.n];
@@ -150,7 +162,7 @@ describe('EventBus delivery path', () => {
     const bus = new EventBus({ transport: t });
     const checks: unknown[] = [];
     let calls = 0;
-    await bus.subscribe(Ping, { group: 'g', retry: { maxAttempts: 5 } }, async (_d, ctx: HandlerContext) => {
+    await bus.subscribe(Ping, { ...extra, group: 'g', retry: { maxAttempts: 5 } }, async (_d, ctx: HandlerContext) => {
       calls++;
       const { id, attempt, maxAttempts, position, headers, extendLease, commitWithCompletion, retry, deadLetter } = ctx;
       checks.push([id, attempt, maxAttempts, position, { ...headers }]);
@@ -176,7 +188,7 @@ describe('EventBus delivery path', () => {
     bus.on('delivered', (info: DeliveryInfo) => events.push(['delivered', info.id, info.group, info.topic, info.attempt]));
     bus.on('outcome', (info: DeliveryInfo, o: DeliveryOutcome) => events.push(['outcome', info.id, info.idempotencyKey, o.status]));
     bus.on('published', (info) => events.push(['published', info.id, info.type, info.topic]));
-    await bus.subscribe(Ping, { group: 'g' }, () => {});
+    await bus.subscribe(Ping, { ...extra, group: 'g' }, () => {});
     await t.deliver(bus, { n: 1 });
     await bus.publish(Ping, { n: 2 }, { id: 'p1' });
     expect(events).toEqual([
@@ -197,8 +209,8 @@ describe('EventBus delivery path', () => {
       outcomes.push(o.status);
       if (throwInListener) throw new Error('listener bug');
     });
-    const sub = await bus.subscribe(Ping, { group: 'g' }, async () => {});
-    const m = bus.encode(Ping, { n: 1 }, { id: 'm1' });
+    const sub = await bus.subscribe(Ping, { ...extra, group: 'g' }, async () => {});
+    const m = encode(bus, Ping, { n: 1 }, { id: 'm1' });
     const refused = gate();
     t.onDelivery?.({
       headers: m.headers,
@@ -230,8 +242,8 @@ describe('EventBus delivery path', () => {
     const t = new HandTransport();
     const bus = new EventBus({ transport: t });
     const contexts: HandlerContext[] = [];
-    await bus.subscribe(Ping, { group: 'g', concurrency: 2 }, (_d, ctx) => void contexts.push(ctx));
-    const full = bus.encode(Ping, { n: 1 }, { id: 'a1', idempotencyKey: 'k1', key: 'pk', traceparent: 'tp', tracestate: 'ts' });
+    await bus.subscribe(Ping, { ...extra, group: 'g', concurrency: 2 }, (_d, ctx) => void contexts.push(ctx));
+    const full = encode(bus, Ping, { n: 1 }, { id: 'a1', idempotencyKey: 'k1', key: 'pk', traceparent: 'tp', tracestate: 'ts' });
     // Defaults: no time, dataschema, version, idempotency key or content type.
     const bare = {
       headers: { ce_id: 'a2', ce_source: 'urn:x', ce_specversion: '1.0', ce_type: 'ping', user: 'u' },
@@ -280,7 +292,7 @@ describe('EventBus delivery path', () => {
       const bus = new EventBus({ transport: t, idempotency: store && { store } });
       const outcomes = new Map<string, string>();
       bus.on('outcome', (info: DeliveryInfo, o: DeliveryOutcome) => outcomes.set(`${info.id}/${info.idempotencyKey}`, o.status));
-      await bus.subscribe(Ping, { group: 'g', concurrency: 8 }, async (d) => {
+      await bus.subscribe(Ping, { ...extra, group: 'g', concurrency: 8 }, async (d) => {
         await ticks((d.n * 7) % 5);
         if (fails(d.n)) throw new Error(`fail ${d.n}`);
       });
@@ -292,7 +304,7 @@ describe('EventBus delivery path', () => {
       const deliverNext = () => {
         const n = next++;
         if (n > 60) return;
-        const m = bus.encode(Ping, { n }, { id: `m${n}`, idempotencyKey: `k${n}` });
+        const m = encode(bus, Ping, { n }, { id: `m${n}`, idempotencyKey: `k${n}` });
         const settle = (how: string) => async () => {
           await ticks((n * 3) % 4);
           results.set(`m${n}`, how);
@@ -324,7 +336,7 @@ describe('EventBus delivery path', () => {
     const bus = new EventBus({ transport: t });
     const g = gate();
     let started = false;
-    const sub = await bus.subscribe(Ping, { group: 'g' }, async () => {
+    const sub = await bus.subscribe(Ping, { ...extra, group: 'g' }, async () => {
       started = true;
       await g.promise;
     });
@@ -345,7 +357,7 @@ describe('EventBus delivery path', () => {
       [2, gate()],
     ]);
     const started: number[] = [];
-    const sub = await bus.subscribe(Ping, { group: 'g', concurrency: 2 }, async (d) => {
+    const sub = await bus.subscribe(Ping, { ...extra, group: 'g', concurrency: 2 }, async (d) => {
       started.push(d.n);
       await gates.get(d.n)?.promise;
     });
@@ -373,12 +385,12 @@ describe('EventBus envelope', () => {
     vi.useFakeTimers({ toFake: ['Date'] });
     const bus = new EventBus({ transport: new HandTransport() });
     vi.setSystemTime(Date.UTC(2030, 0, 1, 12, 0, 0, 0));
-    const a = bus.encode(Ping, { n: 1 });
-    const b = bus.encode(Ping, { n: 2 });
+    const a = encode(bus, Ping, { n: 1 });
+    const b = encode(bus, Ping, { n: 2 });
     vi.setSystemTime(Date.UTC(2030, 0, 1, 12, 0, 0, 1));
-    const c = bus.encode(Ping, { n: 3 });
+    const c = encode(bus, Ping, { n: 3 });
     vi.setSystemTime(Date.UTC(2031, 5, 2, 3, 4, 5, 6));
-    const d = bus.encode(Ping, { n: 4 });
+    const d = encode(bus, Ping, { n: 4 });
     expect([a, b, c, d].map((m) => m.headers[Headers.time])).toEqual([
       '2030-01-01T12:00:00.000Z',
       '2030-01-01T12:00:00.000Z',
@@ -394,7 +406,7 @@ describe('EventBus envelope', () => {
       [PingV2, 2],
       [Ping, 1],
     ] as const) {
-      const m = bus.encode(event, { n: version });
+      const m = encode(bus, event, { n: version });
       expect(m.topic).toBe('tenant1.ping');
       expect(m.headers[Headers.dataschema]).toBe(`urn:busbar:ping:v${version}`);
       expect(m.headers[Headers.eventVersion]).toBe(String(version));
@@ -415,7 +427,7 @@ describe('EventBus message ids', () => {
     const hex = new Set<string>();
     // 20k ids: several refills of the random buffer.
     for (let i = 0; i < 20_000; i++) {
-      const m = bus.encode(Ping, { n: i });
+      const m = encode(bus, Ping, { n: i });
       expect(m.id).toMatch(uuid);
       expect(m.headers[Headers.id]).toBe(m.id);
       expect(m.headers[Headers.idempotencyKey]).toBe(m.id);
@@ -424,7 +436,7 @@ describe('EventBus message ids', () => {
     }
     expect(ids.size).toBe(20_000);
     expect(hex.size).toBe(16);
-    const m = bus.encode(Ping, { n: 1 });
+    const m = encode(bus, Ping, { n: 1 });
     expect(Object.keys(m.headers).sort()).toEqual(
       [
         Headers.id,
@@ -438,7 +450,7 @@ describe('EventBus message ids', () => {
         Headers.idempotencyKey,
       ].sort(),
     );
-    const withUser = bus.encode(Ping, { n: 1 }, { headers: { 'x-a': '1' }, key: 'k', id: 'given' });
+    const withUser = encode(bus, Ping, { n: 1 }, { headers: { 'x-a': '1' }, key: 'k', id: 'given' });
     expect(withUser.headers).toMatchObject({ 'x-a': '1', [Headers.id]: 'given', [Headers.partitionKey]: 'k', [Headers.type]: 'ping' });
     expect(Object.keys(withUser.headers)).toHaveLength(11);
   });

@@ -5,9 +5,19 @@ import { z } from 'zod';
 import { attemptOf, headerAttempt } from '../src/delivery/attempt.js';
 import { RetryHolds } from '../src/delivery/causal-hold.js';
 import { brokerDeadLetterMetadata, deadLetterHeaders, releaseHeaders, replayHeaders, retryHeaders } from '../src/delivery/copy-headers.js';
-import { defineEvent, EventBus, type HandlerContext } from '../src/index.js';
+import { claimDecision, classifyFailure, decide } from '../src/delivery/policy.js';
+import {
+  BusClosedError,
+  DeadLetterRequestedError,
+  defineEvent,
+  EventBus,
+  type HandlerContext,
+  NonRetryableError,
+  RetryLaterError,
+  ValidationError,
+} from '../src/index.js';
 import type { Delivery, OutgoingMessage, StoredDeadLetter, Transport } from '../src/transport/index.js';
-import { HeaderNames as H } from '../src/transport/index.js';
+import { encode, HeaderNames as H, publishEncoded } from '../src/transport/index.js';
 import { basicCapabilities } from './fixtures.js';
 
 const Ping = defineEvent({ type: 'ping', schema: z.object({ n: z.number() }) });
@@ -89,7 +99,7 @@ class ScriptedTransport implements Transport {
 
 /** The wire form of a `Ping` with id `id`, as the bus publishes it. */
 function encoded(bus: EventBus, id: string): OutgoingMessage {
-  return bus.encode(Ping, { n: 1 }, { id });
+  return encode(bus, Ping, { n: 1 }, { id });
 }
 
 /** Waits until `calls` has `n` entries (settles happen on later microtasks / ticks). */
@@ -354,5 +364,178 @@ describe('EventBus delivery lifecycle', () => {
     // Replay headers are built from the stored headers: no dead-letter metadata, attempt reset.
     await bus.deadLetters(Ping, 'g').replay();
     expect(t.replayed[0]).toEqual({ ...m.headers, [H.attempt]: '1', [H.replayCount]: '1' });
+  });
+});
+
+describe('delivery policy (pure)', () => {
+  const settings = {
+    maxAttempts: 3,
+    backoff: { initialMs: 100, multiplier: 2, maxMs: 1000, minMs: 0 },
+    maxRetryDelayMs: 150,
+    random: () => 1,
+  };
+
+  it('classifies what a handler threw', () => {
+    expect(classifyFailure(new DeadLetterRequestedError('bad data'))).toEqual({
+      kind: 'dead-letter',
+      reason: { kind: 'handler-requested', detail: 'bad data' },
+    });
+    expect(classifyFailure(new NonRetryableError('gone'))).toEqual({
+      kind: 'dead-letter',
+      reason: { kind: 'non-retryable', detail: 'NonRetryableError: gone' },
+    });
+    expect(classifyFailure(new RetryLaterError('later', { delayMs: 7 }))).toEqual({ kind: 'retry', detail: 'Error: later', delayMs: 7 });
+    expect(classifyFailure(new TypeError('oops'))).toEqual({ kind: 'retry', detail: 'TypeError: oops', delayMs: undefined });
+    expect(classifyFailure('a string')).toEqual({ kind: 'retry', detail: 'a string', delayMs: undefined });
+  });
+
+  it('retries with the requested delay or the backoff, capped; dead-letters past the last attempt', () => {
+    expect(decide({ kind: 'retry', detail: 'x', delayMs: 40 }, 1, settings)).toEqual({ action: 'retry', delayMs: 40, detail: 'x' });
+    expect(decide({ kind: 'retry', detail: 'x', delayMs: -5 }, 1, settings)).toEqual({ action: 'retry', delayMs: 0, detail: 'x' });
+    expect(decide({ kind: 'retry', detail: 'x', delayMs: 9999 }, 1, settings)).toEqual({ action: 'retry', delayMs: 150, detail: 'x' });
+    // backoff for attempt 1 with full jitter at random() = 1: the initial delay
+    expect(decide({ kind: 'retry', detail: 'x', delayMs: undefined }, 1, settings)).toEqual({ action: 'retry', delayMs: 100, detail: 'x' });
+    expect(decide({ kind: 'retry', detail: 'x', delayMs: 1 }, 3, settings)).toEqual({
+      action: 'dead-letter',
+      reason: { kind: 'max-attempts', detail: '3 attempts failed; last: x' },
+    });
+    const reason = { kind: 'schema-invalid', detail: 'n: expected number' } as const;
+    expect(decide({ kind: 'dead-letter', reason }, 1, settings)).toEqual({ action: 'dead-letter', reason });
+  });
+
+  it('turns an idempotency claim into run, duplicate or a retry', () => {
+    expect(claimDecision({ status: 'acquired', token: 't1' }, 'k')).toEqual({ action: 'run', token: 't1' });
+    expect(claimDecision({ status: 'completed' }, 'k')).toEqual({ action: 'duplicate' });
+    const busy = claimDecision({ status: 'in-progress' }, 'k');
+    expect(busy).toMatchObject({
+      action: 'retry',
+      failure: { kind: 'retry', detail: 'Error: idempotency key k is being handled elsewhere' },
+    });
+  });
+});
+
+/** The two delivery paths (see delivery.test.ts): a far handler timeout selects the async one. */
+const MODES = [
+  { path: 'common', extra: {} },
+  { path: 'async', extra: { handlerTimeoutMs: 60_000 } },
+] as const;
+
+describe.each(MODES)('handler requests ($path path)', ({ extra }) => {
+  function setup() {
+    const t = new ScriptedTransport();
+    const warnings: unknown[] = [];
+    const logger = { debug() {}, info() {}, error() {}, warn: (o: object, msg?: string) => void warnings.push([msg, o]) };
+    const bus = new EventBus({ transport: t, logger });
+    return { t, bus, warnings };
+  }
+
+  it('ctx.retry() and ctx.deadLetter() throw Error subclasses', async () => {
+    const { t, bus } = setup();
+    const thrown: unknown[] = [];
+    await bus.subscribe(Ping, { ...extra, group: 'g' }, (_d, ctx) => {
+      try {
+        if (ctx.id === 'm1') ctx.retry({ delayMs: 5, reason: 'not yet' });
+        ctx.deadLetter('never');
+      } catch (error) {
+        thrown.push(error);
+        throw error;
+      }
+    });
+    expect((await settled(t.deliver(bus, { id: 'm1' })))[0]).toMatchObject({ how: 'retry', delayMs: 5 });
+    expect((await settled(t.deliver(bus, { id: 'm2' })))[0]?.how).toBe('dead-letter');
+    expect(thrown[0]).toBeInstanceOf(RetryLaterError);
+    expect(thrown[0]).toBeInstanceOf(Error);
+    expect(thrown[0]).toMatchObject({ name: 'RetryLaterError', code: 'RETRY_LATER', message: 'not yet', delayMs: 5 });
+    expect(thrown[1]).toBeInstanceOf(DeadLetterRequestedError);
+    expect(thrown[1]).toMatchObject({ name: 'DeadLetterRequestedError', code: 'DEAD_LETTER_REQUESTED', reason: 'never' });
+  });
+
+  it('a catch-all handler that swallows them still gets the retry / the dead letter, with a warning', async () => {
+    const { t, bus, warnings } = setup();
+    const outcomes: unknown[] = [];
+    bus.on('outcome', (i, o) => outcomes.push([i.id, o.status, o.status === 'dead-lettered' ? o.reason : undefined]));
+    await bus.subscribe(Ping, { ...extra, group: 'g' }, async (_d, ctx) => {
+      try {
+        if (ctx.id === 'r1') ctx.retry({ delayMs: 3 });
+        else ctx.deadLetter('poison');
+      } catch {
+        // a handler that catches everything
+      }
+      return 'looks fine';
+    });
+    const [retry] = await settled(t.deliver(bus, { id: 'r1' }));
+    const [dead] = await settled(t.deliver(bus, { id: 'd1' }));
+    expect(retry).toMatchObject({ how: 'retry', delayMs: 3 });
+    expect(dead?.how).toBe('dead-letter');
+    expect(dead?.headers?.[H.deadLetterReason]).toBe('handler-requested');
+    expect(dead?.headers?.[H.deadLetterError]).toBe('poison');
+    expect(outcomes).toEqual([
+      ['r1', 'retried', undefined],
+      ['d1', 'dead-lettered', { kind: 'handler-requested', detail: 'poison' }],
+    ]);
+    expect(warnings.map((w) => (w as [string])[0])).toEqual([
+      expect.stringMatching(/swallowed its ctx.retry\(\) \/ ctx.deadLetter\(\) request/),
+      expect.stringMatching(/swallowed/),
+      'dead-lettering message',
+    ]);
+  });
+
+  it('the last request wins over a different error the handler then throws', async () => {
+    const { t, bus } = setup();
+    await bus.subscribe(Ping, { ...extra, group: 'g' }, (_d, ctx) => {
+      try {
+        ctx.deadLetter('first a dead letter');
+      } catch {}
+      throw new Error('then something else');
+    });
+    const [call] = await settled(t.deliver(bus, {}));
+    expect(call?.how).toBe('dead-letter');
+    expect(call?.headers?.[H.deadLetterError]).toBe('first a dead letter');
+  });
+
+  it('a handler may throw RetryLaterError / DeadLetterRequestedError itself', async () => {
+    const { t, bus } = setup();
+    await bus.subscribe(Ping, { ...extra, group: 'g' }, (_d, ctx) => {
+      if (ctx.id === 'm1') throw new RetryLaterError('busy', { delayMs: 9 });
+      throw new DeadLetterRequestedError('bad');
+    });
+    expect((await settled(t.deliver(bus, { id: 'm1' })))[0]).toMatchObject({ how: 'retry', delayMs: 9 });
+    expect((await settled(t.deliver(bus, { id: 'm2' })))[0]?.headers?.[H.deadLetterReason]).toBe('handler-requested');
+  });
+});
+
+describe('EventBus surface', () => {
+  it('exposes on/off/once but no emit, options, encode or internals', async () => {
+    const t = new ScriptedTransport();
+    const bus = new EventBus({ transport: t });
+    for (const member of ['emit', 'options', 'encode', 'internals', 'listenerCount', 'removeAllListeners']) {
+      expect(member in bus, member).toBe(false);
+    }
+    const seen: string[] = [];
+    const listener = (state: string) => seen.push(state);
+    bus.on('breaker', listener).once('breaker', (s) => seen.push(`once ${s}`));
+    bus.off('breaker', listener);
+    expect(bus.on('connection', () => {})).toBe(bus);
+    await bus.close();
+  });
+
+  it('encode validates now; publishEncoded publishes later with the same receipt and errors', async () => {
+    const published: OutgoingMessage[] = [];
+    const t = new ScriptedTransport();
+    t.publish = async (batch) => {
+      published.push(...batch);
+      return batch.map(() => ({ ok: true as const }));
+    };
+    const bus = new EventBus({ transport: t });
+    expect(() => encode(bus, Ping, { n: 'x' } as never)).toThrow(ValidationError);
+    const message = encode(bus, Ping, { n: 3 }, { id: 'later-1', idempotencyKey: 'k-1' });
+    expect(published).toEqual([]);
+    const stored = JSON.parse(JSON.stringify({ ...message, body: [...message.body] }));
+    const receipt = await publishEncoded(bus, { ...stored, body: Uint8Array.from(stored.body) });
+    expect(receipt).toEqual({ id: 'later-1', idempotencyKey: 'k-1' });
+    expect(published.map((m) => [m.id, m.headers[H.id], new TextDecoder().decode(m.body)])).toEqual([['later-1', 'later-1', '{"n":3}']]);
+    expect(() => encode({}, Ping, { n: 1 })).toThrow(TypeError);
+    await bus.close();
+    await expect(publishEncoded(bus, message)).rejects.toBeInstanceOf(BusClosedError);
   });
 });

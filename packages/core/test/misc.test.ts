@@ -1,7 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
   ConfigError,
-  checkBrokerName,
   LeaseLostError,
   MemoryIdempotencyStore,
   readBusbarEnv,
@@ -11,6 +10,7 @@ import {
   validateGroup,
   validateNamespace,
 } from '../src/index.js';
+import { checkBrokerName } from '../src/transport/index.js';
 
 describe('redaction', () => {
   it('removes URL passwords and secret query parameters', () => {

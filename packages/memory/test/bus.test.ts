@@ -1,5 +1,6 @@
 // The memory transport driven through the real EventBus: the semantics users rely on in unit tests.
 import { Headers } from '@busbar/core';
+import { encode } from '@busbar/core/transport';
 import { ManualClock, MemoryBroker } from '@busbar/memory';
 import { describe, expect, it } from 'vitest';
 import { collector, deferred, Placed, setup } from './helpers.js';
@@ -232,7 +233,7 @@ describe('memory transport through the EventBus', () => {
       attempts.push(ctx.attempt);
     });
     const topic = bus.topicOf(Placed);
-    const valid = bus.encode(Placed, { n: 1 });
+    const valid = encode(bus, Placed, { n: 1 });
     await transport.raw.write(topic, { headers: { ...valid.headers, [Headers.attempt]: '4' }, body: valid.body });
     await spy.waitFor(valid.id, { status: 'acked' });
     expect(attempts).toEqual([4]);

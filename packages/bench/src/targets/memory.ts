@@ -5,6 +5,7 @@
  */
 import { EventEmitter as NodeEmitter } from 'node:events';
 import { decodeMessage, EventBus, encodeJson } from '@busbar/core';
+import { encode } from '@busbar/core/transport';
 import { MemoryTransport } from '@busbar/memory';
 import { EventEmitter } from 'eventemitter3';
 import { BenchEvent, BusbarImpl } from '../busbar.js';
@@ -246,7 +247,7 @@ export function memoryTarget(runId: string, full: boolean): Target {
         for (let i = 0; i < n; i++) fn(i);
         return ((performance.now() - t0) * 1000) / n;
       };
-      const encoded = ps.map((p) => bus.encode(BenchEvent, p));
+      const encoded = ps.map((p) => encode(bus, BenchEvent, p));
       const bodies = ps.map((p) => encodeJson(p));
       const td = new TextDecoder();
       const out = {
@@ -255,7 +256,7 @@ export function memoryTarget(runId: string, full: boolean): Target {
           BenchEvent.schema.safeParse(ps[i]);
           return BenchEvent.schema.safeParse(ps[i]);
         }),
-        'bus.encode (zod + JSON + CloudEvents headers, id, time)': time((i) => bus.encode(BenchEvent, ps[i] as Payload)),
+        'bus.encode (zod + JSON + CloudEvents headers, id, time)': time((i) => encode(bus, BenchEvent, ps[i] as Payload)),
         'decodeMessage (limits, attributes, secure JSON parse, zod)': time((i) => decodeMessage(encoded[i] as never, BenchEvent, limits)),
         'raw JSON.parse of the body only': time((i) => JSON.parse(td.decode(bodies[i]))),
       };

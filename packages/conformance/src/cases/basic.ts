@@ -8,11 +8,11 @@ import {
   CapabilityError,
   type EventData,
   type HandlerContext,
-  Headers,
   isBusError,
   type PublishReceipt,
   type Subscription,
 } from '@busbar/core';
+import { HeaderNames } from '@busbar/core/transport';
 import { expect } from 'vitest';
 import { Order, Rich, topicEvent } from '../events.js';
 import { Collector, Counter, deferred, pool, type Suite, turns, within } from '../helpers.js';
@@ -43,9 +43,9 @@ export function basicCases(suite: Suite): void {
 
     const wire = await probe.waitFor(receipt.id, T);
     expect(new TextDecoder().decode(wire.body)).toBe(JSON.stringify(data));
-    expect(wire.headers[Headers.id]).toBe(receipt.id);
-    expect(wire.headers[Headers.type]).toBe(Rich.type);
-    expect(wire.headers[Headers.specversion]).toBe('1.0');
+    expect(wire.headers[HeaderNames.id]).toBe(receipt.id);
+    expect(wire.headers[HeaderNames.type]).toBe(Rich.type);
+    expect(wire.headers[HeaderNames.specversion]).toBe('1.0');
     for (const [k, v] of Object.entries(headers)) expect(wire.headers[k]).toBe(v);
 
     const { data: received, ctx } = await within(got.promise, T, 'handler call');

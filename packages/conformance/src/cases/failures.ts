@@ -7,12 +7,12 @@ import {
   backoffDelay,
   type DeadLetterView,
   type HandlerContext,
-  Headers,
   MemoryIdempotencyStore,
   type PublishReceipt,
   type RecordedOutcome,
   seededRandom,
 } from '@busbar/core';
+import { HeaderNames } from '@busbar/core/transport';
 import { expect } from 'vitest';
 import { Order, UserV1, UserV2 } from '../events.js';
 import { type CaseContext, Collector, deadLettered, envelopeHeaders, isTerminal, rawId, type Suite, utf8 } from '../helpers.js';
@@ -85,7 +85,7 @@ export function failureCases(suite: Suite): void {
       expect(Date.parse(dl.firstFailure)).toBeLessThanOrEqual(Date.parse(dl.lastFailure));
       expect(decoder.decode(dl.body)).toBe(JSON.stringify(payloads[i]));
       expect(dl.headers['x-i'], 'user headers kept on the dead letter').toBe(String(i));
-      expect(dl.headers[Headers.type]).toBe(Order.type);
+      expect(dl.headers[HeaderNames.type]).toBe(Order.type);
       expect([...new Set(attempts.get(r.id))].sort()).toEqual([1, 2, 3]);
     });
   });
@@ -230,12 +230,12 @@ export function failureCases(suite: Suite): void {
     const topic = bus.topicOf(Order);
     const body = utf8('{"n":1}');
     const noId = envelopeHeaders(Order, 'unused', { 'x-case': 'missing-id' });
-    delete noId[Headers.id];
+    delete noId[HeaderNames.id];
     await raw.write(topic, { headers: noId, body });
     const cases: { id: string; overrides: Record<string, string> }[] = [
-      { id: rawId('spec'), overrides: { [Headers.specversion]: '0.3' } },
-      { id: rawId('type'), overrides: { [Headers.type]: 'cf.something-else' } },
-      { id: rawId('ctype'), overrides: { [Headers.contentType]: 'text/plain' } },
+      { id: rawId('spec'), overrides: { [HeaderNames.specversion]: '0.3' } },
+      { id: rawId('type'), overrides: { [HeaderNames.type]: 'cf.something-else' } },
+      { id: rawId('ctype'), overrides: { [HeaderNames.contentType]: 'text/plain' } },
     ];
     for (const k of cases) await raw.write(topic, { headers: envelopeHeaders(Order, k.id, k.overrides), body });
     for (const k of cases) expect(await deadLettered(spy, k.id, 'g', T), JSON.stringify(k.overrides)).toBe('invalid-envelope');

@@ -3,7 +3,8 @@
  * reading history, publish durability as seen by a separate client, and subscribe's
  * "starting position fixed" promise.
  */
-import { CapabilityError, Headers, type PublishReceipt } from '@busbar/core';
+import { CapabilityError, type PublishReceipt } from '@busbar/core';
+import { HeaderNames } from '@busbar/core/transport';
 import { expect } from 'vitest';
 import { Order } from '../events.js';
 import { Collector, type Suite } from '../helpers.js';
@@ -114,7 +115,7 @@ export function groupCases(suite: Suite): void {
     const last = await bus.publish(Order, { n: 5 });
     await bus.close();
     const wire = await probe.waitFor(last.id, T);
-    expect(wire.headers[Headers.id]).toBe(last.id);
+    expect(wire.headers[HeaderNames.id]).toBe(last.id);
   });
 
   suite.test('after subscribe resolves, nothing published later is missed', async (c) => {

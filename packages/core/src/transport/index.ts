@@ -8,6 +8,8 @@
  * - The errors a transport throws, and `describeError` for credential-free details.
  * - Helpers every transport needs: {@link backoffDelay} for reconnects, {@link checkBrokerName}
  *   for derived broker object names.
+ * - The one sanctioned path for already-encoded messages: {@link encode} now, {@link publishEncoded}
+ *   later (an outbox; the bench measures encoding alone).
  * - The kit: {@link SlotGate} (in-flight and per-key slots), {@link TickCoalescer} (one broker
  *   command per event-loop turn), {@link ConnectionStateCell} (state, events and health).
  *
@@ -35,6 +37,12 @@ export {
 } from '../headers.js';
 export { type Logger, redact, redactingLogger, silentLogger } from '../logger.js';
 export { checkBrokerName } from '../naming.js';
+export {
+  encode,
+  type PublishEncodedOptions,
+  type PublishReceipt,
+  publishEncoded,
+} from '../publish/publisher.js';
 export { type BackoffOptions, backoffDelay, type Clock, type RandomSource, systemClock } from '../resilience.js';
 export type * from '../spi.js';
 export { ConnectionStateCell, type ConnectionStateCellOptions } from './connection-state.js';

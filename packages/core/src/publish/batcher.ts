@@ -1,7 +1,7 @@
 import { getEventListeners } from 'node:events';
-import { BackpressureError, BrokerUnavailableError, type BusClosedError, BusError, PublishTimeoutError } from './errors.js';
-import type { CircuitBreaker } from './resilience.js';
-import type { OutgoingMessage, PublishOutcome, Transport } from './spi.js';
+import { BackpressureError, BrokerUnavailableError, type BusClosedError, BusError, PublishTimeoutError } from '../errors.js';
+import type { CircuitBreaker } from '../resilience.js';
+import type { OutgoingMessage, PublishOutcome, Transport } from '../spi.js';
 
 /** Auto-batching of concurrent publishes. */
 export interface BatchingOptions {

@@ -4,10 +4,10 @@
  * object instead of allocating a result, which is an internal contract.
  */
 import sjson from 'secure-json-parse';
-import type { DeadLetterReason, DecodeLimits, EnvelopeAttributes } from './envelope.js';
-import type { EventDefinition, Upcasters } from './event.js';
-import { HeaderNames, JSON_CONTENT_TYPE, RESERVED_HEADER_PREFIX, SPEC_VERSION } from './headers.js';
-import type { WireMessage } from './spi.js';
+import type { DeadLetterReason, DecodeLimits, EnvelopeAttributes } from '../envelope.js';
+import type { EventDefinition, Upcasters } from '../event.js';
+import { HeaderNames, JSON_CONTENT_TYPE, RESERVED_HEADER_PREFIX, SPEC_VERSION } from '../headers.js';
+import type { WireMessage } from '../spi.js';
 
 const hasOwn = Object.prototype.hasOwnProperty;
 const textDecoder = new TextDecoder('utf-8', { fatal: true });

@@ -1,0 +1,142 @@
+/**
+ * The publish path of a bus: encode (validation included) → breaker → batcher → transport. Also
+ * the one sanctioned path for messages encoded earlier and published later (the outbox, the
+ * bench): `encode` / `publishEncoded` of `@busbar/core/transport`.
+ */
+import { BusClosedError } from '../errors.js';
+import type { EventDefinition, EventInput } from '../event.js';
+import { HeaderNames as Headers } from '../headers.js';
+import type { PublishOptions } from '../options.js';
+import type { CircuitBreaker } from '../resilience.js';
+import type { OutgoingMessage } from '../spi.js';
+import type { PublishBatcher } from './batcher.js';
+import type { MessageEncoder } from './encode.js';
+
+/** What `publish` resolves with. */
+export interface PublishReceipt {
+  /** The message id (CloudEvents `id`). */
+  readonly id: string;
+  /** The idempotency key it carries. */
+  readonly idempotencyKey: string;
+}
+
+const NO_OPTIONS: PublishOptions = Object.freeze({});
+
+/** Publishes the messages of one bus. */
+export class Publisher {
+  /** `connecting` resolved: publishes need not wait a microtask for it. */
+  private connected = false;
+  /** Publishes are refused (the bus is closing or closed). */
+  private stopped = false;
+
+  constructor(
+    readonly encoder: MessageEncoder,
+    private readonly batcher: PublishBatcher,
+    private readonly breaker: CircuitBreaker | undefined,
+    private readonly connecting: Promise<void>,
+    private readonly publishTimeoutMs: number,
+  ) {
+    connecting.then(
+      () => {
+        this.connected = true;
+      },
+      () => {},
+    );
+  }
+
+  /** Publishes waiting for the transport. */
+  get pendingCount(): number {
+    return this.batcher.pendingCount;
+  }
+
+  /** See `EventBus.publish`. */
+  publish<E extends EventDefinition>(event: E, data: EventInput<E>, options: PublishOptions = NO_OPTIONS): Promise<PublishReceipt> {
+    // Not an async function: this runs once per message, and a chain of plain promises costs less
+    // than an async function's suspension. Every failure still rejects; nothing throws.
+    let message: OutgoingMessage;
+    try {
+      if (this.stopped) throw new BusClosedError();
+      message = this.encoder.encode(event, data, options);
+      this.breaker?.assertNotOpen();
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.send(message, options.timeoutMs ?? this.publishTimeoutMs);
+  }
+
+  /** Publishes a message {@link MessageEncoder.encode} made earlier, as `publish` would have. */
+  publishEncoded(message: OutgoingMessage, timeoutMs = this.publishTimeoutMs): Promise<PublishReceipt> {
+    try {
+      if (this.stopped) throw new BusClosedError();
+      this.breaker?.assertNotOpen();
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.send(message, timeoutMs);
+  }
+
+  /** Refuses every later publish (`BusClosedError`). */
+  stop(): void {
+    this.stopped = true;
+  }
+
+  /** Resolves once every pending publish settled. */
+  drain(): Promise<void> {
+    return this.batcher.drain();
+  }
+
+  private send(message: OutgoingMessage, timeoutMs: number): Promise<PublishReceipt> {
+    const receipt: PublishReceipt = { id: message.id, idempotencyKey: message.headers[Headers.idempotencyKey] as string };
+    // The batcher's promise resolves with the receipt itself: no `.then(() => receipt)` (a closure,
+    // a promise and a reaction) per publish.
+    return this.connected
+      ? this.batcher.publish(message, timeoutMs, receipt)
+      : this.connecting.then(() => this.batcher.publish(message, timeoutMs, receipt));
+  }
+}
+
+/** The publisher of each bus, for {@link publisherOf} (the bus does not expose it). */
+const publishers = new WeakMap<object, Publisher>();
+
+/** @internal Called by the bus's constructor. */
+export function registerPublisher(bus: object, publisher: Publisher): void {
+  publishers.set(bus, publisher);
+}
+
+/** @internal The publisher of `bus`. @throws TypeError for anything that is not an `EventBus`. */
+export function publisherOf(bus: object): Publisher {
+  const publisher = publishers.get(bus);
+  if (publisher === undefined) throw new TypeError('not an EventBus');
+  return publisher;
+}
+
+/** Options of {@link publishEncoded}. */
+export interface PublishEncodedOptions {
+  /** Reject with `PublishTimeoutError` after this many ms. @defaultValue `BusOptions.publishTimeoutMs` */
+  readonly timeoutMs?: number;
+}
+
+/**
+ * Validates and encodes `data` as `event` exactly as `bus.publish` would (schema, size limits,
+ * CloudEvents headers, a new id unless `options.id`), without sending it: for a message that is
+ * published later with {@link publishEncoded} (an outbox stores it meanwhile). Throws
+ * `ValidationError` / `PayloadTooLargeError`.
+ */
+export function encode<E extends EventDefinition>(
+  bus: object,
+  event: E,
+  data: EventInput<E>,
+  options: Omit<PublishOptions, 'timeoutMs'> = NO_OPTIONS,
+): OutgoingMessage {
+  return publisherOf(bus).encoder.encode(event, data, options);
+}
+
+/**
+ * Publishes a message {@link encode} made earlier (possibly in another process, from storage), as
+ * `bus.publish` would: breaker, batching, the pending limit, the timeout, and the same receipt and
+ * errors. The message is sent as it is — headers and body are not validated again — so it must
+ * come from `encode` unchanged.
+ */
+export function publishEncoded(bus: object, message: OutgoingMessage, options: PublishEncodedOptions = {}): Promise<PublishReceipt> {
+  return publisherOf(bus).publishEncoded(message, options.timeoutMs);
+}
