@@ -10,11 +10,14 @@
  *   for derived broker object names.
  * - The one sanctioned path for already-encoded messages: {@link encode} now, {@link publishEncoded}
  *   later (an outbox; the bench measures encoding alone).
+ * - Core internals for tooling (a transport needs none of them): `PublishBatcher`, `replayHeaders`.
  * - The kit: {@link SlotGate} (in-flight and per-key slots), {@link TickCoalescer} (one broker
  *   command per event-loop turn), {@link ConnectionStateCell} (state, events and health).
  *
  * Applications import `@busbar/core`; nothing here is needed to publish or subscribe.
  */
+
+export { replayHeaders } from '../delivery/copy-headers.js';
 export {
   BrokerUnavailableError,
   BusError,
@@ -37,6 +40,7 @@ export {
 } from '../headers.js';
 export { type Logger, redact, redactingLogger, silentLogger } from '../logger.js';
 export { checkBrokerName } from '../naming.js';
+export { type BatcherOptions, type BatchingOptions, PublishBatcher } from '../publish/batcher.js';
 export {
   encode,
   type PublishEncodedOptions,
