@@ -11,7 +11,7 @@ import { type ChainableCommander, Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { brokerForTests } from '../brokers/resolve.js';
-import { deleteNamespace, IdSet, rawDecode, rawWriteLegacy, streamOf } from './helpers.js';
+import { deleteNamespace, IdSet, rawDecode, rawWriteLegacy, streamOf } from './kit.js';
 
 const broker = await brokerForTests('redis');
 const FAST = { initialMs: 20, maxMs: 50, minMs: 10 };
@@ -325,7 +325,7 @@ describe.skipIf(!broker)('redis-streams specifics', () => {
       await Promise.all(Array.from({ length: total }, (_, i) => bus.publish(Paid, { order: `o-${i}` })));
       // Fault injection on the real client: every XACK reaches Redis 30 ms late, so settled
       // deliveries stay pending in Redis for a while (their slots are what this test is about).
-      const client = (transport as unknown as { client: Redis }).client;
+      const client = (transport as unknown as { connection: { client: Redis } }).connection.client;
       const call = client.call.bind(client) as (...args: unknown[]) => Promise<unknown>;
       (client as unknown as { call: typeof call }).call = (...args) =>
         args[0] === 'XACK' ? new Promise((resolve) => setTimeout(resolve, 30)).then(() => call(...args)) : call(...args);

@@ -4,7 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { BODY_FIELD, HEADERS_FIELD } from './codec.js';
+import { BODY_FIELD, HEADERS_FIELD } from './wire.js';
 
 /** A Lua script run by `EVALSHA`, falling back to `EVAL` when the server does not know it yet. */
 export class Script {
@@ -28,7 +28,7 @@ export class Script {
 
 /**
  * APPEND: append several messages to stream KEYS[1]; ARGV headers JSON, body, headers JSON, body…
- * (the two-field layout of `codec.ts`). One command for a batch instead of one `XADD` each: most of
+ * (the two-field layout of `wire.ts`). One command for a batch instead of one `XADD` each: most of
  * a publish's client CPU is ioredis's work per command. Returns one reply per message, in order: the
  * entry id, or the error of its `XADD` (`redis.pcall`: one failure does not stop the others).
  */

@@ -1,5 +1,5 @@
 /**
- * How a message is laid out in a stream entry: two fields,
+ * The wire codec: how a message is laid out in a stream entry. Two fields,
  *
  * 1. `_headers`: every header (CloudEvents attributes and user headers) as one JSON object of
  *    strings, e.g. `{"ce_id":"…","ce_type":"…","content-type":"application/json",…}`;
