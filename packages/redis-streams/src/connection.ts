@@ -4,14 +4,15 @@
  */
 import {
   BrokerUnavailableError,
-  type ConnectionState,
+  backoffDelay,
+  ConnectionStateCell,
   describeError,
   type Logger,
   redact,
   silentLogger,
   type TransportContext,
   type TransportHealth,
-} from '@busbar/core';
+} from '@busbar/core/transport';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { ResolvedOptions } from './options.js';
 
@@ -39,8 +40,8 @@ export interface Connections {
 export class RedisConnection implements Connections {
   private client: Redis | undefined;
   private context: TransportContext | undefined;
-  private state: ConnectionState = 'disconnected';
-  private lastError: string | undefined;
+  /** State, `connection` events and the last credential-free error. */
+  private readonly state = new ConnectionStateCell();
   private closed = false;
   private probing = false;
   private healthTimer: NodeJS.Timeout | undefined;
@@ -54,8 +55,7 @@ export class RedisConnection implements Connections {
   /** ioredis `retryStrategy`: exponential backoff with full jitter, never giving up. */
   private retryStrategy = (times: number): number => {
     const { initialMs, maxMs } = this.options.settings.reconnect;
-    const cap = Math.min(maxMs, initialMs * 2 ** Math.min(times, 16));
-    return Math.round(initialMs + Math.random() * Math.max(0, cap - initialMs));
+    return backoffDelay(times + 1, { initialMs, maxMs, minMs: initialMs });
   };
 
   open(overrides: RedisOptions): Redis {
@@ -75,22 +75,23 @@ export class RedisConnection implements Connections {
   async connect(context: TransportContext): Promise<void> {
     if (this.client) return;
     this.context = context;
+    this.state.attach(context);
     const client = this.open({ enableOfflineQueue: false, connectionName: 'busbar:main' });
     this.client = client;
-    client.on('ready', () => this.setState('connected'));
-    client.on('reconnecting', () => this.setState('reconnecting'));
+    client.on('ready', () => this.state.set('connected'));
+    client.on('reconnecting', () => this.state.set('reconnecting'));
     client.on('close', () => {
-      if (!this.closed) this.setState('reconnecting');
+      if (!this.closed) this.state.set('reconnecting');
     });
-    client.on('end', () => this.setState(this.closed ? 'closed' : 'disconnected'));
+    client.on('end', () => this.state.set(this.closed ? 'closed' : 'disconnected'));
     client.on('error', (error: unknown) => this.noteError(error));
-    this.setState('connecting');
+    this.state.set('connecting');
     try {
       await client.connect();
     } catch (error) {
       // ioredis keeps reconnecting (retryStrategy); publishes fail with BrokerUnavailableError meanwhile.
       this.noteError(error);
-      this.logger.warn({ err: this.lastError }, 'redis is not reachable yet; reconnecting in the background');
+      this.logger.warn({ err: this.state.detail }, 'redis is not reachable yet; reconnecting in the background');
     }
     const { intervalMs } = this.options.settings.healthCheck;
     if (intervalMs > 0) {
@@ -105,8 +106,9 @@ export class RedisConnection implements Connections {
    */
   private noteError(error: unknown): void {
     const text = redact(describeError(error));
-    if (this.lastError !== undefined && AUTH_ERROR.test(this.lastError) && !AUTH_ERROR.test(text) && this.state !== 'connected') return;
-    this.lastError = text;
+    const last = this.state.detail; // undefined while connected
+    if (last !== undefined && AUTH_ERROR.test(last) && !AUTH_ERROR.test(text)) return;
+    this.state.fail(text);
   }
 
   /**
@@ -122,20 +124,13 @@ export class RedisConnection implements Connections {
       const { timeoutMs } = this.options.settings.healthCheck;
       if (await answersPing(client, timeoutMs)) return;
       if (this.closed || client.status !== 'ready') return;
-      this.lastError = `no reply to PING within ${timeoutMs} ms (${why}): connection presumed dead, reconnecting`;
-      this.logger.warn({ err: this.lastError }, 'redis command connection is silent; reconnecting');
+      const detail = `no reply to PING within ${timeoutMs} ms (${why}): connection presumed dead, reconnecting`;
+      this.state.fail(detail);
+      this.logger.warn({ err: detail }, 'redis command connection is silent; reconnecting');
       client.disconnect(true);
     } finally {
       this.probing = false;
     }
-  }
-
-  private setState(state: ConnectionState): void {
-    if (this.state === state) return;
-    if (state === 'connected') this.lastError = undefined;
-    this.state = state;
-    const detail = state === 'reconnecting' || state === 'disconnected' ? this.lastError : undefined;
-    this.context?.emit({ kind: 'connection', state, ...(detail === undefined ? {} : { detail }) });
   }
 
   ready(): Redis {
@@ -143,16 +138,15 @@ export class RedisConnection implements Connections {
     if (!client) throw new BrokerUnavailableError('redis transport is not connected (call connect first)');
     if (this.closed) throw new BrokerUnavailableError('redis transport is closed');
     if (client.status !== 'ready') {
-      throw new BrokerUnavailableError(
-        `redis is not reachable (connection ${client.status})${this.lastError ? `: ${this.lastError}` : ''}`,
-      );
+      const detail = this.state.detail;
+      throw new BrokerUnavailableError(`redis is not reachable (connection ${client.status})${detail ? `: ${detail}` : ''}`);
     }
     return client;
   }
 
   /** Connection state of the command connection and its last error (credential-free). */
   health(): TransportHealth {
-    return this.lastError && this.state !== 'connected' ? { state: this.state, detail: this.lastError } : { state: this.state };
+    return this.state.health();
   }
 
   /** Closes the command connection. Idempotent. */
@@ -165,7 +159,7 @@ export class RedisConnection implements Connections {
       if (client.status === 'ready') await client.quit().catch(() => client.disconnect());
       else client.disconnect();
     }
-    this.setState('closed');
+    this.state.set('closed');
   }
 }
 

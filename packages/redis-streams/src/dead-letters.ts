@@ -3,7 +3,7 @@
  * first; each dead letter a scan selects moves atomically to the group's retry stream (`REPLAY`).
  * Dead letters are written by a delivery's settle (`DEAD_LETTER`, see `subscription.ts`).
  */
-import type { DeadLetterScan, StoredDeadLetter } from '@busbar/core';
+import type { DeadLetterScan, StoredDeadLetter } from '@busbar/core/transport';
 import type { Redis } from 'ioredis';
 import { REPLAY } from './scripts.js';
 import type { GroupKeys } from './topology.js';

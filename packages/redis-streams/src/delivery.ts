@@ -1,14 +1,16 @@
 /**
- * One delivery handed to core: the decoded message, where it came from, and its settle methods,
- * which go to the subscription through a narrow {@link Settler}.
+ * One delivery handed to core: the decoded message, where it came from, how often Redis handed it
+ * out before (`redeliveries`), and its settle methods, which go to the subscription through a
+ * narrow {@link Settler}. Core computes the attempt, builds the headers of every copy and settles
+ * each delivery once.
  */
-import { type Delivery, Headers, type WireMessage } from '@busbar/core';
+import { type Delivery, HeaderNames, type WireMessage } from '@busbar/core/transport';
 
 /** @internal What a delivery asks of its subscription. */
 export interface Settler {
   ack(d: RedisDelivery): Promise<void>;
-  retry(d: RedisDelivery, delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void>;
-  deadLetter(d: RedisDelivery, deadLetterHeaders: Readonly<Record<string, string>>): Promise<void>;
+  retry(d: RedisDelivery, delayMs: number, headers: Readonly<Record<string, string>>): Promise<void>;
+  deadLetter(d: RedisDelivery, headers: Readonly<Record<string, string>>): Promise<void>;
   release(d: RedisDelivery): Promise<void>;
   extendLease(d: RedisDelivery, ms: number): Promise<void>;
 }
@@ -26,12 +28,6 @@ export interface Entry {
 /** @internal An `XREADGROUP` reply, bulk strings as Buffers. */
 export type ReadReply = [Buffer, [Buffer, Buffer[] | null][]][] | null;
 
-/** @internal Attempt carried in the `Headers.attempt` header (1 when absent or invalid). */
-export function headerAttempt(headers: Readonly<Record<string, string>>): number {
-  const n = Number(headers[Headers.attempt]);
-  return Number.isInteger(n) && n >= 1 ? n : 1;
-}
-
 /**
  * One delivery handed to core: the decoded message and where it came from. Its settle methods
  * delegate to the subscription (methods on the prototype, not closures per delivery).
@@ -39,7 +35,8 @@ export function headerAttempt(headers: Readonly<Record<string, string>>): number
 export class RedisDelivery implements Delivery {
   readonly headers: Readonly<Record<string, string>>;
   readonly body: Uint8Array;
-  readonly attempt: number;
+  /** Redis's delivery count − 1: how often this entry was handed out before (claimed, re-read). */
+  readonly redeliveries: number;
   readonly position: string;
   readonly key: string | undefined;
   /** Stream the entry was read from. */
@@ -50,6 +47,7 @@ export class RedisDelivery implements Delivery {
   readonly deliveryCount: number;
   /** Key of the in-flight table (see `slotOf`). */
   readonly slot: string;
+  /** Set once core settled it: a lease is no longer extended. */
   settled = false;
   /** Lease re-claim timer, when `extendLease` asked for more than `claimIdleMs`. */
   timer: NodeJS.Timeout | undefined;
@@ -59,13 +57,12 @@ export class RedisDelivery implements Delivery {
     e: Entry,
     slot: string,
     message: WireMessage,
-    attempt: number,
   ) {
     this.headers = message.headers;
     this.body = message.body;
-    this.attempt = attempt;
+    this.redeliveries = Math.max(0, e.deliveryCount - 1);
     this.position = `${e.stream}/${e.id}`;
-    this.key = message.headers[Headers.partitionKey];
+    this.key = message.headers[HeaderNames.partitionKey];
     this.stream = e.stream;
     this.id = e.id;
     this.deliveryCount = e.deliveryCount;
@@ -76,15 +73,16 @@ export class RedisDelivery implements Delivery {
     return this.sub.ack(this);
   }
 
-  retry(delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void> {
-    return this.sub.retry(this, delayMs, extraHeaders);
+  retry(delayMs: number, headers: Readonly<Record<string, string>>): Promise<void> {
+    return this.sub.retry(this, delayMs, headers);
   }
 
-  deadLetter(deadLetterHeaders: Readonly<Record<string, string>>): Promise<void> {
-    return this.sub.deadLetter(this, deadLetterHeaders);
+  deadLetter(headers: Readonly<Record<string, string>>): Promise<void> {
+    return this.sub.deadLetter(this, headers);
   }
 
-  release(): Promise<void> {
+  /** Gives the entry back natively (left pending, claimable at once): the copy's headers are not needed. */
+  release(_headers: Readonly<Record<string, string>>): Promise<void> {
     return this.sub.release(this);
   }
 

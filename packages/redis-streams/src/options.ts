@@ -2,7 +2,8 @@
  * The options of the transport (public, documented with their defaults) and their validation into
  * the settings the other parts of the package read.
  */
-import { ConfigError, readBusbarEnv, redact } from '@busbar/core';
+import { readBusbarEnv } from '@busbar/core';
+import { ConfigError, redact } from '@busbar/core/transport';
 import type { RedisOptions } from 'ioredis';
 
 /** Retention of the event streams. */

@@ -10,7 +10,7 @@ import {
   type PublishOutcome,
   PublishRejectedError,
   type TransportCapabilities,
-} from '@busbar/core';
+} from '@busbar/core/transport';
 import { type Redis, ReplyError } from 'ioredis';
 import type { Connections } from './connection.js';
 import { APPEND } from './scripts.js';

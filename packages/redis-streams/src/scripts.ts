@@ -1,6 +1,9 @@
 /**
  * The Lua scripts that make each settle a single atomic step on the server. Every script touches
  * keys of one topic only (one hash tag), so they run unchanged on Redis Cluster.
+ *
+ * No script reads, adds or bumps a header: `RETRY`, `MOVE`, `DEAD_LETTER` and `REPLAY` write
+ * exactly the entry fields they are given (the `wire.ts` layout of the headers core built).
  */
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';

@@ -6,17 +6,18 @@
 import { randomUUID } from 'node:crypto';
 import {
   BrokerUnavailableError,
+  backoffDelay,
   type Delivery,
   describeError,
-  Headers,
   type Logger,
+  SlotGate,
   type SubscriptionSpec,
+  TickCoalescer,
   type TransportSubscription,
-} from '@busbar/core';
+} from '@busbar/core/transport';
 import type { Redis } from 'ioredis';
-import { Coalescer } from './coalescer.js';
 import { type Connections, withDeadline } from './connection.js';
-import { type Entry, headerAttempt, parseRead, type ReadReply, RedisDelivery, type Settler } from './delivery.js';
+import { type Entry, parseRead, type ReadReply, RedisDelivery, type Settler } from './delivery.js';
 import type { ResolvedSettings } from './options.js';
 import { ACK_DELETE, CLAIM_OWN, DEAD_LETTER, DROP_CONSUMER, MOVE, RETRY, TRIM_ACKED } from './scripts.js';
 import type { GroupKeys } from './topology.js';
@@ -51,10 +52,10 @@ export class RedisStreamSubscription implements TransportSubscription {
   /** Deliveries handed to core whose outcome Redis has not recorded yet (handled, or being settled). */
   private readonly inFlight = new Map<string, RedisDelivery>();
   /** Deliveries handed to core and not settled by it yet: what `concurrency` limits. */
-  private handling = 0;
+  private readonly handling: SlotGate;
   private readonly bodies = new BodyCopier();
-  private readonly streamAcks: Coalescer<RedisDelivery>;
-  private readonly retryAcks: Coalescer<RedisDelivery>;
+  private readonly streamAcks: TickCoalescer<RedisDelivery>;
+  private readonly retryAcks: TickCoalescer<RedisDelivery>;
   private readonly buffer: Entry[] = [];
   /** Entries settled while a read of pending entries is in flight (its reply may predate the settle). */
   private settledDuring: Set<string> | undefined;
@@ -76,16 +77,18 @@ export class RedisStreamSubscription implements TransportSubscription {
   /** What the deliveries of this subscription call to settle (one object, not closures per delivery). */
   private readonly settler: Settler = {
     ack: (d) => this.ack(d),
-    retry: (d, delayMs, extraHeaders) => this.retry(d, delayMs, extraHeaders),
-    deadLetter: (d, deadLetterHeaders) => this.deadLetter(d, deadLetterHeaders),
+    retry: (d, delayMs, headers) => this.retry(d, delayMs, headers),
+    deadLetter: (d, headers) => this.deadLetter(d, headers),
     release: (d) => this.release(d),
     extendLease: (d, ms) => this.extendLease(d, ms),
   };
 
   constructor(private readonly o: SubscriptionOptions) {
     this.streams = [o.keys.retry, o.keys.stream];
-    this.streamAcks = new Coalescer((ds) => this.flushAcks(o.keys.stream, ds));
-    this.retryAcks = new Coalescer((ds) => this.flushAcks(o.keys.retry, ds));
+    this.handling = new SlotGate(o.spec.concurrency);
+    // One XACK per stream for what core settled during one event-loop turn (after its I/O callbacks).
+    this.streamAcks = new TickCoalescer((ds) => this.flushAcks(o.keys.stream, ds));
+    this.retryAcks = new TickCoalescer((ds) => this.flushAcks(o.keys.retry, ds));
     this.conn = o.connections.open({
       enableOfflineQueue: true,
       // Commands in flight when the connection drops are sent again after the reconnect (without
@@ -203,8 +206,7 @@ export class RedisStreamSubscription implements TransportSubscription {
         this.o.logger.warn({ group: this.group, stream: this.o.keys.stream, err: text, failures }, 'redis read failed; retrying');
         if (text.includes('NOGROUP')) await this.ensureGroups('0').catch(() => {});
         const { initialMs, maxMs } = this.o.settings.reconnect;
-        const cap = Math.min(maxMs, initialMs * 2 ** Math.min(failures, 16));
-        await this.waitForWake(Math.round(initialMs + Math.random() * Math.max(0, cap - initialMs)));
+        await this.waitForWake(backoffDelay(failures + 1, { initialMs, maxMs, minMs: initialMs }));
       }
     }
   }
@@ -217,7 +219,7 @@ export class RedisStreamSubscription implements TransportSubscription {
    */
   private freeSlots(): number {
     const { concurrency } = this.o.spec;
-    return Math.min(concurrency - this.handling, 2 * concurrency - this.inFlight.size);
+    return Math.min(concurrency - this.handling.inFlight, 2 * concurrency - this.inFlight.size);
   }
 
   private waitForWake(ms: number): Promise<void> {
@@ -356,18 +358,16 @@ export class RedisStreamSubscription implements TransportSubscription {
 
   private dispatch(e: Entry, slot = this.slotOf(e)): void {
     const message = decodeFields(e.fields ?? [], this.bodies);
-    const attempt = headerAttempt(message.headers) + Math.max(0, e.deliveryCount - 1);
-    const delivery = new RedisDelivery(this.settler, e, slot, message, attempt);
+    const delivery = new RedisDelivery(this.settler, e, slot, message);
     this.inFlight.set(delivery.slot, delivery);
-    this.handling++;
+    this.handling.tryAcquire(); // `freeSlots` counted it
     this.o.onDelivery(delivery);
   }
 
-  /** Marks `d` settled (once), or throws when it already was. */
+  /** Marks `d` settled by core (which settles each delivery once): its slot is free. */
   private beginSettle(d: RedisDelivery): void {
-    if (d.settled) throw new Error(`delivery ${d.id} was already settled`);
     d.settled = true;
-    this.handling--;
+    this.handling.release();
     if (d.timer !== undefined) clearInterval(d.timer);
   }
 
@@ -393,11 +393,7 @@ export class RedisStreamSubscription implements TransportSubscription {
 
   /** `Delivery.ack`: joins the acknowledgements of this event-loop turn (one `XACK` per stream). */
   private ack(d: RedisDelivery): Promise<void> {
-    try {
-      this.beginSettle(d);
-    } catch (error) {
-      return Promise.reject(error);
-    }
+    this.beginSettle(d);
     return d.stream === this.o.keys.retry ? this.retryAcks.add(d) : this.streamAcks.add(d);
   }
 
@@ -426,11 +422,13 @@ export class RedisStreamSubscription implements TransportSubscription {
     }
   }
 
-  /** `Delivery.retry`: acknowledge and park a copy in the group's delayed set, atomically. */
-  private retry(d: RedisDelivery, delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void> {
+  /**
+   * `Delivery.retry`: acknowledge and park a copy — the body with exactly `headers` (core's) — in
+   * the group's delayed set, atomically.
+   */
+  private retry(d: RedisDelivery, delayMs: number, headers: Readonly<Record<string, string>>): Promise<void> {
     return this.settleWith(d, async (client) => {
       const delay = Math.max(0, Math.round(delayMs));
-      const headers = { ...d.headers, ...extraHeaders, [Headers.attempt]: String(d.attempt + 1) };
       const done = await RETRY.run(
         client,
         [d.stream, this.o.keys.delayed],
@@ -440,18 +438,22 @@ export class RedisStreamSubscription implements TransportSubscription {
     });
   }
 
-  /** `Delivery.deadLetter`: append to the group's dlq and acknowledge, atomically. */
-  private deadLetter(d: RedisDelivery, deadLetterHeaders: Readonly<Record<string, string>>): Promise<void> {
+  /** `Delivery.deadLetter`: append the body with exactly `headers` (core's) to the group's dlq and acknowledge, atomically. */
+  private deadLetter(d: RedisDelivery, headers: Readonly<Record<string, string>>): Promise<void> {
     return this.settleWith(d, async (client) => {
       await DEAD_LETTER.run(
         client,
         [d.stream, this.o.keys.dlq],
-        [this.group, d.id, this.o.consumer, this.isRetryStream(d), ...encodeFields({ ...d.headers, ...deadLetterHeaders }, d.body)],
+        [this.group, d.id, this.o.consumer, this.isRetryStream(d), ...encodeFields(headers, d.body)],
       );
     });
   }
 
-  /** `Delivery.release`: give the entry back without counting an attempt. */
+  /**
+   * `Delivery.release`: give the entry back natively, without counting a redelivery — it stays
+   * pending with its delivery count reset to what it was before this hand-over, idle enough for
+   * any member's next `XAUTOCLAIM` (which counts it again).
+   */
   private release(d: RedisDelivery): Promise<void> {
     return this.settleWith(d, () => this.claimOwn(d, RELEASED_IDLE_MS, String(Math.max(0, d.deliveryCount - 1))));
   }

@@ -18,7 +18,7 @@ import {
   type TransportContext,
   type TransportHealth,
   type TransportSubscription,
-} from '@busbar/core';
+} from '@busbar/core/transport';
 import { RedisConnection } from './connection.js';
 import { scanDeadLetters } from './dead-letters.js';
 import { type RedisStreamsOptions, type ResolvedSettings, resolveOptions } from './options.js';
@@ -50,8 +50,11 @@ export const REDIS_STREAMS_CAPABILITIES: TransportCapabilities = {
  *   connection, at most `concurrency` deliveries unsettled by core, and acknowledges what core
  *   settled during one event-loop turn with one `XACK` per stream (the next read does not wait for
  *   its reply; at most another `concurrency` may wait for one).
- * - Entries left pending by a crashed consumer are claimed after `claimIdleMs` (`XAUTOCLAIM`); the
- *   attempt number adds Redis's delivery count to the attempt carried in the headers.
+ * - Entries left pending by a crashed consumer are claimed after `claimIdleMs` (`XAUTOCLAIM`); a
+ *   delivery reports Redis's delivery count − 1 as its `redeliveries` (core adds it to the attempt
+ *   carried in the headers).
+ * - Core settles each delivery once and hands over the complete headers of every copy: a retry or
+ *   dead letter is the body with exactly those headers.
  * - Retries wait in a per-group sorted set and move, when due, to the group's own retry stream;
  *   dead letters go to the group's dead-letter stream. Both are single Lua scripts.
  */

@@ -17,7 +17,7 @@
  * write one field per header keep working.
  */
 import { isUtf8 } from 'node:buffer';
-import type { WireMessage } from '@busbar/core';
+import type { WireMessage } from '@busbar/core/transport';
 
 /** Name of the field holding every header as one JSON object of strings. */
 export const HEADERS_FIELD = '_headers';
