@@ -4,46 +4,30 @@
  * observe; cleanup deletes the case's keys by `SCAN`.
  */
 import { runConformance } from '@busbar/conformance';
-import { RedisStreamsTransport } from '@busbar/redis-streams';
-import { Redis } from 'ioredis';
-import { afterAll, describe } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { brokerForTests } from '../brokers/resolve.js';
-import { deleteNamespace, rawObserve, rawWrite } from './helpers.js';
+import { createRawClient, TransportRegistry } from './kit.js';
 
 const broker = await brokerForTests('redis');
+const url = broker?.url ?? '';
 
 describe.skipIf(!broker)('redis-streams', () => {
-  const url = broker?.url ?? '';
-  const admin = new Redis(url, { lazyConnect: true });
-  admin.on('error', () => {});
+  const registry = new TransportRegistry(url);
+
   afterAll(async () => {
-    admin.disconnect();
+    await registry.close();
     await broker?.stop();
   });
 
   runConformance({
     name: 'redis-streams',
-    createTransport: () => new RedisStreamsTransport({ url, claimIdleMs: 5_000, claimIntervalMs: 500, retryPollMs: 200 }),
-    createRawClient: async () => {
-      const conn = new Redis(url);
-      conn.on('error', () => {});
-      const probes = new Set<{ close(): Promise<void> }>();
-      return {
-        write: (topic, message) => rawWrite(conn, topic, message),
-        observe: async (topic) => {
-          const probe = await rawObserve(url, topic);
-          probes.add(probe);
-          return probe;
-        },
-        close: async () => {
-          await Promise.allSettled([...probes].map((p) => p.close()));
-          conn.disconnect();
-        },
-      };
-    },
-    cleanup: async (namespace) => {
-      await deleteNamespace(admin, namespace);
-    },
+    createTransport: () => registry.create(),
+    createRawClient: () => createRawClient(url),
+    cleanup: (namespace) => registry.cleanup(namespace),
     deliveryTimeoutMs: 15_000,
+  });
+
+  it('hygiene: no key of a namespace this file cleaned up is left (or written again) in Redis', async () => {
+    expect(await registry.leftovers()).toEqual([]);
   });
 });

@@ -16,7 +16,7 @@ import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { brokerForTests } from '../brokers/resolve.js';
-import { deleteNamespace, IdSet, once, streamOf } from './helpers.js';
+import { deleteNamespace, IdSet, once, streamOf } from './kit.js';
 
 const broker = await brokerForTests('redis');
 const FAST = { initialMs: 50, maxMs: 200, minMs: 20 };

@@ -5,16 +5,46 @@
  */
 import { randomUUID } from 'node:crypto';
 import { defineEvent, EventBus, LeaseLostError, OutcomeSpy, type OutgoingMessage, PublishRejectedError, silentLogger } from '@busbar/core';
+import type { Delivery } from '@busbar/core/transport';
 import { MemoryBroker, MemoryTransport } from '@busbar/memory';
 import { RedisIdempotencyStore, RedisStreamsTransport } from '@busbar/redis-streams';
 import { type ChainableCommander, Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { brokerForTests } from '../brokers/resolve.js';
-import { deleteNamespace, IdSet, rawDecode, rawWriteLegacy, streamOf } from './helpers.js';
+import { deleteNamespace, IdSet, rawDecode, rawWriteLegacy, streamOf } from './kit.js';
 
 const broker = await brokerForTests('redis');
 const FAST = { initialMs: 20, maxMs: 50, minMs: 10 };
+/** Deliveries a transport hands over, awaited one at a time (no polling, no sleeps). */
+class DeliveryInbox {
+  private readonly queue: Delivery[] = [];
+  private waiter: ((d: Delivery) => void) | undefined;
+
+  add(d: Delivery): void {
+    const waiter = this.waiter;
+    this.waiter = undefined;
+    if (waiter) waiter(d);
+    else this.queue.push(d);
+  }
+
+  /** The next delivery; rejects after `timeoutMs`. */
+  next(timeoutMs: number): Promise<Delivery> {
+    const queued = this.queue.shift();
+    if (queued) return Promise.resolve(queued);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiter = undefined;
+        reject(new Error(`no delivery within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiter = (d) => {
+        clearTimeout(timer);
+        resolve(d);
+      };
+    });
+  }
+}
+
 const ns = (tag: string) => `rs${tag}${randomUUID().replaceAll('-', '').slice(0, 10)}`;
 const Paid = defineEvent({ type: 'order.paid', schema: z.object({ order: z.string() }) });
 
@@ -211,6 +241,56 @@ describe.skipIf(!broker)('redis-streams specifics', () => {
     }
   });
 
+  it('SPI: redeliveries = Redis delivery count − 1; release counts nothing; retry and dead letter write exactly the headers given', async () => {
+    const namespace = ns('s');
+    const topic = `${namespace}.${Paid.type}`;
+    const stream = streamOf(topic);
+    const spec = { topic, group: 'g', concurrency: 4, startFrom: 'earliest', orderedByKey: false } as const;
+    const options = { url, claimIdleMs: 300, claimIntervalMs: 50, retryPollMs: 50 };
+    const context = { logger: silentLogger, emit: () => {} };
+    const t1 = new RedisStreamsTransport(options);
+    const t2 = new RedisStreamsTransport(options);
+    await t1.connect(context);
+    await t2.connect(context);
+    try {
+      const body = new Uint8Array([0x7b, 0xff, 0x00, 0x7d]);
+      const original = { ce_id: 'm1', ce_busbarattempt: '5', 'x-original': 'yes' };
+      const [published] = await t1.publish([{ topic, id: 'm1', headers: original, body }], new AbortController().signal);
+      expect(published?.ok).toBe(true);
+      const first = new DeliveryInbox();
+      const sub1 = await t1.subscribe(spec, (d) => first.add(d));
+      const d1 = await first.next(10_000);
+      expect(d1.redeliveries).toBe(0);
+      expect(d1).not.toHaveProperty('attempt'); // core computes the attempt; the transport reports counts only
+      expect(d1.headers).toEqual(original);
+      // A release gives the entry back natively (the copy headers are not written) without counting.
+      await d1.release({ 'x-not-written': '1' });
+      const d2 = await first.next(10_000);
+      expect([d2.position, d2.redeliveries, d2.headers]).toEqual([d1.position, 0, original]);
+      // Left pending by a member that went away: claimed by another member after claimIdleMs, counted.
+      await sub1.close();
+      const second = new DeliveryInbox();
+      await t2.subscribe(spec, (d) => second.add(d));
+      const d3 = await second.next(10_000);
+      expect([d3.position, d3.redeliveries]).toEqual([d1.position, 1]);
+      // The retry copy carries exactly the headers given: nothing merged from the original, no attempt arithmetic.
+      const retryHeaders = { ce_id: 'm1', 'x-retry': 'only these' };
+      await d3.retry(0, retryHeaders);
+      const d4 = await second.next(10_000);
+      expect(d4.position).toMatch(/:g:retry\//);
+      expect([d4.headers, [...d4.body], d4.redeliveries]).toEqual([retryHeaders, [...body], 0]);
+      const deadHeaders = { ce_id: 'm1', ce_busbardlreason: 'handler-requested', 'x-dead': 'exactly' };
+      await d4.deadLetter(deadHeaders);
+      const rows = (await admin.callBuffer('XRANGE', `${stream}:g:dlq`, '-', '+')) as [Buffer, Buffer[]][];
+      expect(rows.map(([, fields]) => rawDecode(fields)).map((m) => [m.headers, [...m.body]])).toEqual([[deadHeaders, [...body]]]);
+      expect((await admin.xpending(stream, 'g'))[0]).toBe(0);
+      expect((await admin.xpending(`${stream}:g:retry`, 'g'))[0]).toBe(0);
+    } finally {
+      await Promise.allSettled([t1.close(), t2.close()]);
+      await deleteNamespace(admin, namespace);
+    }
+  });
+
   it('publish: one APPEND per stream; each message has its own outcome; bodies byte-for-byte, header values exact', async () => {
     const namespace = ns('p');
     const transport = new RedisStreamsTransport({ url });
@@ -325,7 +405,7 @@ describe.skipIf(!broker)('redis-streams specifics', () => {
       await Promise.all(Array.from({ length: total }, (_, i) => bus.publish(Paid, { order: `o-${i}` })));
       // Fault injection on the real client: every XACK reaches Redis 30 ms late, so settled
       // deliveries stay pending in Redis for a while (their slots are what this test is about).
-      const client = (transport as unknown as { client: Redis }).client;
+      const client = (transport as unknown as { connection: { client: Redis } }).connection.client;
       const call = client.call.bind(client) as (...args: unknown[]) => Promise<unknown>;
       (client as unknown as { call: typeof call }).call = (...args) =>
         args[0] === 'XACK' ? new Promise((resolve) => setTimeout(resolve, 30)).then(() => call(...args)) : call(...args);

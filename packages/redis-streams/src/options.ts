@@ -1,3 +1,9 @@
+/**
+ * The options of the transport (public, documented with their defaults) and their validation into
+ * the settings the other parts of the package read.
+ */
+import { readBusbarEnv } from '@busbar/core';
+import { ConfigError, redact } from '@busbar/core/transport';
 import type { RedisOptions } from 'ioredis';
 
 /** Retention of the event streams. */
@@ -82,4 +88,69 @@ export interface RedisStreamsOptions {
   reconnect?: ReconnectOptions;
   /** Liveness checks (half-open links). @defaultValue `{ intervalMs: 5000, timeoutMs: 2000 }` */
   healthCheck?: HealthCheckOptions;
+}
+
+/** @internal Settings the connection, the publisher and the subscriptions share. */
+export interface ResolvedSettings {
+  readonly keyPrefix: string;
+  readonly claimIdleMs: number;
+  readonly claimIntervalMs: number;
+  readonly blockMs: number;
+  readonly retryPollMs: number;
+  readonly retention: RetentionPolicy;
+  readonly reconnect: { readonly initialMs: number; readonly maxMs: number };
+  readonly healthCheck: { readonly intervalMs: number; readonly timeoutMs: number };
+}
+
+/** @internal The options, validated (`ConfigError`) and with their defaults. */
+export interface ResolvedOptions {
+  readonly url: string;
+  readonly redisOptions: RedisOptions;
+  /** `consumerName`, when given. */
+  readonly consumerBase: string | undefined;
+  readonly settings: ResolvedSettings;
+}
+
+/** @internal Validates `options` and fills in the defaults; throws `ConfigError` (credential-free). */
+export function resolveOptions(options: RedisStreamsOptions): ResolvedOptions {
+  const url = options.url ?? readBusbarEnv().redisUrl;
+  if (!/^rediss?:\/\//i.test(url)) throw new ConfigError(`Redis URL must start with redis:// or rediss://, got "${redact(url)}"`);
+  try {
+    new URL(url);
+  } catch (error) {
+    throw new ConfigError(`invalid Redis URL "${redact(url)}"`, { cause: error });
+  }
+  const positive = (n: number, name: string) => {
+    if (!Number.isFinite(n) || n <= 0) throw new ConfigError(`${name} must be a positive number, got ${n}`);
+    return n;
+  };
+  const nonNegative = (n: number, name: string) => {
+    if (!Number.isFinite(n) || n < 0) throw new ConfigError(`${name} must be a number >= 0, got ${n}`);
+    return n;
+  };
+  const keyPrefix = options.keyPrefix ?? 'busbar';
+  if (!/^[A-Za-z0-9._:-]{1,64}$/.test(keyPrefix)) throw new ConfigError(`keyPrefix "${keyPrefix}" must match [A-Za-z0-9._:-]{1,64}`);
+  const retention = options.retention ?? { trim: 'none' };
+  if (retention.trim !== 'none' && retention.trim !== 'acked') throw new ConfigError(`retention.trim must be 'none' or 'acked'`);
+  return {
+    url,
+    redisOptions: options.redisOptions ?? {},
+    consumerBase: options.consumerName,
+    settings: {
+      keyPrefix,
+      claimIdleMs: positive(options.claimIdleMs ?? 30_000, 'claimIdleMs'),
+      claimIntervalMs: positive(options.claimIntervalMs ?? 1_000, 'claimIntervalMs'),
+      blockMs: positive(options.blockMs ?? 1_000, 'blockMs'),
+      retryPollMs: positive(options.retryPollMs ?? 1_000, 'retryPollMs'),
+      retention,
+      reconnect: {
+        initialMs: positive(options.reconnect?.initialMs ?? 50, 'reconnect.initialMs'),
+        maxMs: positive(options.reconnect?.maxMs ?? 5_000, 'reconnect.maxMs'),
+      },
+      healthCheck: {
+        intervalMs: nonNegative(options.healthCheck?.intervalMs ?? 5_000, 'healthCheck.intervalMs'),
+        timeoutMs: positive(options.healthCheck?.timeoutMs ?? 2_000, 'healthCheck.timeoutMs'),
+      },
+    },
+  };
 }

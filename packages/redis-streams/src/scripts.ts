@@ -1,10 +1,13 @@
 /**
  * The Lua scripts that make each settle a single atomic step on the server. Every script touches
  * keys of one topic only (one hash tag), so they run unchanged on Redis Cluster.
+ *
+ * No script reads, adds or bumps a header: `RETRY`, `MOVE`, `DEAD_LETTER` and `REPLAY` write
+ * exactly the entry fields they are given (the `wire.ts` layout of the headers core built).
  */
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { BODY_FIELD, HEADERS_FIELD } from './codec.js';
+import { BODY_FIELD, HEADERS_FIELD } from './wire.js';
 
 /** A Lua script run by `EVALSHA`, falling back to `EVAL` when the server does not know it yet. */
 export class Script {
@@ -28,7 +31,7 @@ export class Script {
 
 /**
  * APPEND: append several messages to stream KEYS[1]; ARGV headers JSON, body, headers JSON, body…
- * (the two-field layout of `codec.ts`). One command for a batch instead of one `XADD` each: most of
+ * (the two-field layout of `wire.ts`). One command for a batch instead of one `XADD` each: most of
  * a publish's client CPU is ioredis's work per command. Returns one reply per message, in order: the
  * entry id, or the error of its `XADD` (`redis.pcall`: one failure does not stop the others).
  */

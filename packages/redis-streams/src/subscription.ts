@@ -1,21 +1,27 @@
+/**
+ * A subscription: one member of a consumer group reading the event stream and the group's retry
+ * stream, the settle commands of its deliveries, the mover of the group's due retries, and the
+ * trimming of the stream.
+ */
 import { randomUUID } from 'node:crypto';
 import {
   BrokerUnavailableError,
+  backoffDelay,
   type Delivery,
   describeError,
-  Headers,
   type Logger,
+  SlotGate,
   type SubscriptionSpec,
+  TickCoalescer,
   type TransportSubscription,
-  type WireMessage,
-} from '@busbar/core';
+} from '@busbar/core/transport';
 import type { Redis } from 'ioredis';
-import { Coalescer } from './coalescer.js';
-import { BodyCopier, decodeFields, encodeFields } from './codec.js';
-import type { GroupKeys } from './keys.js';
-import { withDeadline } from './liveness.js';
+import { type Connections, withDeadline } from './connection.js';
+import { type Entry, parseRead, type ReadReply, RedisDelivery, type Settler } from './delivery.js';
+import type { ResolvedSettings } from './options.js';
 import { ACK_DELETE, CLAIM_OWN, DEAD_LETTER, DROP_CONSUMER, MOVE, RETRY, TRIM_ACKED } from './scripts.js';
-import type { RedisStreamsTransport, ResolvedSettings } from './transport.js';
+import type { GroupKeys } from './topology.js';
+import { BodyCopier, decodeFields, encodeFields } from './wire.js';
 
 /** Idle time given to a released entry so that any member's next `XAUTOCLAIM` takes it (one year). */
 const RELEASED_IDLE_MS = 365 * 24 * 3_600_000;
@@ -24,7 +30,8 @@ const MOVE_BATCH = 100;
 
 /** @internal */
 export interface SubscriptionOptions {
-  readonly transport: RedisStreamsTransport;
+  readonly connections: Connections;
+  /** The command connection (for `XACK` of deleted entries and `CLIENT UNBLOCK`). */
   readonly client: Redis;
   readonly settings: ResolvedSettings;
   readonly spec: SubscriptionSpec;
@@ -33,24 +40,6 @@ export interface SubscriptionOptions {
   readonly logger: Logger;
   readonly onDelivery: (delivery: Delivery) => void;
   readonly onClosed: (sub: RedisStreamSubscription) => void;
-}
-
-/** One stream entry as read from Redis. */
-interface Entry {
-  readonly stream: string;
-  readonly id: string;
-  /** `null` when the entry was deleted while pending. */
-  readonly fields: Buffer[] | null;
-  /** Redis's delivery count (1 for a first delivery). */
-  deliveryCount: number;
-}
-
-type ReadReply = [Buffer, [Buffer, Buffer[] | null][]][] | null;
-
-/** Attempt carried in the `Headers.attempt` header (1 when absent or invalid). */
-function headerAttempt(headers: Readonly<Record<string, string>>): number {
-  const n = Number(headers[Headers.attempt]);
-  return Number.isInteger(n) && n >= 1 ? n : 1;
 }
 
 /**
@@ -63,10 +52,10 @@ export class RedisStreamSubscription implements TransportSubscription {
   /** Deliveries handed to core whose outcome Redis has not recorded yet (handled, or being settled). */
   private readonly inFlight = new Map<string, RedisDelivery>();
   /** Deliveries handed to core and not settled by it yet: what `concurrency` limits. */
-  private handling = 0;
+  private readonly handling: SlotGate;
   private readonly bodies = new BodyCopier();
-  private readonly streamAcks: Coalescer<RedisDelivery>;
-  private readonly retryAcks: Coalescer<RedisDelivery>;
+  private readonly streamAcks: TickCoalescer<RedisDelivery>;
+  private readonly retryAcks: TickCoalescer<RedisDelivery>;
   private readonly buffer: Entry[] = [];
   /** Entries settled while a read of pending entries is in flight (its reply may predate the settle). */
   private settledDuring: Set<string> | undefined;
@@ -85,12 +74,22 @@ export class RedisStreamSubscription implements TransportSubscription {
   private moveTimer: NodeJS.Timeout | undefined;
   private moveAt = Number.POSITIVE_INFINITY;
   private trimTimer: NodeJS.Timeout | undefined;
+  /** What the deliveries of this subscription call to settle (one object, not closures per delivery). */
+  private readonly settler: Settler = {
+    ack: (d) => this.ack(d),
+    retry: (d, delayMs, headers) => this.retry(d, delayMs, headers),
+    deadLetter: (d, headers) => this.deadLetter(d, headers),
+    release: (d) => this.release(d),
+    extendLease: (d, ms) => this.extendLease(d, ms),
+  };
 
   constructor(private readonly o: SubscriptionOptions) {
     this.streams = [o.keys.retry, o.keys.stream];
-    this.streamAcks = new Coalescer((ds) => this.flushAcks(o.keys.stream, ds));
-    this.retryAcks = new Coalescer((ds) => this.flushAcks(o.keys.retry, ds));
-    this.conn = o.transport.newConnection({
+    this.handling = new SlotGate(o.spec.concurrency);
+    // One XACK per stream for what core settled during one event-loop turn (after its I/O callbacks).
+    this.streamAcks = new TickCoalescer((ds) => this.flushAcks(o.keys.stream, ds));
+    this.retryAcks = new TickCoalescer((ds) => this.flushAcks(o.keys.retry, ds));
+    this.conn = o.connections.open({
       enableOfflineQueue: true,
       // Commands in flight when the connection drops are sent again after the reconnect (without
       // it ioredis would leave their promises pending forever).
@@ -155,7 +154,7 @@ export class RedisStreamSubscription implements TransportSubscription {
   }
 
   private async ensureGroups(start: '$' | '0'): Promise<void> {
-    const client = this.o.transport.ready();
+    const client = this.o.connections.ready();
     const create = async (key: string, from: string) => {
       try {
         await client.call('XGROUP', 'CREATE', key, this.group, from, 'MKSTREAM');
@@ -207,8 +206,7 @@ export class RedisStreamSubscription implements TransportSubscription {
         this.o.logger.warn({ group: this.group, stream: this.o.keys.stream, err: text, failures }, 'redis read failed; retrying');
         if (text.includes('NOGROUP')) await this.ensureGroups('0').catch(() => {});
         const { initialMs, maxMs } = this.o.settings.reconnect;
-        const cap = Math.min(maxMs, initialMs * 2 ** Math.min(failures, 16));
-        await this.waitForWake(Math.round(initialMs + Math.random() * Math.max(0, cap - initialMs)));
+        await this.waitForWake(backoffDelay(failures + 1, { initialMs, maxMs, minMs: initialMs }));
       }
     }
   }
@@ -221,7 +219,7 @@ export class RedisStreamSubscription implements TransportSubscription {
    */
   private freeSlots(): number {
     const { concurrency } = this.o.spec;
-    return Math.min(concurrency - this.handling, 2 * concurrency - this.inFlight.size);
+    return Math.min(concurrency - this.handling.inFlight, 2 * concurrency - this.inFlight.size);
   }
 
   private waitForWake(ms: number): Promise<void> {
@@ -350,7 +348,7 @@ export class RedisStreamSubscription implements TransportSubscription {
 
   private releaseEntry(e: Entry): Promise<unknown> {
     return CLAIM_OWN.run(
-      this.o.transport.ready(),
+      this.o.connections.ready(),
       [e.stream],
       [this.group, e.id, this.o.consumer, RELEASED_IDLE_MS, String(Math.max(0, e.deliveryCount - 1))],
     );
@@ -360,18 +358,16 @@ export class RedisStreamSubscription implements TransportSubscription {
 
   private dispatch(e: Entry, slot = this.slotOf(e)): void {
     const message = decodeFields(e.fields ?? [], this.bodies);
-    const attempt = headerAttempt(message.headers) + Math.max(0, e.deliveryCount - 1);
-    const delivery = new RedisDelivery(this, e, slot, message, attempt);
+    const delivery = new RedisDelivery(this.settler, e, slot, message);
     this.inFlight.set(delivery.slot, delivery);
-    this.handling++;
+    this.handling.tryAcquire(); // `freeSlots` counted it
     this.o.onDelivery(delivery);
   }
 
-  /** Marks `d` settled (once), or throws when it already was. */
+  /** Marks `d` settled by core (which settles each delivery once): its slot is free. */
   private beginSettle(d: RedisDelivery): void {
-    if (d.settled) throw new Error(`delivery ${d.id} was already settled`);
     d.settled = true;
-    this.handling--;
+    this.handling.release();
     if (d.timer !== undefined) clearInterval(d.timer);
   }
 
@@ -387,7 +383,7 @@ export class RedisStreamSubscription implements TransportSubscription {
     this.beginSettle(d);
     let failed = true;
     try {
-      await op(this.o.transport.ready());
+      await op(this.o.connections.ready());
       failed = false;
     } finally {
       this.endSettle(d, failed);
@@ -395,13 +391,9 @@ export class RedisStreamSubscription implements TransportSubscription {
     }
   }
 
-  /** @internal `Delivery.ack`: joins the acknowledgements of this event-loop turn (one `XACK` per stream). */
-  ack(d: RedisDelivery): Promise<void> {
-    try {
-      this.beginSettle(d);
-    } catch (error) {
-      return Promise.reject(error);
-    }
+  /** `Delivery.ack`: joins the acknowledgements of this event-loop turn (one `XACK` per stream). */
+  private ack(d: RedisDelivery): Promise<void> {
+    this.beginSettle(d);
     return d.stream === this.o.keys.retry ? this.retryAcks.add(d) : this.streamAcks.add(d);
   }
 
@@ -415,7 +407,7 @@ export class RedisStreamSubscription implements TransportSubscription {
     for (let i = 0; i < ds.length; i++) ids[i] = (ds[i] as RedisDelivery).id;
     let failed = true;
     try {
-      const client = this.o.transport.ready();
+      const client = this.o.connections.ready();
       const acked =
         stream === this.o.keys.retry
           ? ACK_DELETE.run(client, [stream], [this.group, ...ids])
@@ -430,11 +422,13 @@ export class RedisStreamSubscription implements TransportSubscription {
     }
   }
 
-  /** @internal `Delivery.retry`: acknowledge and park a copy in the group's delayed set, atomically. */
-  retry(d: RedisDelivery, delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void> {
+  /**
+   * `Delivery.retry`: acknowledge and park a copy — the body with exactly `headers` (core's) — in
+   * the group's delayed set, atomically.
+   */
+  private retry(d: RedisDelivery, delayMs: number, headers: Readonly<Record<string, string>>): Promise<void> {
     return this.settleWith(d, async (client) => {
       const delay = Math.max(0, Math.round(delayMs));
-      const headers = { ...d.headers, ...extraHeaders, [Headers.attempt]: String(d.attempt + 1) };
       const done = await RETRY.run(
         client,
         [d.stream, this.o.keys.delayed],
@@ -444,24 +438,28 @@ export class RedisStreamSubscription implements TransportSubscription {
     });
   }
 
-  /** @internal `Delivery.deadLetter`: append to the group's dlq and acknowledge, atomically. */
-  deadLetter(d: RedisDelivery, deadLetterHeaders: Readonly<Record<string, string>>): Promise<void> {
+  /** `Delivery.deadLetter`: append the body with exactly `headers` (core's) to the group's dlq and acknowledge, atomically. */
+  private deadLetter(d: RedisDelivery, headers: Readonly<Record<string, string>>): Promise<void> {
     return this.settleWith(d, async (client) => {
       await DEAD_LETTER.run(
         client,
         [d.stream, this.o.keys.dlq],
-        [this.group, d.id, this.o.consumer, this.isRetryStream(d), ...encodeFields({ ...d.headers, ...deadLetterHeaders }, d.body)],
+        [this.group, d.id, this.o.consumer, this.isRetryStream(d), ...encodeFields(headers, d.body)],
       );
     });
   }
 
-  /** @internal `Delivery.release`: give the entry back without counting an attempt. */
-  release(d: RedisDelivery): Promise<void> {
+  /**
+   * `Delivery.release`: give the entry back natively, without counting a redelivery — it stays
+   * pending with its delivery count reset to what it was before this hand-over, idle enough for
+   * any member's next `XAUTOCLAIM` (which counts it again).
+   */
+  private release(d: RedisDelivery): Promise<void> {
     return this.settleWith(d, () => this.claimOwn(d, RELEASED_IDLE_MS, String(Math.max(0, d.deliveryCount - 1))));
   }
 
-  /** @internal `Delivery.extendLease`. */
-  async extendLease(d: RedisDelivery, ms: number): Promise<void> {
+  /** `Delivery.extendLease`. */
+  private async extendLease(d: RedisDelivery, ms: number): Promise<void> {
     if (d.settled) return;
     const idle = this.o.settings.claimIdleMs;
     clearInterval(d.timer);
@@ -482,7 +480,7 @@ export class RedisStreamSubscription implements TransportSubscription {
 
   private async claimOwn(d: RedisDelivery, idleMs: number, retryCount: string): Promise<void> {
     const owned = await CLAIM_OWN.run(
-      this.o.transport.ready(),
+      this.o.connections.ready(),
       [d.stream],
       [this.group, d.id, this.o.consumer, Math.max(0, Math.round(idleMs)), retryCount],
     );
@@ -520,7 +518,7 @@ export class RedisStreamSubscription implements TransportSubscription {
     if (this.closed) return;
     let next = this.o.settings.retryPollMs;
     try {
-      const [moved, wait] = (await MOVE.run(this.o.transport.ready(), [this.o.keys.delayed, this.o.keys.retry], [MOVE_BATCH])) as [
+      const [moved, wait] = (await MOVE.run(this.o.connections.ready(), [this.o.keys.delayed, this.o.keys.retry], [MOVE_BATCH])) as [
         number,
         number,
       ];
@@ -534,7 +532,7 @@ export class RedisStreamSubscription implements TransportSubscription {
 
   private async trim(): Promise<void> {
     try {
-      await TRIM_ACKED.run(this.o.transport.ready(), [this.o.keys.stream], []);
+      await TRIM_ACKED.run(this.o.connections.ready(), [this.o.keys.stream], []);
     } catch (error) {
       this.o.logger.debug({ stream: this.o.keys.stream, err: describeError(error) }, 'trim failed');
     }
@@ -578,7 +576,7 @@ export class RedisStreamSubscription implements TransportSubscription {
     clearInterval(this.trimTimer);
     for (const d of this.inFlight.values()) clearInterval(d.timer);
     try {
-      const client = this.o.transport.ready();
+      const client = this.o.connections.ready();
       for (const stream of this.streams) await DROP_CONSUMER.run(client, [stream], [this.group, this.o.consumer]);
     } catch {
       // best effort: an empty consumer left behind costs nothing
@@ -587,74 +585,4 @@ export class RedisStreamSubscription implements TransportSubscription {
     else this.conn.disconnect();
     this.o.onClosed(this);
   }
-}
-
-/**
- * One delivery handed to core: the decoded message and where it came from. Its settle methods
- * delegate to the subscription (methods on the prototype, not closures per delivery).
- */
-class RedisDelivery implements Delivery {
-  readonly headers: Readonly<Record<string, string>>;
-  readonly body: Uint8Array;
-  readonly attempt: number;
-  readonly position: string;
-  readonly key: string | undefined;
-  /** Stream the entry was read from. */
-  readonly stream: string;
-  /** Stream entry id. */
-  readonly id: string;
-  /** Redis's delivery count when it was read. */
-  readonly deliveryCount: number;
-  /** Key of the in-flight table (see `slotOf`). */
-  readonly slot: string;
-  settled = false;
-  /** Lease re-claim timer, when `extendLease` asked for more than `claimIdleMs`. */
-  timer: NodeJS.Timeout | undefined;
-
-  constructor(
-    private readonly sub: RedisStreamSubscription,
-    e: Entry,
-    slot: string,
-    message: WireMessage,
-    attempt: number,
-  ) {
-    this.headers = message.headers;
-    this.body = message.body;
-    this.attempt = attempt;
-    this.position = `${e.stream}/${e.id}`;
-    this.key = message.headers[Headers.partitionKey];
-    this.stream = e.stream;
-    this.id = e.id;
-    this.deliveryCount = e.deliveryCount;
-    this.slot = slot;
-  }
-
-  ack(): Promise<void> {
-    return this.sub.ack(this);
-  }
-
-  retry(delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void> {
-    return this.sub.retry(this, delayMs, extraHeaders);
-  }
-
-  deadLetter(deadLetterHeaders: Readonly<Record<string, string>>): Promise<void> {
-    return this.sub.deadLetter(this, deadLetterHeaders);
-  }
-
-  release(): Promise<void> {
-    return this.sub.release(this);
-  }
-
-  extendLease(ms: number): Promise<void> {
-    return this.sub.extendLease(this, ms);
-  }
-}
-
-function parseRead(reply: ReadReply, deliveryCount: number): Entry[] {
-  const out: Entry[] = [];
-  for (const [streamBuf, rows] of reply ?? []) {
-    const stream = streamBuf.toString();
-    for (const [id, fields] of rows) out.push({ stream, id: id.toString(), fields, deliveryCount });
-  }
-  return out;
 }

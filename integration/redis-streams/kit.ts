@@ -1,8 +1,15 @@
 /**
- * Shared pieces of the Redis Streams integration tests: the raw client (plain ioredis, below the
- * bus) and namespace cleanup by SCAN.
+ * Test kit for the Redis Streams integration tests: a registry of the transports a test file
+ * creates (with test settings) and of the namespaces it cleans up (cleanup and leftovers by
+ * `SCAN`), a raw client written with plain ioredis as a foreign producer/consumer would be, and
+ * waits on ids and events (no sleeps).
+ *
+ * The raw client writes and reads the documented entry layout on its own (it does not use the
+ * transport's codec), so the conformance cases prove interoperability, not self-consistency.
  */
+import type { RawBrokerClient, RawProbe } from '@busbar/conformance';
 import type { WireMessage } from '@busbar/core';
+import { type RedisStreamsOptions, RedisStreamsTransport } from '@busbar/redis-streams';
 import { Redis } from 'ioredis';
 import { ProbeInbox } from '../brokers/probe-inbox.js';
 
@@ -46,7 +53,7 @@ export function rawDecode(fields: Buffer[]): WireMessage {
 }
 
 /** A probe: its own connection, `XREAD BLOCK` from the stream's last id at the time it opened. */
-export async function rawObserve(url: string, topic: string) {
+async function observe(url: string, topic: string): Promise<RawProbe> {
   const conn = new Redis(url, { maxRetriesPerRequest: null });
   conn.on('error', () => {});
   const key = streamOf(topic);
@@ -78,18 +85,102 @@ export async function rawObserve(url: string, topic: string) {
   };
 }
 
-/** Deletes every key of a namespace: its streams and side keys, and its idempotency keys. */
-export async function deleteNamespace(redis: Redis, namespace: string): Promise<number> {
-  let deleted = 0;
+/** A raw ioredis client for the conformance suite: `XADD` to write, `XREAD BLOCK` probes to observe. */
+export async function createRawClient(url: string): Promise<RawBrokerClient> {
+  const conn = new Redis(url);
+  conn.on('error', () => {});
+  const probes = new Set<RawProbe>();
+  return {
+    write: (topic, message) => rawWrite(conn, topic, message),
+    async observe(topic) {
+      const probe = await observe(url, topic);
+      probes.add(probe);
+      return probe;
+    },
+    async close() {
+      await Promise.allSettled([...probes].map((p) => p.close()));
+      conn.disconnect();
+    },
+  };
+}
+
+/** Every key of a namespace: its streams and side keys, and its idempotency keys (by `SCAN`). */
+async function keysOf(redis: Redis, namespace: string): Promise<string[]> {
+  const out: string[] = [];
   for (const pattern of [`${PREFIX}:{${namespace}*`, `${PREFIX}:idem:{${namespace}*`]) {
     let cursor = '0';
     do {
       const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 500);
       cursor = next;
-      if (keys.length > 0) deleted += await redis.unlink(...keys);
+      out.push(...keys);
     } while (cursor !== '0');
   }
-  return deleted;
+  return out;
+}
+
+/** Deletes every key of a namespace: its streams and side keys, and its idempotency keys. */
+export async function deleteNamespace(redis: Redis, namespace: string): Promise<number> {
+  const keys = await keysOf(redis, namespace);
+  return keys.length === 0 ? 0 : redis.unlink(...keys);
+}
+
+/**
+ * Every transport created through {@link TransportRegistry.create} and every namespace cleaned up
+ * through {@link TransportRegistry.cleanup}; `close` closes the registry's own admin connection.
+ */
+export class TransportRegistry {
+  private readonly transports = new Set<RedisStreamsTransport>();
+  private readonly namespaces = new Set<string>();
+  private admin: Redis | undefined;
+
+  constructor(
+    private readonly url: string,
+    private readonly defaults: RedisStreamsOptions = {},
+  ) {}
+
+  /** A new transport for tests (fast claims and retry moves). */
+  create(extra: RedisStreamsOptions = {}): RedisStreamsTransport {
+    const t = new RedisStreamsTransport({
+      url: this.url,
+      claimIdleMs: 5_000,
+      claimIntervalMs: 500,
+      retryPollMs: 200,
+      ...this.defaults,
+      ...extra,
+    });
+    this.transports.add(t);
+    return t;
+  }
+
+  private connection(): Redis {
+    if (this.admin === undefined) {
+      this.admin = new Redis(this.url);
+      this.admin.on('error', () => {});
+    }
+    return this.admin;
+  }
+
+  /** Deletes every key of `namespace` (streams, side keys, idempotency keys). */
+  async cleanup(namespace: string): Promise<void> {
+    this.namespaces.add(namespace);
+    await deleteNamespace(this.connection(), namespace);
+  }
+
+  /** Keys that still exist in the namespaces cleaned up so far whose name starts with `prefix`. */
+  async leftovers(prefix = ''): Promise<string[]> {
+    const left: string[] = [];
+    for (const namespace of this.namespaces) {
+      if (namespace.startsWith(prefix)) left.push(...(await keysOf(this.connection(), namespace)));
+    }
+    return left;
+  }
+
+  /** Closes every transport it created (idempotent) and its admin connection. */
+  async close(): Promise<void> {
+    await Promise.allSettled([...this.transports].map((t) => t.close()));
+    this.admin?.disconnect();
+    this.admin = undefined;
+  }
 }
 
 /** Records ids and resolves waits when a count is reached — no polling, no sleeps. */

@@ -1,7 +1,7 @@
 /**
- * Key names. Every key of one topic carries the topic in a hash tag (`{<topic>}`), so the stream
- * and its per-group side keys hash to one slot on Redis Cluster and one Lua script may touch them
- * together.
+ * Key names of a topic and its groups (the Redis topology). Every key of one topic carries the
+ * topic in a hash tag (`{<topic>}`), so the stream and its per-group side keys hash to one slot on
+ * Redis Cluster and one Lua script may touch them together.
  */
 
 /** The keys of one (topic, group). */

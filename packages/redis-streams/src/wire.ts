@@ -1,5 +1,5 @@
 /**
- * How a message is laid out in a stream entry: two fields,
+ * The wire codec: how a message is laid out in a stream entry. Two fields,
  *
  * 1. `_headers`: every header (CloudEvents attributes and user headers) as one JSON object of
  *    strings, e.g. `{"ce_id":"…","ce_type":"…","content-type":"application/json",…}`;
@@ -17,7 +17,7 @@
  * write one field per header keep working.
  */
 import { isUtf8 } from 'node:buffer';
-import type { WireMessage } from '@busbar/core';
+import type { WireMessage } from '@busbar/core/transport';
 
 /** Name of the field holding every header as one JSON object of strings. */
 export const HEADERS_FIELD = '_headers';
