@@ -9,6 +9,7 @@ export * from './env.js';
 export * from './envelope.js';
 export * from './errors.js';
 export * from './event.js';
+export * from './from-env.js';
 export * from './headers.js';
 export * from './idempotency.js';
 export * from './logger.js';
