@@ -11,6 +11,7 @@ import type { Handler } from './delivery/context.js';
 import { type Subscription, type SubscriptionHost, SubscriptionImpl } from './delivery/subscription.js';
 import { BusClosedError, CapabilityError, ConfigError, describeError } from './errors.js';
 import type { EventDefinition, EventInput } from './event.js';
+import { namespaceFromEnv } from './from-env.js';
 import { HeaderNames } from './headers.js';
 import { redactingLogger, silentLogger } from './logger.js';
 import { validateGroup, validateNamespace } from './naming.js';
@@ -74,7 +75,7 @@ export class EventBus {
     const publishTimeoutMs = positive(options.publishTimeoutMs ?? 10_000, 'publishTimeoutMs');
     this.#encoder = new MessageEncoder({
       source: options.source ?? `urn:busbar:${hostname()}`,
-      namespace: options.namespace === undefined ? undefined : validateNamespace(options.namespace),
+      namespace: options.namespace === undefined ? namespaceFromEnv() : validateNamespace(options.namespace),
       maxPayloadBytes,
       maxHeaderBytes,
     });

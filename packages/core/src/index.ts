@@ -17,6 +17,7 @@ export * from './env.js';
 export * from './envelope.js';
 export * from './errors.js';
 export * from './event.js';
+export * from './from-env.js';
 export { type HeaderKey, HeaderNames, Headers, JSON_CONTENT_TYPE, RESERVED_HEADER_PREFIX, SPEC_VERSION } from './headers.js';
 export * from './idempotency.js';
 export * from './logger.js';

@@ -34,7 +34,7 @@ export interface BusOptions {
   transport: Transport;
   /** CloudEvents `source` of published events. @defaultValue `urn:busbar:<hostname>` */
   source?: string;
-  /** Prefix of every broker object (tenant / environment). @defaultValue none */
+  /** Prefix of every broker object (tenant / environment). @defaultValue `BUSBAR_NAMESPACE` when set, else none */
   namespace?: string;
   /** Logger (pino-compatible); credentials are redacted before it sees anything. @defaultValue silent */
   logger?: Logger;

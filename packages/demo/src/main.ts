@@ -5,7 +5,9 @@
  *   once fixed; a duplicate publish with the same idempotency key has one effect.
  *
  * In-memory by default; any broker with BUSBAR_TRANSPORT=rabbitmq|kafka|redis-streams (URLs from
- * BUSBAR_RABBITMQ_URL / BUSBAR_KAFKA_BROKERS / BUSBAR_REDIS_URL).
+ * BUSBAR_RABBITMQ_URL / BUSBAR_KAFKA_BROKERS / BUSBAR_REDIS_URL), chosen by `transportFromEnv()`.
+ * Everything a run declares on the broker lives under a run-unique namespace and is deleted at the
+ * end, unless `--keep` is given.
  */
 import { randomUUID } from 'node:crypto';
 import {
@@ -13,11 +15,14 @@ import {
   defineEvent,
   EventBus,
   MemoryIdempotencyStore,
+  namespaceFromEnv,
   OutcomeSpy,
   readBusbarEnv,
-  type Transport,
+  transportFromEnv,
 } from '@busbar/core';
 import { z } from 'zod';
+import { deleteDemoObjects } from './cleanup.js';
+import { c, say } from './output.js';
 
 const UserCreated = defineEvent({
   type: 'user.created',
@@ -25,27 +30,24 @@ const UserCreated = defineEvent({
   schema: z.object({ userId: z.string(), email: z.email(), plan: z.enum(['free', 'pro']) }),
 });
 
-async function createTransport(): Promise<Transport> {
-  const env = readBusbarEnv();
-  switch (env.transport) {
-    case 'memory':
-      return new (await import('@busbar/memory')).MemoryTransport();
-    case 'rabbitmq':
-      return new (await import('@busbar/rabbitmq')).RabbitMqTransport({ url: env.rabbitmqUrl });
-    case 'kafka':
-      return new (await import('@busbar/kafka')).KafkaTransport({ brokers: [...env.kafkaBrokers] });
-    case 'redis-streams':
-      return new (await import('@busbar/redis-streams')).RedisStreamsTransport({ url: env.redisUrl });
+const USAGE = `usage: pnpm demo [--keep]
+  --keep   leave the run's queues / topics / streams on the broker (they are deleted by default)
+environment: BUSBAR_TRANSPORT=memory|rabbitmq|kafka|redis-streams, BUSBAR_RABBITMQ_URL,
+  BUSBAR_KAFKA_BROKERS, BUSBAR_REDIS_URL, BUSBAR_NAMESPACE (prefix of the run's namespace), NO_COLOR`;
+
+async function main(args: readonly string[]): Promise<void> {
+  const unknown = args.filter((a) => a !== '--keep');
+  if (unknown.length > 0) {
+    console.error(unknown.some((a) => a === '--help' || a === '-h') ? USAGE : `unknown argument ${unknown[0]}\n${USAGE}`);
+    process.exitCode = unknown.some((a) => a === '--help' || a === '-h') ? 0 : 2;
+    return;
   }
-}
-
-const c = { dim: '\x1b[2m', red: '\x1b[31m', green: '\x1b[32m', yellow: '\x1b[33m', cyan: '\x1b[36m', reset: '\x1b[0m' };
-const say = (who: string, color: string, text: string) => console.log(`${color}${who.padEnd(13)}${c.reset} ${text}`);
-
-async function main(): Promise<void> {
-  const transport = await createTransport();
-  // A run-unique namespace keeps repeated demo runs on a shared broker apart.
-  const namespace = `demo-${randomUUID().slice(0, 8)}`;
+  const keep = args.includes('--keep');
+  const env = readBusbarEnv();
+  const transport = await transportFromEnv();
+  // A run-unique namespace keeps repeated demo runs on a shared broker apart (under BUSBAR_NAMESPACE if set).
+  const prefix = namespaceFromEnv();
+  const namespace = `${prefix ? `${prefix}.` : ''}demo-${randomUUID().slice(0, 8)}`;
   const bus = new EventBus({
     transport,
     namespace,
@@ -54,9 +56,29 @@ async function main(): Promise<void> {
     // Jitter off so the growth is easy to see; the default is full jitter (uniform up to the cap).
     retry: { maxAttempts: 4, backoff: { initialMs: 150, multiplier: 2, maxMs: 2000, jitter: 'none' } },
   });
+  let ok = false;
+  try {
+    ok = await scenario(bus, transport.name, namespace);
+  } finally {
+    // close() waits for running handlers and pending publishes (up to closeTimeoutMs), then closes
+    // the transport; only then are the run's objects deleted.
+    await bus.close();
+    if (keep) {
+      console.log(`${c.dim}--keep: the run's broker objects stay, all named under "${namespace}"${c.reset}`);
+    } else if (env.transport !== 'memory') {
+      const deleted = await deleteDemoObjects(env, transport, namespace);
+      console.log(`${c.dim}cleaned up: deleted ${deleted} (run with --keep to leave them)${c.reset}`);
+    }
+  }
+  console.log(ok ? `\n${c.green}demo finished: all checks passed${c.reset}` : `\n${c.red}demo finished with failed checks${c.reset}`);
+  process.exitCode = ok ? 0 : 1;
+}
+
+/** The four scenes; resolves whether every check held. */
+async function scenario(bus: EventBus, transportName: string, namespace: string): Promise<boolean> {
   const spy = new OutcomeSpy(bus);
   await bus.ready();
-  console.log(`${c.dim}transport: ${transport.name} · namespace: ${namespace}${c.reset}\n`);
+  console.log(`${c.dim}transport: ${transportName} · namespace: ${namespace}${c.reset}\n`);
 
   let billingBroken = true;
   const invoices = new Map<string, number>();
@@ -120,14 +142,11 @@ async function main(): Promise<void> {
   const notifiedPoison = spy.of(poison.id).filter((r) => r.info.group === 'notifications').length;
   say('check', c.green, `notifications saw the poison event ${notifiedPoison} time(s) (expected 1: replay reaches only billing)`);
 
-  await bus.close();
   spy.dispose();
-  const ok = invoices.get(key) === 1 && notifiedPoison === 1 && replayed.length === 1;
-  console.log(ok ? `\n${c.green}demo finished: all checks passed${c.reset}` : `\n${c.red}demo finished with failed checks${c.reset}`);
-  process.exitCode = ok ? 0 : 1;
+  return invoices.get(key) === 1 && notifiedPoison === 1 && replayed.length === 1;
 }
 
-main().catch((error: unknown) => {
+main(process.argv.slice(2)).catch((error: unknown) => {
   console.error(error);
   process.exitCode = 1;
 });
