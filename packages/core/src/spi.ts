@@ -1,9 +1,11 @@
 /**
- * The Transport SPI: the small interface a broker implements. Everything about *meaning* —
- * validation, envelopes, retry policy, dead-letter metadata, idempotency, batching, the breaker —
- * lives in `EventBus`; a transport holds only broker mechanics: how to append durably, how a group
- * consumes, how to acknowledge, how to hold a message back for a delay, where dead letters go and
- * how to reconnect.
+ * The Transport SPI: the small interface a broker implements (import it from
+ * `@busbar/core/transport`; the guide is `docs/transport-guide.md`). Core owns the life of a
+ * delivery — validation, envelopes, attempt numbers, the complete headers of every copy, the retry
+ * policy, dead-letter metadata, idempotency, batching, the breaker, settle-once and the causal
+ * order of outcomes; a transport only moves bytes: how to append durably, how a group consumes,
+ * how to acknowledge, how to hold a copy back for a delay, where dead letters go and how to
+ * reconnect.
  *
  * Contract summary (each method documents its part):
  * - `publish` appends a batch and resolves per message only once the broker holds it as durably as
@@ -12,7 +14,9 @@
  *   resolves can be missed by the group.
  * - Every {@link Delivery} handed to the consumer callback is settled exactly once by core, through
  *   `ack`, `retry`, `deadLetter` or `release`; until it is, the transport counts it as in flight and
- *   never has more than `concurrency` in flight per subscription.
+ *   never has more than `concurrency` in flight per subscription. Copies (retry, dead letter,
+ *   release, replay) are written with exactly the headers core passes.
+ * - A delivery reports what the broker knows (`redeliveries`, position); core computes the rest.
  * - Retries, dead letters and replays reach **only the group that failed**.
  * - All methods are safe to call concurrently.
  */
@@ -130,7 +134,7 @@ export interface Delivery extends WireMessage {
 export interface TransportSubscription {
   /**
    * Stop taking new deliveries. Resolves once no further delivery will be handed to the callback.
-   * Deliveries already handed over are still settled by core afterwards (ack/retry/release).
+   * Deliveries already handed over are still settled by core afterwards (ack/retry/deadLetter/release).
    */
   stop(): Promise<void>;
   /** Release resources after in-flight deliveries were settled. Idempotent. */
