@@ -23,7 +23,7 @@ const BENCH = join('packages', 'bench', 'dist', 'main.js');
 const READY = '.busbar-ab-ready';
 
 const HELP = `Usage: pnpm bench:ab <git-ref> [--transports memory,redis-streams,rabbitmq,kafka] [--rounds N]
-                     [--scenarios s1,s3,…] [--payload 256] [--scale F] [--inner-rounds K] [--json FILE]
+                     [--scenarios s1,s3,…] [--payload 256] [--scale F] [--inner-rounds K] [--warmup W] [--json FILE]
                      [--peers] [--dir DIR] [--rebuild] [--no-build] [--from RUNS-DIR]
 
   <git-ref>        the baseline A (a commit, branch, tag, HEAD~1 …); B is the working tree as it is
@@ -33,6 +33,8 @@ const HELP = `Usage: pnpm bench:ab <git-ref> [--transports memory,redis-streams,
   --payload L      payload sizes in bytes (default: the bench's default, 256)
   --scale F        the bench's --scale (message counts and latency durations × F)
   --inner-rounds K bench rounds inside each run (default 1: one figure per run and subject)
+  --warmup W       untimed A B pairs first, their figures discarded (default 1: the first run of a
+                   sitting meets cold brokers, caches and CPU frequency; 0 to skip)
   --json FILE      write every figure and verdict as JSON (shape: packages/bench/README.md)
   --peers          run the bench's peers too (slower; their figures are not compared). Needed for
                    Kafka's busbar-plt when A predates the bench keeping it under --no-peers
@@ -148,6 +150,8 @@ function busbarSubjects(row) {
  */
 export function compareRuns(runs) {
   const lines = new Map();
+  /** Noise samples per row (transport, scenario, payload): every run of both builds, whatever its subjects. */
+  const rowNoise = new Map();
   for (const run of runs) {
     for (const row of run.report.rows) {
       const raw = row.subjects.raw?.samples ?? [];
@@ -155,6 +159,8 @@ export function compareRuns(runs) {
       // Both ways: which of the two identical raw runs is the reference is arbitrary (and in a
       // one-round run raw always runs right before raw-2), so the band is symmetric around 1.
       const noise = raw2.flatMap((x, i) => [x / raw[i], raw[i] / x]).filter(Number.isFinite);
+      const rowKey = `${row.transport}\u0000${row.scenario}\u0000${row.payloadBytes}`;
+      rowNoise.set(rowKey, [...(rowNoise.get(rowKey) ?? []), ...noise]);
       for (const subject of busbarSubjects(row)) {
         const key = `${row.transport}\u0000${row.scenario}\u0000${row.payloadBytes}\u0000${subject}`;
         let line = lines.get(key);
@@ -169,7 +175,7 @@ export function compareRuns(runs) {
             subject,
             a: [],
             b: [],
-            noise: [],
+            rowKey: `${row.transport}\u0000${row.scenario}\u0000${row.payloadBytes}`,
             rawA: [],
             rawB: [],
             errors: [],
@@ -178,7 +184,6 @@ export function compareRuns(runs) {
         }
         const samples = row.subjects[subject]?.samples ?? [];
         line[run.build === 'A' ? 'a' : 'b'].push(...samples);
-        line.noise.push(...noise);
         line[run.build === 'A' ? 'rawA' : 'rawB'].push(...raw);
         if (row.errors?.[subject]) line.errors.push(`${run.build}: ${row.errors[subject]}`);
       }
@@ -188,18 +193,19 @@ export function compareRuns(runs) {
     const a = summary(l.a);
     const b = summary(l.b);
     const ratio = b.median / a.median;
-    const noise = summary(l.noise);
+    const noiseSamples = rowNoise.get(l.rowKey) ?? [];
+    const noise = summary(noiseSamples);
     // Diagnostic, not part of the verdict: the same raw code in B's runs against A's (drift between them).
     const rawRatio = median(l.rawB) / median(l.rawA);
     let verdict;
     if (!Number.isFinite(ratio)) verdict = 'missing';
-    else if (l.noise.length === 0) verdict = 'no noise band';
+    else if (noiseSamples.length === 0) verdict = 'no noise band';
     else {
       const worse = l.higherIsBetter ? ratio < noise.min : ratio > noise.max;
       const better = l.higherIsBetter ? ratio > noise.max : ratio < noise.min;
       verdict = worse ? 'regressed' : better ? 'improved' : 'within noise';
     }
-    const { rawA: _a, rawB: _b, ...rest } = l;
+    const { rawA: _a, rawB: _b, rowKey: _k, ...rest } = l;
     return { ...rest, a, b, ratio, noise, rawRatio, verdict };
   });
 }
@@ -232,6 +238,7 @@ async function main() {
       payload: { type: 'string' },
       scale: { type: 'string' },
       'inner-rounds': { type: 'string', default: '1' },
+      warmup: { type: 'string', default: '1' },
       json: { type: 'string' },
       dir: { type: 'string' },
       peers: { type: 'boolean', default: false },
@@ -251,6 +258,8 @@ async function main() {
   const inner = Number(values['inner-rounds']);
   if (!Number.isInteger(rounds) || rounds < 1) fail('--rounds must be a positive integer');
   if (!Number.isInteger(inner) || inner < 1) fail('--inner-rounds must be a positive integer');
+  const warmup = Number(values.warmup);
+  if (!Number.isInteger(warmup) || warmup < 0) fail('--warmup must be a non-negative integer');
   if (rounds < 5) process.stderr.write(`bench:ab: --rounds ${rounds} is below 5: a smoke test, not a verdict\n`);
 
   let commit;
@@ -295,6 +304,14 @@ async function main() {
   process.stderr.write(
     `bench:ab: A = ${ref} (${commit.slice(0, 12)}), B = working tree (${head}); ${rounds} rounds A B …; runs in ${work}\n`,
   );
+  for (let w = 1; w <= warmup; w++) {
+    for (const build of ['A', 'B']) {
+      const base = join(work, `warmup-${build}-${w}`);
+      const t0 = Date.now();
+      await benchRun(builds[build], benchArgs, `${base}.json`, `${base}.log`);
+      process.stderr.write(`bench:ab: warm-up ${w}/${warmup} ${build} done in ${((Date.now() - t0) / 1000).toFixed(1)} s (discarded)\n`);
+    }
+  }
   for (let r = 1; r <= rounds; r++) {
     for (const build of ['A', 'B']) {
       const base = join(work, `${build}-${r}`);
@@ -310,7 +327,7 @@ async function main() {
   const header = [
     `# bench:ab — A ${ref} (${commit.slice(0, 12)}) vs B working tree (${head})`,
     '',
-    `${startedAt}; ${rounds} runs per build alternating A B A B …, ${inner} bench round(s) each; ` +
+    `${startedAt}; ${rounds} runs per build alternating A B A B … after ${warmup} discarded warm-up pair(s), ${inner} bench round(s) each; ` +
       `bench ${benchArgs.join(' ')}; load at start ${loadAtStart.map((x) => x.toFixed(2)).join(' ')}. ` +
       'A and B medians over every round of every run; the noise band is min–max of raw-2 ÷ raw (taken both ways) per round over the runs of both builds. ' +
       '↑ higher is better, ↓ lower is better; "regressed" = B ÷ A outside the band on the worse side. ' +
@@ -326,7 +343,7 @@ async function main() {
       finishedAt: new Date().toISOString(),
       a: { ref, commit, dir },
       b: { describe: head, dir: ROOT },
-      options: { rounds, innerRounds: inner, bench: benchArgs },
+      options: { rounds, innerRounds: inner, warmup, bench: benchArgs },
       loadAverageAtStart: loadAtStart,
       runs: runs.map(({ report: _r, ...rest }) => rest),
       figures: lines,
