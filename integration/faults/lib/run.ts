@@ -112,15 +112,25 @@ export function applicableScenarios(t: Pick<FaultSuiteTarget, 'restart' | 'pause
   );
 }
 
-/** Registers the fault suite for `suite` (vitest `describe`/`it`), as `faults[<name>]`. */
-export function runFaults(suite: FaultSuiteTarget): void {
+/**
+ * The shared scenarios `runFaults` registers for `suite`: its selection, or every applicable one.
+ * Throws when the selection names a scenario whose fault the target cannot inject.
+ */
+export function selectedScenarios(
+  suite: Pick<FaultSuiteTarget, 'name' | 'restart' | 'pause' | 'dropConnections' | 'scenarios'>,
+): SharedScenario[] {
   const applicable = applicableScenarios(suite);
   const selected = suite.scenarios ?? applicable;
   const notApplicable = selected.filter((s) => !applicable.includes(s));
   if (notApplicable.length > 0) {
     throw new Error(`faults[${suite.name}]: selected scenarios ${notApplicable.join(', ')} need a fault the target does not provide`);
   }
-  const want = new Set(selected);
+  return applicable.filter((s) => selected.includes(s));
+}
+
+/** Registers the fault suite for `suite` (vitest `describe`/`it`), as `faults[<name>]`. */
+export function runFaults(suite: FaultSuiteTarget): void {
+  const want = new Set(selectedScenarios(suite));
   let target: FaultTarget | undefined;
   let env: FaultEnv | undefined;
   const ready = (): { target: FaultTarget; env: FaultEnv } => {
