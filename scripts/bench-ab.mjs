@@ -41,6 +41,8 @@ const HELP = `Usage: pnpm bench:ab <git-ref> [--transports memory,redis-streams,
   --dir DIR        where A is exported (default $TMPDIR/busbar-ab/<commit>; reused when built)
   --rebuild        export, install and build A again even if DIR holds a build
   --no-build       do not run tsc -b in the working tree (it is built already)
+  --sittings F1 F2 …  build and run nothing: combine the --json files of separate sittings; a figure
+                   has regressed when it regressed in every one of them
   --from RUNS-DIR  build and run nothing: print the table of an earlier call's runs (the directory it
                    named; its A-<n>.json and B-<n>.json)
 `;
@@ -228,6 +230,27 @@ export function table(lines) {
   return rows.join('\n');
 }
 
+/**
+ * Several sittings' --json documents side by side: B ÷ A and the verdict of each, and whether the
+ * figure regressed in every sitting (the issue's rule for a regression).
+ */
+export function sittingsTable(docs) {
+  const keyOf = (f) => `${f.transport} | ${f.scenario} ${f.higherIsBetter ? '↑' : '↓'} | ${f.payloadBytes} B | ${f.subject}`;
+  const keys = [...new Set(docs.flatMap((d) => d.figures.map(keyOf)))];
+  const head = `| transport | scenario | payload | subject | ${docs.map((d, i) => `sitting ${i + 1} (${d.startedAt.slice(0, 16)}) B ÷ A, verdict`).join(' | ')} | regressed in every sitting |`;
+  const rows = [head, `| --- | --- | --- | --- | ${docs.map(() => '---').join(' | ')} | --- |`];
+  let regressed = 0;
+  for (const key of keys) {
+    const found = docs.map((d) => d.figures.find((f) => keyOf(f) === key));
+    const every = found.every((f) => f?.verdict === 'regressed');
+    if (every) regressed++;
+    const cells = found.map((f) => (f ? `${Number.isFinite(f.ratio) ? `${f.ratio.toFixed(3)}×` : '–'} ${f.verdict}` : 'not measured'));
+    rows.push(`| ${key} | ${cells.join(' | ')} | ${every ? '❌ yes' : 'no'} |`);
+  }
+  rows.push('', `${regressed} of ${keys.length} figures regressed in every sitting.`);
+  return rows.join('\n');
+}
+
 async function main() {
   const { values, positionals } = parseArgs({
     allowPositionals: true,
@@ -244,12 +267,18 @@ async function main() {
       peers: { type: 'boolean', default: false },
       rebuild: { type: 'boolean', default: false },
       from: { type: 'string' },
+      sittings: { type: 'boolean', default: false },
       'no-build': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
   if (values.help) {
     process.stdout.write(HELP);
+    return;
+  }
+  if (values.sittings) {
+    if (positionals.length < 2) fail('--sittings needs the --json files of at least two sittings');
+    process.stdout.write(`${sittingsTable(positionals.map((f) => JSON.parse(readFileSync(f, 'utf8'))))}\n`);
     return;
   }
   if (positionals.length !== 1) fail(`one git ref expected (got ${positionals.length})\n\n${HELP}`);
