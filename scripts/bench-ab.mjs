@@ -364,7 +364,10 @@ async function main() {
     '',
     '',
   ];
-  process.stdout.write(`${header.join('\n')}${table(lines)}\n\n${regressed.length} regressed of ${lines.length} figures.\n`);
+  const skipped = new Set();
+  for (const run of runs) for (const t of run.report.transports) if (t.skipped) skipped.add(`${run.build}: ${t.name} — ${t.skipped}`);
+  const notes = skipped.size > 0 ? `\nNot measured:\n${[...skipped].map((x) => `- ${x}`).join('\n')}\n` : '';
+  process.stdout.write(`${header.join('\n')}${table(lines)}\n\n${regressed.length} regressed of ${lines.length} figures.\n${notes}`);
   if (values.json) {
     const doc = {
       schema: 'busbar-bench-ab/1',
