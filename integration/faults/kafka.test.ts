@@ -5,26 +5,41 @@
 
 import { randomUUID } from 'node:crypto';
 import { silentLogger } from '@busbar/core';
-import type { Redis } from 'ioredis';
 import { ConfigResourceTypes, Kafka, logLevel } from 'kafkajs';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { brokerForTests, brokersRequired, type ResolvedBroker } from '../brokers/resolve.js';
 import { OwnKafka, run } from './lib/brokers.js';
 import { TcpProxy } from './lib/proxy.js';
+import { runFaults, type SharedScenario } from './lib/run.js';
 import { createTransport, type FaultTarget, RUN_ID, transportAvailable } from './lib/scenario.js';
-import {
-  brokerDownAtStart,
-  consumerKilled,
-  deadLetterFailing,
-  type FaultEnv,
-  faultUnderLoad,
-  hostileInput,
-  pausedBroker,
-  proxyFaults,
-  restartedBroker,
-  secrets,
-  slowConsumer,
-} from './lib/scenarios.js';
+
+/**
+ * The client the transport runs on: kafkajs by default; BUSBAR_FAULTS_KAFKA_CLIENT=platformatic
+ * runs the suite on the opt-in `@platformatic/kafka` client (a CI stage of its own).
+ */
+const client = process.env.BUSBAR_FAULTS_KAFKA_CLIENT?.trim() || undefined;
+
+/**
+ * The shared scenarios where the client matters: what the client does on the network — its
+ * connections, request timeouts and retries, producer sequence numbers, group membership, fetch
+ * buffering, connect and authentication errors. A run on a second client runs these (plus the
+ * Kafka-specific lost-produce-answer); the rest exercise core and the transport above the client
+ * seam, identical for both clients (integration/faults/README.md says why, scenario by scenario).
+ * BUSBAR_FAULTS_KAFKA_ALL_SCENARIOS=1 runs every scenario on the second client too.
+ */
+const CLIENT_SCENARIOS: readonly SharedScenario[] = [
+  'consumer-kill',
+  'broker-restart',
+  'proxy-cut',
+  'proxy-reset',
+  'proxy-blackhole',
+  'proxy-half-open',
+  'broker-paused',
+  'down-at-start',
+  'slow-consumer',
+  'secrets',
+];
+const secondClient = client !== undefined && client !== 'kafkajs' && process.env.BUSBAR_FAULTS_KAFKA_ALL_SCENARIOS !== '1';
 
 const effectsBroker: ResolvedBroker | undefined = await brokerForTests('redis');
 const java = await run('java', ['-version']).then(
@@ -38,136 +53,124 @@ if (!java) {
 }
 const available = java && effectsBroker !== undefined && (await transportAvailable('kafka'));
 
-let own: OwnKafka;
-let proxy: TcpProxy;
+let own: OwnKafka | undefined;
+let proxy: TcpProxy | undefined;
 let kafka: Kafka;
-let env: FaultEnv;
-let target: FaultTarget;
-
-beforeAll(async () => {
-  if (!available || !effectsBroker) return;
-  own = await OwnKafka.start();
-  proxy = await TcpProxy.start({ targetPort: own.proxyListenPort, listenPort: own.proxyPort });
-  kafka = new Kafka({ clientId: 'busbar-faults-raw', brokers: [own.direct], logLevel: logLevel.NOTHING });
-  const producer = kafka.producer({ allowAutoTopicCreation: false });
-  await producer.connect();
-  const admin = kafka.admin();
-  await admin.connect();
-  const { Redis: IORedis } = await import('ioredis');
-  const effects: Redis = new IORedis(effectsBroker.url, { maxRetriesPerRequest: 3 });
-  env = { effects, effectsUrl: effectsBroker.url };
-  cleanupRaw = async () => {
-    await producer.disconnect().catch(() => {});
-    await admin.disconnect().catch(() => {});
-  };
-  target = {
-    name: 'kafka',
-    proxy,
-    spec: (link, extra = {}) => ({
-      kind: 'kafka',
-      options: {
-        brokers: [link === 'proxy' ? proxy.address : own.direct],
-        clientId: 'busbar-faults',
-        // Short timeouts so a silent (half-open, black-holed, paused) broker is noticed in seconds.
-        requestTimeoutMs: 5000,
-        connectionTimeoutMs: 2000,
-        connectTimeoutMs: 5000,
-        maxRetryTimeMs: 500,
-        ackTimeoutMs: 5000,
-        maxWaitTimeMs: 200,
-        // BUSBAR_FAULTS_KAFKA_CLIENT=platformatic runs the suite on the @platformatic/kafka client.
-        ...(process.env.BUSBAR_FAULTS_KAFKA_CLIENT ? { client: process.env.BUSBAR_FAULTS_KAFKA_CLIENT } : {}),
-        ...extra,
-      },
-    }),
-    // A killed member's partitions move after the session timeout (the test broker allows 1 s).
-    consumerOptions: { sessionTimeoutMs: 3000, heartbeatIntervalMs: 500, rebalanceTimeoutMs: 10_000 },
-    rawWrite: async (topic, m) => {
-      await producer.send({ topic, acks: -1, messages: [{ value: Buffer.from(m.body), headers: { ...m.headers } }] });
-    },
-    breakDeadLetters: async (topic, group) => {
-      const name = `${topic}.${group}.dlq`;
-      // A record limit below any dead letter's size: the broker refuses the write (RecordTooLarge).
-      await admin.alterConfigs({
-        validateOnly: false,
-        resources: [{ type: ConfigResourceTypes.TOPIC, name, configEntries: [{ name: 'max.message.bytes', value: '64' }] }],
-      });
-      return async () => {
-        await admin.alterConfigs({ validateOnly: false, resources: [{ type: ConfigResourceTypes.TOPIC, name, configEntries: [] }] });
-      };
-    },
-    locate: async (topic, group, id) => {
-      const groupId = `${topic}.${group}`;
-      const ends = await admin.fetchTopicOffsets(topic);
-      const committed = (await admin.fetchOffsets({ groupId, topics: [topic] }))[0]?.partitions ?? [];
-      const log = await readLog(topic, ends).catch((e: Error) => e);
-      if (log instanceof Error) return `the log could not be read: ${log.message}`;
-      const found = log.filter((r) => r.id === id).map((r) => `p${r.partition}@${r.offset}`);
-      const offsets = ends.map(
-        (p) => `p${p.partition}: high ${p.high}, committed ${committed.find((c) => c.partition === p.partition)?.offset ?? '?'}`,
-      );
-      return `${found.length ? `in the log at ${found.join(', ')}` : 'not in the log'}; ${offsets.join('; ')}`;
-    },
-    cleanup: async (namespace) => {
-      const topics = (await admin.listTopics()).filter((t) => t.startsWith(`${namespace}.`));
-      if (topics.length > 0) await admin.deleteTopics({ topics, timeout: 30_000 });
-      const groups = (await admin.listGroups()).groups.map((g) => g.groupId).filter((g) => g.startsWith(`${namespace}.`));
-      if (groups.length > 0) await admin.deleteGroups(groups).catch(() => {});
-    },
-    wrongCredentialsSpec: (pw) => ({
-      kind: 'kafka',
-      options: {
-        brokers: [own.direct],
-        sasl: { mechanism: 'plain', username: 'busbar-faults', password: pw },
-        connectTimeoutMs: 3000,
-        ...(process.env.BUSBAR_FAULTS_KAFKA_CLIENT ? { client: process.env.BUSBAR_FAULTS_KAFKA_CLIENT } : {}),
-      },
-    }),
-  };
-}, 240_000);
-
 let cleanupRaw: () => Promise<void> = async () => {};
 
-afterAll(async () => {
-  if (!available) return;
-  await cleanupRaw();
-  await proxy?.close();
-  await own?.stop();
-  await env?.effects.quit().catch(() => {});
-  await effectsBroker?.stop();
-}, 120_000);
+/** Our Kafka, once setUp started it (a broker fault before that is a bug of the suite). */
+function ownKafka(): OwnKafka {
+  if (!own) throw new Error('faults[kafka]: our Kafka is not running');
+  return own;
+}
 
-describe.skipIf(!available)('faults[kafka]', () => {
-  beforeEach(() => own.ensureRunning(), 180_000);
-  it('1. consumer killed (kill -9) mid-handler / after the effect / after the commit', () => consumerKilled(target, env));
-  it('2. broker restarted (kill -9 of our Kafka, restarted on the same log dir)', () =>
-    faultUnderLoad(
-      target,
-      env,
-      restartedBroker(() => own.restart(), 'kill -9 + kafka.sh start on the same log dir'),
-    ));
-  for (const fault of ['proxy-cut', 'proxy-reset', 'proxy-blackhole', 'proxy-half-open']) {
-    it(`3. link fault through the proxy: ${fault}`, () => {
-      const f = proxyFaults(target).find((x) => x.name === fault);
-      if (!f) throw new Error(`no fault ${fault}`);
-      return faultUnderLoad(target, env, f);
-    });
-  }
-  it('3b. broker paused (SIGSTOP ~10 s, SIGCONT)', () =>
-    faultUnderLoad(
-      target,
-      env,
-      pausedBroker(
-        () => own.pause(),
-        () => own.resume(),
-      ),
-    ));
-  it('4. broker down at start: fails fast, breaker opens, half-opens, recovers', () => brokerDownAtStart(target, env));
-  it('5. slow consumer: heap flat from backlog N to 2N, concurrency kept, publisher backpressure', () => slowConsumer(target, env));
-  it('6. hostile input written below the bus is dead-lettered with its reason', () => hostileInput(target, env));
-  it('7. dead-letter destination failing: not acknowledged, comes back, both errors reported', () => deadLetterFailing(target, env));
-  it('8. secrets (SASL password) appear in no error, log line or dead letter', () => secrets(target, env));
-  it('9. a produce that landed but whose answer was lost: the retry resends the same records, none is lost', () => lostProduceAnswer());
+runFaults({
+  name: 'kafka',
+  available,
+  effectsUrl: effectsBroker?.url,
+  hookTimeoutMs: 240_000,
+  setUp: async () => {
+    const broker = await OwnKafka.start();
+    own = broker;
+    const link = await TcpProxy.start({ targetPort: broker.proxyListenPort, listenPort: broker.proxyPort });
+    proxy = link;
+    kafka = new Kafka({ clientId: 'busbar-faults-raw', brokers: [broker.direct], logLevel: logLevel.NOTHING });
+    const producer = kafka.producer({ allowAutoTopicCreation: false });
+    await producer.connect();
+    const admin = kafka.admin();
+    await admin.connect();
+    cleanupRaw = async () => {
+      await producer.disconnect().catch(() => {});
+      await admin.disconnect().catch(() => {});
+    };
+    return {
+      name: 'kafka',
+      proxy: link,
+      spec: (via, extra = {}) => ({
+        kind: 'kafka',
+        options: {
+          brokers: [via === 'proxy' ? link.address : broker.direct],
+          clientId: 'busbar-faults',
+          // Short timeouts so a silent (half-open, black-holed, paused) broker is noticed in seconds.
+          requestTimeoutMs: 5000,
+          connectionTimeoutMs: 2000,
+          connectTimeoutMs: 5000,
+          maxRetryTimeMs: 500,
+          ackTimeoutMs: 5000,
+          maxWaitTimeMs: 200,
+          ...(client ? { client } : {}),
+          ...extra,
+        },
+      }),
+      // A killed member's partitions move after the session timeout (the test broker allows 1 s).
+      consumerOptions: { sessionTimeoutMs: 3000, heartbeatIntervalMs: 500, rebalanceTimeoutMs: 10_000 },
+      rawWrite: async (topic, m) => {
+        await producer.send({ topic, acks: -1, messages: [{ value: Buffer.from(m.body), headers: { ...m.headers } }] });
+      },
+      breakDeadLetters: async (topic, group) => {
+        const name = `${topic}.${group}.dlq`;
+        // A record limit below any dead letter's size: the broker refuses the write (RecordTooLarge).
+        await admin.alterConfigs({
+          validateOnly: false,
+          resources: [{ type: ConfigResourceTypes.TOPIC, name, configEntries: [{ name: 'max.message.bytes', value: '64' }] }],
+        });
+        return async () => {
+          await admin.alterConfigs({ validateOnly: false, resources: [{ type: ConfigResourceTypes.TOPIC, name, configEntries: [] }] });
+        };
+      },
+      locate: async (topic, group, id) => {
+        const groupId = `${topic}.${group}`;
+        const ends = await admin.fetchTopicOffsets(topic);
+        const committed = (await admin.fetchOffsets({ groupId, topics: [topic] }))[0]?.partitions ?? [];
+        const log = await readLog(topic, ends).catch((e: Error) => e);
+        if (log instanceof Error) return `the log could not be read: ${log.message}`;
+        const found = log.filter((r) => r.id === id).map((r) => `p${r.partition}@${r.offset}`);
+        const offsets = ends.map(
+          (p) => `p${p.partition}: high ${p.high}, committed ${committed.find((c) => c.partition === p.partition)?.offset ?? '?'}`,
+        );
+        return `${found.length ? `in the log at ${found.join(', ')}` : 'not in the log'}; ${offsets.join('; ')}`;
+      },
+      cleanup: async (namespace) => {
+        const topics = (await admin.listTopics()).filter((t) => t.startsWith(`${namespace}.`));
+        if (topics.length > 0) await admin.deleteTopics({ topics, timeout: 30_000 });
+        const groups = (await admin.listGroups()).groups.map((g) => g.groupId).filter((g) => g.startsWith(`${namespace}.`));
+        if (groups.length > 0) await admin.deleteGroups(groups).catch(() => {});
+      },
+      wrongCredentialsSpec: (pw) => ({
+        kind: 'kafka',
+        options: {
+          brokers: [broker.direct],
+          sasl: { mechanism: 'plain', username: 'busbar-faults', password: pw },
+          connectTimeoutMs: 3000,
+          ...(client ? { client } : {}),
+        },
+      }),
+    };
+  },
+  tearDown: async () => {
+    await cleanupRaw();
+    await proxy?.close();
+    await own?.stop();
+    await effectsBroker?.stop();
+  },
+  // A failed scenario may leave our broker dead or paused: start it again before the next one.
+  beforeEachScenario: async () => {
+    await ownKafka().ensureRunning();
+  },
+  restart: {
+    how: 'kill -9 + kafka.sh start on the same log dir',
+    title: '2. broker restarted (kill -9 of our Kafka, restarted on the same log dir)',
+    restart: () => ownKafka().restart(),
+  },
+  pause: {
+    pause: () => ownKafka().pause(),
+    resume: () => ownKafka().resume(),
+  },
+  ...(secondClient ? { scenarios: CLIENT_SCENARIOS } : {}),
+  specific: ({ target }) => {
+    it('9. a produce that landed but whose answer was lost: the retry resends the same records, none is lost', () =>
+      lostProduceAnswer(target()));
+  },
 });
 
 /** Whether a TCP chunk starts a Kafka request frame with API key 0 (Produce). */
@@ -184,7 +187,8 @@ function isProduceRequest(chunk: Buffer): boolean {
  * duplicate without being appended. Here the proxy lets a produce request through, swallows its
  * answer and resets the link; every record confirmed afterwards must be in the log.
  */
-async function lostProduceAnswer(): Promise<void> {
+async function lostProduceAnswer(target: FaultTarget): Promise<void> {
+  const proxy = target.proxy;
   const transport = await createTransport(target.spec('proxy'));
   const topic = `faults-${RUN_ID}-lost-answer`;
   const message = (n: number) => {

@@ -2,29 +2,16 @@
 // a user of our own (so its password is a secret we can scan for, and the broker closes only our
 // connections), behind our TCP proxy for the link faults. The broker-level faults — the broker
 // closing every connection of our user, then `rabbitmqctl stop_app` / `start_app` — run last, and
-// the broker is always started again, even when the test fails.
+// the broker is always started again, even when the test fails. The scenarios are the shared ones
+// (lib/run.ts); RabbitMQ has no broker-specific fault of its own.
 import { randomBytes } from 'node:crypto';
 import { DEFAULT_DELAY_TIERS_MS } from '@busbar/rabbitmq';
 import amqp from 'amqplib';
-import type { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, it } from 'vitest';
 import { brokerForTests, brokersRequired, canConnect, type ResolvedBroker } from '../brokers/resolve.js';
 import { rabbitmqctl, rabbitmqctlAvailable, until } from './lib/brokers.js';
 import { TcpProxy } from './lib/proxy.js';
-import { type FaultTarget, RUN_ID, transportAvailable } from './lib/scenario.js';
-import {
-  brokerDownAtStart,
-  consumerKilled,
-  deadLetterFailing,
-  droppedConnections,
-  type FaultEnv,
-  faultUnderLoad,
-  hostileInput,
-  proxyFaults,
-  restartedBroker,
-  secrets,
-  slowConsumer,
-} from './lib/scenarios.js';
+import { runFaults } from './lib/run.js';
+import { RUN_ID, transportAvailable } from './lib/scenario.js';
 
 // The broker-level faults drive the node with rabbitmqctl, so this suite needs the *local* node:
 // BUSBAR_RABBITMQ_URL on this host, or :5672 (never a testcontainer rabbitmqctl cannot reach).
@@ -48,10 +35,8 @@ const password = `pw-${randomBytes(12).toString('hex')}`;
 let host = '127.0.0.1';
 let port = 5672;
 let vhost = '/';
-let proxy: TcpProxy;
+let proxy: TcpProxy | undefined;
 let raw: amqp.ChannelModel | undefined;
-let env: FaultEnv;
-let target: FaultTarget;
 
 const url = (p: number, pw = password) =>
   `amqp://${encodeURIComponent(user)}:${encodeURIComponent(pw)}@${host}:${p}/${encodeURIComponent(vhost)}`;
@@ -80,79 +65,6 @@ async function onChannel<T>(fn: (ch: amqp.ConfirmChannel) => Promise<T>): Promis
   }
 }
 
-beforeAll(async () => {
-  if (!available || !broker || !effectsBroker) return;
-  const u = new URL(broker.url);
-  host = u.hostname === 'localhost' ? '127.0.0.1' : u.hostname;
-  port = Number(u.port || 5672);
-  vhost = decodeURIComponent(u.pathname.slice(1)) || '/';
-  await rabbitmqctl('add_user', user, password);
-  await rabbitmqctl('set_permissions', '-p', vhost, user, '.*', '.*', '.*');
-  proxy = await TcpProxy.start({ targetHost: host, targetPort: port });
-  await rawConnection();
-  const { Redis: IORedis } = await import('ioredis');
-  const effects: Redis = new IORedis(effectsBroker.url, { maxRetriesPerRequest: 3 });
-  env = { effects, effectsUrl: effectsBroker.url };
-  target = {
-    name: 'rabbitmq',
-    proxy,
-    secret: password,
-    spec: (link, extra = {}) => ({
-      kind: 'rabbitmq',
-      options: {
-        url: url(link === 'proxy' ? proxy.port : port),
-        // Short heartbeats so a silent (half-open, black-holed) link is noticed in seconds.
-        heartbeatSeconds: 2,
-        reconnect: { backoff: { initialMs: 50, maxMs: 1000 }, waitForConnectionMs: 1000 },
-        connectionName: `busbar-faults-${RUN_ID}`,
-        ...extra,
-      },
-    }),
-    rawWrite: (topic, m) =>
-      onChannel(async (ch) => {
-        // The CloudEvents AMQP binding, written by hand: ce_<attr> → cloudEvents_<attr>,
-        // content-type → the content_type property.
-        const headers: Record<string, string> = {};
-        for (const [k, v] of Object.entries(m.headers)) {
-          if (k === 'content-type') continue;
-          headers[k.startsWith('ce_') ? `cloudEvents_${k.slice(3)}` : k] = v;
-        }
-        const options: amqp.Options.Publish = { persistent: true, headers };
-        if (m.headers['content-type'] !== undefined) options.contentType = m.headers['content-type'];
-        ch.publish(topic, topic, Buffer.from(m.body), options);
-        await ch.waitForConfirms();
-      }),
-    breakDeadLetters: async (topic, group) => {
-      const dlq = `${topic}:${group}:dlq`;
-      // Deleting the (empty) dead-letter queue makes every dead-letter write come back unroutable.
-      await onChannel((ch) => ch.deleteQueue(dlq));
-      return async () => {
-        await onChannel((ch) => ch.assertQueue(dlq, { durable: true, arguments: { 'x-queue-type': 'quorum' } }));
-      };
-    },
-    warmUpDeadLetters: false,
-    cleanup: async (namespace) => {
-      const topic = `${namespace}.faults.order`;
-      const queue = `${topic}:workers`;
-      for (const q of [queue, `${queue}:dlq`, ...DEFAULT_DELAY_TIERS_MS.map((t) => `${queue}:delay:${t}`)]) {
-        await onChannel((ch) => ch.deleteQueue(q)).catch(() => {});
-      }
-      await onChannel((ch) => ch.deleteExchange(topic)).catch(() => {});
-    },
-    wrongCredentialsSpec: (pw) => ({ kind: 'rabbitmq', options: { url: url(port, pw), reconnect: { waitForConnectionMs: 500 } } }),
-  };
-}, 60_000);
-
-afterAll(async () => {
-  if (!available) return;
-  await raw?.close().catch(() => {});
-  await proxy?.close();
-  await rabbitmqctl('delete_user', user).catch((e) => console.warn(`[faults] could not delete RabbitMQ user ${user}: ${String(e)}`));
-  await env?.effects.quit().catch(() => {});
-  await effectsBroker?.stop();
-  await broker?.stop();
-});
-
 /** `rabbitmqctl stop_app`, then `start_app` — always, even when stopping failed half-way. */
 async function restartRabbit(): Promise<void> {
   try {
@@ -173,30 +85,91 @@ async function restartRabbit(): Promise<void> {
   }
 }
 
-describe.skipIf(!available)('faults[rabbitmq]', () => {
-  it('1. consumer killed (kill -9) mid-handler / after the effect / after the commit', () => consumerKilled(target, env));
-  for (const fault of ['proxy-cut', 'proxy-reset', 'proxy-blackhole', 'proxy-half-open']) {
-    it(`3. link fault through the proxy: ${fault}`, () => {
-      const f = proxyFaults(target).find((x) => x.name === fault);
-      if (!f) throw new Error(`no fault ${fault}`);
-      return faultUnderLoad(target, env, f);
-    });
-  }
-  it('4. broker down at start: fails fast, breaker opens, half-opens, recovers', () => brokerDownAtStart(target, env));
-  it('5. slow consumer: heap flat from backlog N to 2N, concurrency kept, publisher backpressure', () => slowConsumer(target, env));
-  it('6. hostile input written below the bus is dead-lettered with its reason', () => hostileInput(target, env));
-  it('7. dead-letter destination failing: not acknowledged, comes back, both errors reported', () => deadLetterFailing(target, env));
-  it('8. secrets appear in no error, log line or dead letter', () => secrets(target, env));
-  // Broker-level faults last: they disrupt the shared broker.
-  it('3. connections closed by the broker (rabbitmqctl close_all_user_connections)', () =>
-    faultUnderLoad(
-      target,
-      env,
-      droppedConnections(async () => {
-        await rabbitmqctl('close_all_user_connections', user, 'busbar fault suite');
-        return undefined;
-      }, 'rabbitmqctl close_all_user_connections'),
-    ));
-  it('2. broker restarted (rabbitmqctl stop_app / start_app), always restored', () =>
-    faultUnderLoad(target, env, restartedBroker(restartRabbit, 'rabbitmqctl stop_app + start_app')));
+runFaults({
+  name: 'rabbitmq',
+  available,
+  effectsUrl: effectsBroker?.url,
+  setUp: async () => {
+    if (!broker) throw new Error('faults[rabbitmq]: no broker');
+    const u = new URL(broker.url);
+    host = u.hostname === 'localhost' ? '127.0.0.1' : u.hostname;
+    port = Number(u.port || 5672);
+    vhost = decodeURIComponent(u.pathname.slice(1)) || '/';
+    await rabbitmqctl('add_user', user, password);
+    await rabbitmqctl('set_permissions', '-p', vhost, user, '.*', '.*', '.*');
+    const link = await TcpProxy.start({ targetHost: host, targetPort: port });
+    proxy = link;
+    await rawConnection();
+    return {
+      name: 'rabbitmq',
+      proxy: link,
+      secret: password,
+      spec: (via, extra = {}) => ({
+        kind: 'rabbitmq',
+        options: {
+          url: url(via === 'proxy' ? link.port : port),
+          // Short heartbeats so a silent (half-open, black-holed) link is noticed in seconds.
+          heartbeatSeconds: 2,
+          reconnect: { backoff: { initialMs: 50, maxMs: 1000 }, waitForConnectionMs: 1000 },
+          connectionName: `busbar-faults-${RUN_ID}`,
+          ...extra,
+        },
+      }),
+      rawWrite: (topic, m) =>
+        onChannel(async (ch) => {
+          // The CloudEvents AMQP binding, written by hand: ce_<attr> → cloudEvents_<attr>,
+          // content-type → the content_type property.
+          const headers: Record<string, string> = {};
+          for (const [k, v] of Object.entries(m.headers)) {
+            if (k === 'content-type') continue;
+            headers[k.startsWith('ce_') ? `cloudEvents_${k.slice(3)}` : k] = v;
+          }
+          const options: amqp.Options.Publish = { persistent: true, headers };
+          if (m.headers['content-type'] !== undefined) options.contentType = m.headers['content-type'];
+          ch.publish(topic, topic, Buffer.from(m.body), options);
+          await ch.waitForConfirms();
+        }),
+      breakDeadLetters: async (topic, group) => {
+        const dlq = `${topic}:${group}:dlq`;
+        // Deleting the (empty) dead-letter queue makes every dead-letter write come back unroutable.
+        await onChannel((ch) => ch.deleteQueue(dlq));
+        return async () => {
+          await onChannel((ch) => ch.assertQueue(dlq, { durable: true, arguments: { 'x-queue-type': 'quorum' } }));
+        };
+      },
+      warmUpDeadLetters: false,
+      cleanup: async (namespace) => {
+        const topic = `${namespace}.faults.order`;
+        const queue = `${topic}:workers`;
+        for (const q of [queue, `${queue}:dlq`, ...DEFAULT_DELAY_TIERS_MS.map((t) => `${queue}:delay:${t}`)]) {
+          await onChannel((ch) => ch.deleteQueue(q)).catch(() => {});
+        }
+        await onChannel((ch) => ch.deleteExchange(topic)).catch(() => {});
+      },
+      wrongCredentialsSpec: (pw) => ({ kind: 'rabbitmq', options: { url: url(port, pw), reconnect: { waitForConnectionMs: 500 } } }),
+    };
+  },
+  tearDown: async () => {
+    await raw?.close().catch(() => {});
+    await proxy?.close();
+    await rabbitmqctl('delete_user', user).catch((e) => console.warn(`[faults] could not delete RabbitMQ user ${user}: ${String(e)}`));
+    await effectsBroker?.stop();
+    await broker?.stop();
+  },
+  // Broker-level faults last: they disrupt the shared broker (closing our user's connections, then
+  // stopping and starting the node).
+  dropConnections: {
+    how: 'rabbitmqctl close_all_user_connections',
+    last: true,
+    drop: async () => {
+      await rabbitmqctl('close_all_user_connections', user, 'busbar fault suite');
+      return undefined;
+    },
+  },
+  restart: {
+    how: 'rabbitmqctl stop_app + start_app',
+    title: '2. broker restarted (rabbitmqctl stop_app / start_app), always restored',
+    last: true,
+    restart: () => restartRabbit(),
+  },
 });

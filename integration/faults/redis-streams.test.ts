@@ -1,27 +1,14 @@
 // Fault suite, Redis Streams transport — on a redis-server of our own (AOF, appendfsync always,
 // a password), behind our TCP proxy, so killing, pausing and CLIENT KILL touch no shared broker.
 // Effects and the idempotency store live in the shared Redis (BUSBAR_REDIS_URL / :6379).
+// The scenarios are the shared ones (lib/run.ts); Redis has no broker-specific fault of its own.
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, it } from 'vitest';
 import { brokerForTests, type ResolvedBroker } from '../brokers/resolve.js';
 import { OwnRedis } from './lib/brokers.js';
 import { TcpProxy } from './lib/proxy.js';
-import { deleteKeys, type FaultTarget, transportAvailable } from './lib/scenario.js';
-import {
-  brokerDownAtStart,
-  consumerKilled,
-  deadLetterFailing,
-  droppedConnections,
-  type FaultEnv,
-  faultUnderLoad,
-  hostileInput,
-  pausedBroker,
-  proxyFaults,
-  restartedBroker,
-  secrets,
-  slowConsumer,
-} from './lib/scenarios.js';
+import { runFaults } from './lib/run.js';
+import { deleteKeys, transportAvailable } from './lib/scenario.js';
 
 const KEY_PREFIX = 'busbar-faults';
 const effectsBroker: ResolvedBroker | undefined = await brokerForTests('redis');
@@ -29,111 +16,87 @@ const available = effectsBroker !== undefined && (await transportAvailable('redi
 if (effectsBroker && !available)
   console.warn('[faults] SKIPPING redis-streams faults: @busbar/redis-streams does not export RedisStreamsTransport');
 
-let own: OwnRedis;
-let proxy: TcpProxy;
-let admin: Redis;
-let env: FaultEnv;
-let target: FaultTarget;
+let own: OwnRedis | undefined;
+let proxy: TcpProxy | undefined;
+let admin: Redis | undefined;
 
-beforeAll(async () => {
-  if (!available || !effectsBroker) return;
-  const password = `pw-${randomBytes(12).toString('hex')}`;
-  own = await OwnRedis.start(password);
-  proxy = await TcpProxy.start({ targetPort: own.port });
-  admin = own.client();
-  const { Redis: IORedis } = await import('ioredis');
-  const effects = new IORedis(effectsBroker.url, { maxRetriesPerRequest: 3 });
-  env = { effects, effectsUrl: effectsBroker.url };
-  const { encodeFields, groupKeys } = await import('@busbar/redis-streams');
-  target = {
-    name: 'redis-streams',
-    proxy,
-    secret: password,
-    spec: (link, extra = {}) => ({
-      kind: 'redis-streams',
-      options: {
-        url: link === 'proxy' ? `redis://:${password}@127.0.0.1:${proxy.port}` : own.url,
-        keyPrefix: KEY_PREFIX,
-        reconnect: { initialMs: 50, maxMs: 500 },
-        ...extra,
-      },
-    }),
-    // A stable consumer name lets a restarted consumer resume its own pending entries at once;
-    // claimIdleMs bounds how long an entry of a vanished consumer waits.
-    consumerOptions: { consumerName: 'faults-consumer', claimIdleMs: 5000, claimIntervalMs: 500, blockMs: 500, retryPollMs: 200 },
-    rawWrite: async (topic, m) => {
-      await admin.xadd(`${KEY_PREFIX}:{${topic}}`, '*', ...encodeFields(m.headers, m.body));
-    },
-    breakDeadLetters: async (topic, group) => {
-      const { dlq } = groupKeys(KEY_PREFIX, topic, group);
-      const saved = `${dlq}:saved`;
-      if (await admin.exists(dlq)) await admin.rename(dlq, saved);
-      await admin.set(dlq, 'not a stream'); // XADD to it fails with WRONGTYPE
-      return async () => {
-        await admin.del(dlq);
-        if (await admin.exists(saved)) await admin.rename(saved, dlq);
-      };
-    },
-    cleanup: async (namespace) => {
-      await deleteKeys(admin, `${KEY_PREFIX}:{${namespace}.*`);
-    },
-    wrongCredentialsSpec: (pw) => ({
-      kind: 'redis-streams',
-      options: { url: `redis://:${pw}@127.0.0.1:${own.port}`, keyPrefix: KEY_PREFIX },
-    }),
-  };
-}, 60_000);
-
-afterAll(async () => {
-  if (!available) return;
-  await admin?.quit().catch(() => {});
-  await proxy?.close();
-  await own?.stop();
-  await env?.effects.quit().catch(() => {});
-  await effectsBroker?.stop();
-});
-
-describe.skipIf(!available)('faults[redis-streams]', () => {
-  it('1. consumer killed (kill -9) mid-handler / after the effect / after the commit', () => consumerKilled(target, env));
-  it('2. broker restarted (kill -9 of our redis-server, AOF appendfsync always)', () =>
-    faultUnderLoad(
-      target,
-      env,
-      restartedBroker(() => own.restart(5000), 'kill -9, 5 s down, restart of redis-server on the same AOF'),
-    ));
-  it('3. connections killed by the broker (CLIENT KILL TYPE normal)', () =>
-    faultUnderLoad(
-      target,
-      env,
-      droppedConnections(
-        async () => Number(await admin.call('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes')),
-        'CLIENT KILL TYPE normal',
-      ),
-    ));
-  for (const fault of proxyFaultsLazy()) {
-    it(`3. link fault through the proxy: ${fault}`, () => {
-      const f = proxyFaults(target).find((x) => x.name === fault);
-      if (!f) throw new Error(`no fault ${fault}`);
-      return faultUnderLoad(target, env, f);
-    });
-  }
-  it('3b. broker paused (SIGSTOP ~10 s, SIGCONT)', () =>
-    faultUnderLoad(
-      target,
-      env,
-      pausedBroker(
-        () => own.pause(),
-        () => own.resume(),
-      ),
-    ));
-  it('4. broker down at start: fails fast, breaker opens, half-opens, recovers', () => brokerDownAtStart(target, env));
-  it('5. slow consumer: heap flat from backlog N to 2N, concurrency kept, publisher backpressure', () => slowConsumer(target, env));
-  it('6. hostile input written below the bus is dead-lettered with its reason', () => hostileInput(target, env));
-  it('7. dead-letter destination failing: not acknowledged, comes back, both errors reported', () => deadLetterFailing(target, env));
-  it('8. secrets appear in no error, log line or dead letter', () => secrets(target, env));
-});
-
-/** Names of the proxy faults (known before `target` exists). */
-function proxyFaultsLazy(): string[] {
-  return ['proxy-cut', 'proxy-reset', 'proxy-blackhole', 'proxy-half-open'];
+/** What setUp started (a broker fault before it, or after tearDown, is a bug of the suite). */
+function started<T>(x: T | undefined, what: string): T {
+  if (x === undefined) throw new Error(`faults[redis-streams]: ${what} is not running`);
+  return x;
 }
+
+runFaults({
+  name: 'redis-streams',
+  available,
+  effectsUrl: effectsBroker?.url,
+  setUp: async () => {
+    const password = `pw-${randomBytes(12).toString('hex')}`;
+    const server = await OwnRedis.start(password);
+    own = server;
+    const link = await TcpProxy.start({ targetPort: server.port });
+    proxy = link;
+    const raw = server.client();
+    admin = raw;
+    const { encodeFields, groupKeys } = await import('@busbar/redis-streams');
+    return {
+      name: 'redis-streams',
+      proxy: link,
+      secret: password,
+      spec: (via, extra = {}) => ({
+        kind: 'redis-streams',
+        options: {
+          url: via === 'proxy' ? `redis://:${password}@127.0.0.1:${link.port}` : server.url,
+          keyPrefix: KEY_PREFIX,
+          reconnect: { initialMs: 50, maxMs: 500 },
+          ...extra,
+        },
+      }),
+      // A stable consumer name lets a restarted consumer resume its own pending entries at once;
+      // claimIdleMs bounds how long an entry of a vanished consumer waits.
+      consumerOptions: { consumerName: 'faults-consumer', claimIdleMs: 5000, claimIntervalMs: 500, blockMs: 500, retryPollMs: 200 },
+      rawWrite: async (topic, m) => {
+        await raw.xadd(`${KEY_PREFIX}:{${topic}}`, '*', ...encodeFields(m.headers, m.body));
+      },
+      breakDeadLetters: async (topic, group) => {
+        const { dlq } = groupKeys(KEY_PREFIX, topic, group);
+        const saved = `${dlq}:saved`;
+        if (await raw.exists(dlq)) await raw.rename(dlq, saved);
+        await raw.set(dlq, 'not a stream'); // XADD to it fails with WRONGTYPE
+        return async () => {
+          await raw.del(dlq);
+          if (await raw.exists(saved)) await raw.rename(saved, dlq);
+        };
+      },
+      cleanup: async (namespace) => {
+        await deleteKeys(raw, `${KEY_PREFIX}:{${namespace}.*`);
+      },
+      wrongCredentialsSpec: (pw) => ({
+        kind: 'redis-streams',
+        options: { url: `redis://:${pw}@127.0.0.1:${server.port}`, keyPrefix: KEY_PREFIX },
+      }),
+    };
+  },
+  tearDown: async () => {
+    await admin?.quit().catch(() => {});
+    await proxy?.close();
+    await own?.stop();
+    await effectsBroker?.stop();
+  },
+  restart: {
+    how: 'kill -9, 5 s down, restart of redis-server on the same AOF',
+    title: '2. broker restarted (kill -9 of our redis-server, AOF appendfsync always)',
+    restart: async () => {
+      await started(own, 'our redis-server').restart(5000);
+    },
+  },
+  dropConnections: {
+    how: 'CLIENT KILL TYPE normal',
+    title: '3. connections killed by the broker (CLIENT KILL TYPE normal)',
+    drop: async () => Number(await started(admin, 'the admin client').call('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes')),
+  },
+  pause: {
+    pause: () => started(own, 'our redis-server').pause(),
+    resume: () => started(own, 'our redis-server').resume(),
+  },
+});

@@ -25,7 +25,7 @@ const HELP = `Usage: pnpm bench [--full] [--rounds N] [--only memory,rabbitmq,re
   --scenarios L  scenarios to run, e.g. s1,s2,s3 (default s1–s5; --full adds s6 and concurrency 1)
   --scale F      multiply message counts and latency seconds by F (smoke runs: --scale 0.05 --rounds 1)
   --json FILE    write every figure as JSON (shape: packages/bench/README.md)
-  --no-peers     skip peer libraries
+  --no-peers     skip peer libraries and diagnostics (Busbar's own variants, e.g. busbar-plt, stay)
   --no-ceilings  skip the broker's own benchmark tools
 `;
 
