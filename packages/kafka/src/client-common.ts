@@ -13,7 +13,7 @@ export interface ClientSettings {
   readonly clientId: string;
   readonly ssl?: boolean | Record<string, unknown> | undefined;
   readonly sasl?: SASLOptions | undefined;
-  readonly connectionTimeoutMs: number;
+  readonly socketConnectTimeoutMs: number;
   readonly requestTimeoutMs: number;
   /** Retries of one client request. */
   readonly requestRetries: number;

@@ -16,7 +16,7 @@
 import { type DeadLetterScan, describeError, type Logger, type StoredDeadLetter, TimeoutError } from '@busbar/core';
 import type { KafkaClient, OutgoingRecord, TopicRecords } from './client.js';
 import type { ResolvedOptions } from './options.js';
-import { RETRY_AT_HEADER } from './subscription.js';
+import { RETRY_AT_HEADER } from './wire.js';
 
 /** Names a scan works on. */
 export interface DeadLetterNames {

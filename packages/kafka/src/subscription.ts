@@ -13,10 +13,11 @@ import {
   type TransportSubscription,
 } from '@busbar/core';
 import type { FetchedBatch, GroupConsumer, IncomingRecord, KafkaClient, OutgoingRecord } from './client.js';
+import { KafkaDelivery, type Settler } from './delivery.js';
+import { Gate, type GateWaiter } from './gate.js';
+import { PartitionTrack, trackKey } from './offsets.js';
 import type { ResolvedOptions } from './options.js';
-
-/** Header carrying when a retry copy becomes due (epoch ms); internal to the transport. */
-export const RETRY_AT_HEADER = 'ce_busbarretryat';
+import { NO_EXTRA, parseAttempt, parseAttemptsMetadata, RETRY_AT_HEADER } from './wire.js';
 
 /** Delay before a delivery whose settle failed (or that was released) is handed over again, ms. */
 const REDELIVERY_DELAY_MS = 1000;
@@ -38,268 +39,6 @@ export interface SubscriptionDeps {
   produce(topic: string, record: OutgoingRecord): Promise<void>;
 }
 
-/** A delivery (or record) waiting for a concurrency slot and, if it has one, its key. */
-interface GateWaiter {
-  readonly key: string | undefined;
-  readonly done: (granted: boolean) => void;
-}
-
-/**
- * Counts in-flight deliveries (slots) and busy keys. A waiter asks for a slot and, unless it
- * already holds it, its key; waiters are granted in arrival order where they can proceed. No timer
- * per waiter: a waiter ends when it is granted or cancelled.
- */
-class Gate {
-  private inFlight = 0;
-  private readonly busy = new Set<string>();
-  private readonly waiters: GateWaiter[] = [];
-
-  constructor(private readonly limit: number) {}
-
-  /** Takes a slot and (if given) the key, or nothing. */
-  tryAcquire(key: string | undefined): boolean {
-    if (this.inFlight >= this.limit || (key !== undefined && this.busy.has(key))) return false;
-    this.inFlight++;
-    if (key !== undefined) this.busy.add(key);
-    return true;
-  }
-
-  /** Gives back a slot and (if given) the key. */
-  release(key: string | undefined): void {
-    this.inFlight--;
-    if (key !== undefined) this.busy.delete(key);
-    if (this.waiters.length > 0) this.pump();
-  }
-
-  /** Gives back a key held without a slot. */
-  releaseKey(key: string | undefined): void {
-    if (key === undefined) return;
-    this.busy.delete(key);
-    if (this.waiters.length > 0) this.pump();
-  }
-
-  /** Queues `waiter`: `done(true)` once it holds a slot (and its key), `done(false)` on cancel. */
-  enqueue(waiter: GateWaiter): void {
-    this.waiters.push(waiter);
-    this.pump();
-  }
-
-  /** Withdraws a waiter not granted yet and tells it `done(false)`. */
-  cancel(waiter: GateWaiter): void {
-    const i = this.waiters.indexOf(waiter);
-    if (i < 0) return;
-    this.waiters.splice(i, 1);
-    waiter.done(false);
-  }
-
-  cancelAll(): void {
-    for (const w of this.waiters.splice(0)) w.done(false);
-  }
-
-  private pump(): void {
-    for (let i = 0; i < this.waiters.length && this.inFlight < this.limit; ) {
-      const w = this.waiters[i] as GateWaiter;
-      if (this.tryAcquire(w.key)) {
-        this.waiters.splice(i, 1);
-        w.done(true);
-      } else i++;
-    }
-  }
-}
-
-/** Prefix of the offset-commit metadata that carries attempt counts of ordered subscriptions. */
-const ATTEMPTS_METADATA = 'busbar-attempts:';
-/** Attempt counts kept in one commit's metadata at most (Kafka caps metadata at 4096 bytes by default). */
-const MAX_ATTEMPTS_IN_METADATA = 100;
-
-/** `busbar-attempts:<offset>=<next attempt>,…` → map (unknown or malformed metadata: empty). */
-export function parseAttemptsMetadata(metadata: string | undefined): Map<bigint, number> {
-  const out = new Map<bigint, number>();
-  if (!metadata?.startsWith(ATTEMPTS_METADATA)) return out;
-  for (const part of metadata.slice(ATTEMPTS_METADATA.length).split(',')) {
-    const m = /^(\d{1,19})=(\d{1,9})$/.exec(part);
-    if (m) out.set(BigInt(m[1] as string), Number(m[2]));
-  }
-  return out;
-}
-
-/** Handed-over offsets of one partition and what may be committed. */
-class PartitionTrack {
-  /** Handed-over offsets not yet part of the committable prefix, ascending; `head` is the first. */
-  private pending: bigint[] = [];
-  private head = 0;
-  /** Settled offsets still behind an unsettled one. */
-  private readonly settledAhead = new Set<bigint>();
-  /**
-   * Ordered subscriptions: the next attempt of records retried in place, committed as offset
-   * metadata so that a restart (another member, a crash) resumes the count instead of starting at 1.
-   */
-  readonly attempts = new Map<bigint, number>();
-  /** Attempt counts read from the committed metadata when this member got the partition. */
-  restored: Map<bigint, number> | undefined;
-  /** `attempts` changed since the last commit. */
-  attemptsDirty = false;
-  /** Offset after the last record handed over (records below it are never handed again). */
-  nextHand: bigint | undefined;
-  /** Offset to commit: every record below it is settled. */
-  committable: bigint | undefined;
-  /** Last offset committed by this member. */
-  committed: bigint | undefined;
-
-  constructor(
-    readonly topic: string,
-    readonly partition: number,
-  ) {}
-
-  handed(offset: bigint): void {
-    this.pending.push(offset);
-    this.nextHand = offset + 1n;
-  }
-
-  /** Ordered retry in place: `offset` comes back as attempt `next`. */
-  retrying(offset: bigint, next: number): void {
-    this.attempts.set(offset, next);
-    this.attemptsDirty = true;
-  }
-
-  done(offset: bigint): void {
-    if (this.attempts.delete(offset)) this.attemptsDirty = true;
-    this.restored?.delete(offset);
-    if (this.head >= this.pending.length) return;
-    const first = this.pending[this.head] as bigint;
-    if (offset < first) return; // settled before (already in the committable prefix)
-    if (offset !== first) {
-      this.settledAhead.add(offset);
-      return;
-    }
-    this.committable = offset + 1n;
-    this.head++;
-    for (let next = this.pending[this.head]; next !== undefined && this.settledAhead.delete(next); next = this.pending[this.head]) {
-      this.committable = next + 1n;
-      this.head++;
-    }
-    if (this.head === this.pending.length) {
-      this.pending = [];
-      this.head = 0;
-    } else if (this.head > 1024 && this.head * 2 > this.pending.length) {
-      this.pending = this.pending.slice(this.head);
-      this.head = 0;
-    }
-  }
-
-  get needsCommit(): boolean {
-    if (this.attemptsDirty) return this.commitOffset !== undefined;
-    return this.committable !== undefined && (this.committed === undefined || this.committable > this.committed);
-  }
-
-  /** Offset to commit: after the settled prefix, else the first record handed over (nothing below it is pending). */
-  get commitOffset(): bigint | undefined {
-    return this.committable ?? this.pending[this.head];
-  }
-
-  /** Metadata for the next commit: the attempt counts of records at or after the commit offset. */
-  commitMetadata(): string | undefined {
-    if (this.attempts.size === 0) return undefined;
-    const from = this.commitOffset ?? 0n;
-    const parts: string[] = [];
-    for (const [offset, next] of this.attempts) {
-      if (offset >= from && parts.length < MAX_ATTEMPTS_IN_METADATA) parts.push(`${offset}=${next}`);
-    }
-    return parts.length > 0 ? `${ATTEMPTS_METADATA}${parts.join(',')}` : undefined;
-  }
-}
-
-const trackKey = (topic: string, partition: number) => `${partition}|${topic}`;
-
-function parseAttempt(value: string | undefined): number {
-  const n = Number(value);
-  return Number.isInteger(n) && n >= 1 ? n : 1;
-}
-
-/** No extra headers (the common case: a record's first hand-over). */
-const NO_EXTRA: Readonly<Record<string, string>> = Object.freeze({});
-
-/**
- * Headers of one hand-over. A record's first hand-over (attempt 1, nothing to add or strip) uses
- * the record's own headers object: nothing writes to a delivery's headers (they are read-only for
- * core, and copies spread them). Otherwise a fresh object, without `delete` (which would turn it
- * into a slow dictionary-mode object).
- */
-function deliveryHeaders(rec: IncomingRecord, attempt: number, extra: Readonly<Record<string, string>>): Readonly<Record<string, string>> {
-  const plain = rec.headers[RETRY_AT_HEADER] === undefined;
-  if (plain && attempt === 1 && extra === NO_EXTRA) return rec.headers;
-  let headers: Record<string, string>;
-  if (plain) headers = { ...rec.headers, ...extra };
-  else {
-    headers = {};
-    for (const k in rec.headers) if (k !== RETRY_AT_HEADER) headers[k] = rec.headers[k] as string;
-    Object.assign(headers, extra);
-  }
-  if (attempt > 1 || extra[Headers.attempt] !== undefined) headers[Headers.attempt] = String(attempt);
-  return headers;
-}
-
-/**
- * One hand-over of a record to core. A class rather than an object of closures: one allocation
- * per delivery, the settle logic lives in {@link KafkaSubscription}. The first settle call wins;
- * later ones resolve without effect.
- */
-class KafkaDelivery implements Delivery {
-  readonly headers: Readonly<Record<string, string>>;
-  readonly body: Uint8Array;
-  readonly key: string | undefined;
-  private settled = false;
-
-  constructor(
-    private readonly sub: KafkaSubscription,
-    readonly rec: IncomingRecord,
-    readonly track: PartitionTrack,
-    readonly offset: bigint,
-    readonly attempt: number,
-    /** Headers added by earlier in-place retries (ordered subscriptions). */
-    readonly extra: Readonly<Record<string, string>>,
-    /** The key this delivery holds in the gate (ordered subscriptions). */
-    readonly gateKey: string | undefined,
-  ) {
-    this.headers = deliveryHeaders(rec, attempt, extra);
-    this.body = rec.value;
-    this.key = rec.key;
-  }
-
-  get position(): string {
-    return `${this.track.topic}/${this.track.partition}/${this.rec.offset}`;
-  }
-
-  /** A copy to produce elsewhere (retry copy, dead letter): same key and value, headers merged. */
-  copy(more: Readonly<Record<string, string>>): OutgoingRecord {
-    return { key: this.rec.key, value: this.rec.value, headers: { ...this.headers, ...more } };
-  }
-
-  ack(): Promise<void> {
-    if (this.settled) return Promise.resolve();
-    this.settled = true;
-    return this.sub.settleAck(this);
-  }
-
-  retry(delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void> {
-    if (this.settled) return Promise.resolve();
-    this.settled = true;
-    return this.sub.settleRetry(this, delayMs, extraHeaders);
-  }
-
-  deadLetter(deadLetterHeaders: Readonly<Record<string, string>>): Promise<void> {
-    if (this.settled) return Promise.resolve();
-    this.settled = true;
-    return this.sub.settleDeadLetter(this, deadLetterHeaders);
-  }
-
-  release(): Promise<void> {
-    if (this.settled) return Promise.resolve();
-    this.settled = true;
-    return this.sub.settleRelease(this);
-  }
-}
-
 /** A running group consumption of the main topic and the group's retry topic. */
 export class KafkaSubscription implements TransportSubscription {
   private readonly gate: Gate;
@@ -316,6 +55,13 @@ export class KafkaSubscription implements TransportSubscription {
   private pendingFlush: Promise<void> | undefined;
   private closing: Promise<void> | undefined;
   private stopped: Promise<void> | undefined;
+  /** How this subscription's deliveries settle (the only way they reach it). */
+  private readonly settler: Settler = {
+    ack: (d) => this.settleAck(d),
+    retry: (d, delayMs, headers) => this.settleRetry(d, delayMs, headers),
+    deadLetter: (d, headers) => this.settleDeadLetter(d, headers),
+    release: (d) => this.settleRelease(d),
+  };
 
   constructor(
     private readonly deps: SubscriptionDeps,
@@ -544,18 +290,18 @@ export class KafkaSubscription implements TransportSubscription {
     extra: Readonly<Record<string, string>>,
     gateKey: string | undefined,
   ): void {
-    this.onDelivery(new KafkaDelivery(this, rec, track, offset, attempt, extra, gateKey));
+    this.onDelivery(new KafkaDelivery(this.settler, rec, track, offset, attempt, extra, gateKey));
   }
 
-  /** @internal {@link KafkaDelivery.ack}: the record is done; resolves after the commit covering it was attempted. */
-  settleAck(d: KafkaDelivery): Promise<void> {
+  /** {@link KafkaDelivery.ack}: the record is done; resolves after the commit covering it was attempted. */
+  private settleAck(d: KafkaDelivery): Promise<void> {
     d.track.done(d.offset);
     this.gate.release(d.gateKey);
     return this.flush(); // shared by every ack settled while the previous commit runs
   }
 
-  /** @internal {@link KafkaDelivery.retry}. */
-  async settleRetry(d: KafkaDelivery, delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void> {
+  /** {@link KafkaDelivery.retry}. */
+  private async settleRetry(d: KafkaDelivery, delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void> {
     if (this.spec.orderedByKey) {
       // Blocking in-partition retry: the key's later records wait, so order holds. The next
       // attempt number goes into the offset commit's metadata, so it survives a restart.
@@ -585,14 +331,14 @@ export class KafkaSubscription implements TransportSubscription {
     this.completeInBackground(d);
   }
 
-  /** @internal {@link KafkaDelivery.deadLetter}. */
-  async settleDeadLetter(d: KafkaDelivery, deadLetterHeaders: Readonly<Record<string, string>>): Promise<void> {
+  /** {@link KafkaDelivery.deadLetter}. */
+  private async settleDeadLetter(d: KafkaDelivery, deadLetterHeaders: Readonly<Record<string, string>>): Promise<void> {
     await this.deps.produce(this.names.deadLetterTopic, d.copy(deadLetterHeaders)).catch((error: unknown) => this.failed(d, error));
     this.completeInBackground(d);
   }
 
-  /** @internal {@link KafkaDelivery.release}. */
-  async settleRelease(d: KafkaDelivery): Promise<void> {
+  /** {@link KafkaDelivery.release}. */
+  private async settleRelease(d: KafkaDelivery): Promise<void> {
     this.again(d, REDELIVERY_DELAY_MS, d.attempt, d.extra);
   }
 
