@@ -55,13 +55,24 @@ function kafkaFor(brokers: string): Kafka {
   return new Kafka({ clientId: 'busbar-test-raw', brokers: brokers.split(','), logLevel: logLevel.NOTHING });
 }
 
+/**
+ * Creates `topic` if missing. Right after a topic was created, Kafka 4 can answer kafkajs's
+ * metadata request with UNKNOWN_TOPIC_OR_PARTITION (metadata propagates asynchronously): that is
+ * retried a few times, as the transport's client seam does.
+ */
 async function ensureTopic(admin: Admin, topic: string): Promise<void> {
-  const existing = await admin.listTopics();
-  if (existing.includes(topic)) return;
-  try {
-    await admin.createTopics({ topics: [{ topic, numPartitions: PARTITIONS, replicationFactor: 1 }], waitForLeaders: true });
-  } catch (error) {
-    if (!String((error as Error).message).includes('already exists')) throw error;
+  for (let n = 1; ; n++) {
+    try {
+      const existing = await admin.listTopics();
+      if (existing.includes(topic)) return;
+      await admin.createTopics({ topics: [{ topic, numPartitions: PARTITIONS, replicationFactor: 1 }], waitForLeaders: true });
+      return;
+    } catch (error) {
+      if (String((error as Error).message).includes('already exists')) return;
+      const unknownTopic = (error as { type?: unknown }).type === 'UNKNOWN_TOPIC_OR_PARTITION';
+      if (!unknownTopic || n >= 5) throw error;
+      await new Promise<void>((r) => setTimeout(r, 100 * n)); // backoff between attempts only
+    }
   }
 }
 

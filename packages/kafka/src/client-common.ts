@@ -4,7 +4,7 @@
  * retry cannot help, and the walk over a client error's causes. Imports no client library.
  * @internal
  */
-import type { Logger } from '@busbar/core';
+import type { Logger } from '@busbar/core/transport';
 import type { SASLOptions } from 'kafkajs';
 
 /** Settings of a client (resolved transport options). */

@@ -4,21 +4,20 @@
  * that replace a producer after a failure of unknown outcome.
  * @internal
  */
+import { BusClosedError, isBusError } from '@busbar/core';
 import {
   type BackoffOptions,
   BrokerUnavailableError,
-  BusClosedError,
   backoffDelay,
   ConfigError,
-  type ConnectionState,
+  ConnectionStateCell,
   describeError,
-  isBusError,
   type Logger,
   PublishRejectedError,
   silentLogger,
   type TransportContext,
   type TransportHealth,
-} from '@busbar/core';
+} from '@busbar/core/transport';
 import type { KafkaClient, RecordProducer, TopicRecords } from './client.js';
 import type { ClientSettings } from './client-common.js';
 import type { ResolvedOptions } from './options.js';
@@ -55,9 +54,12 @@ export class KafkaConnection {
   private current: KafkaClient | undefined;
   private producer: RecordProducer | undefined;
   private log: Logger = silentLogger;
-  private context: TransportContext | undefined;
-  private state: ConnectionState = 'disconnected';
-  private detail: string | undefined;
+  /** State, `connection` events and health; logs reaching `connected`. */
+  private readonly state = new ConnectionStateCell({
+    onChange: (state) => {
+      if (state === 'connected') this.log.info({ transport: 'kafka', brokers: this.brokerList() }, 'Kafka connected');
+    },
+  });
   private attempt: Promise<void> | undefined;
   private reconnectLoop: Promise<void> | undefined;
   private closed = false;
@@ -80,7 +82,7 @@ export class KafkaConnection {
 
   /** Whether sends may be attempted now. */
   get isConnected(): boolean {
-    return this.state === 'connected';
+    return this.state.state === 'connected';
   }
 
   /** The client. @throws BrokerUnavailableError before the first `connect`. */
@@ -101,10 +103,10 @@ export class KafkaConnection {
       if (this.closed) throw new BusClosedError('the Kafka transport is closed');
       return;
     }
-    this.context = context;
+    this.state.attach(context);
     this.log = context.logger;
     this.current = client;
-    this.setState('connecting');
+    this.state.set('connecting');
     let timer: NodeJS.Timeout | undefined;
     try {
       await Promise.race([
@@ -139,7 +141,7 @@ export class KafkaConnection {
           }
           this.producer = producer;
         }
-        this.setState('connected');
+        this.state.set('connected');
       } finally {
         this.attempt = undefined;
       }
@@ -151,12 +153,12 @@ export class KafkaConnection {
   private lostConnection(error: unknown): void {
     if (this.closed) return;
     const detail = describeError(error);
-    if (this.state !== 'reconnecting')
+    if (this.state.state !== 'reconnecting')
       this.log.warn({ transport: 'kafka', err: detail }, 'Kafka unreachable; reconnecting in the background');
-    this.setState('reconnecting', detail);
+    this.state.set('reconnecting', detail);
     this.reconnectLoop ??= (async () => {
       const backoff: BackoffOptions = this.options.reconnectBackoff;
-      for (let n = 1; !this.closed && this.state !== 'connected'; n++) {
+      for (let n = 1; !this.closed && this.state.state !== 'connected'; n++) {
         await new Promise<void>((resolve) => {
           const timer = setTimeout(done, backoffDelay(n, backoff));
           function done() {
@@ -170,22 +172,12 @@ export class KafkaConnection {
         try {
           await this.tryConnect();
         } catch (e) {
-          this.setState('reconnecting', describeError(e));
+          this.state.set('reconnecting', describeError(e));
         }
       }
     })().finally(() => {
       this.reconnectLoop = undefined;
     });
-  }
-
-  private setState(state: ConnectionState, detail?: string): void {
-    const changed = state !== this.state;
-    this.state = state;
-    this.detail = detail;
-    if (changed) {
-      if (state === 'connected') this.log.info({ transport: 'kafka', brokers: this.brokerList() }, 'Kafka connected');
-      this.context?.emit({ kind: 'connection', state, ...(detail === undefined ? {} : { detail }) });
-    }
   }
 
   private brokerList(): string {
@@ -195,7 +187,8 @@ export class KafkaConnection {
   /** The error for a call made while not connected (or closed). */
   unavailable(): BrokerUnavailableError {
     if (this.closed) return new BrokerUnavailableError('the Kafka transport is closed');
-    return new BrokerUnavailableError(`Kafka (${this.brokerList()}) is ${this.state}${this.detail ? `: ${this.detail}` : ''}`);
+    const { state, detail } = this.state;
+    return new BrokerUnavailableError(`Kafka (${this.brokerList()}) is ${state}${detail ? `: ${detail}` : ''}`);
   }
 
   /** Maps a client error to a Busbar error (`PublishRejectedError` for a refusal, else `BrokerUnavailableError`). */
@@ -213,7 +206,7 @@ export class KafkaConnection {
    */
   async send(batches: readonly TopicRecords[], signal?: AbortSignal): Promise<void> {
     const producer = this.producer;
-    if (this.state !== 'connected' || !producer) throw this.unavailable();
+    if (this.state.state !== 'connected' || !producer) throw this.unavailable();
     if (signal?.aborted) throw signal.reason;
     const drop = (error: unknown) => {
       // kafkajs rolls the idempotent sequence back after a failed request; a request that did land
@@ -239,7 +232,7 @@ export class KafkaConnection {
   }
 
   health(): TransportHealth {
-    return this.detail === undefined ? { state: this.state } : { state: this.state, detail: this.detail };
+    return this.state.health();
   }
 
   /** First step of closing: no new work, the reconnect loop ends. */
@@ -255,7 +248,7 @@ export class KafkaConnection {
     await this.producer?.close().catch(() => {});
     this.producer = undefined;
     await this.current?.close().catch(() => {});
-    this.setState('closed');
+    this.state.set('closed');
   }
 }
 

@@ -13,7 +13,7 @@
  * at-least-once, like every other path. A dry run reads without producing or committing.
  * @internal
  */
-import { type DeadLetterScan, describeError, type Logger, type StoredDeadLetter, TimeoutError } from '@busbar/core';
+import { type DeadLetterScan, describeError, type Logger, type StoredDeadLetter, TimeoutError } from '@busbar/core/transport';
 import type { KafkaClient, OutgoingRecord, TopicRecords } from './client.js';
 import type { ResolvedOptions } from './options.js';
 import { RETRY_AT_HEADER } from './wire.js';

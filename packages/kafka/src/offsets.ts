@@ -1,6 +1,6 @@
 /**
  * Offset bookkeeping of one partition: which handed-over records are settled, the contiguous
- * prefix that may be committed, and (ordered subscriptions) the attempt counts committed with it.
+ * prefix that may be committed, and (ordered subscriptions) the hand-over counts of in-place retries committed with it.
  * @internal
  */
 import { formatAttemptsMetadata } from './wire.js';
@@ -13,11 +13,11 @@ export class PartitionTrack {
   /** Settled offsets still behind an unsettled one. */
   private readonly settledAhead = new Set<bigint>();
   /**
-   * Ordered subscriptions: the next attempt of records retried in place, committed as offset
+   * Ordered subscriptions: the next hand-over count of records retried in place, committed as offset
    * metadata so that a restart (another member, a crash) resumes the count instead of starting at 1.
    */
   readonly attempts = new Map<bigint, number>();
-  /** Attempt counts read from the committed metadata when this member got the partition. */
+  /** Hand-over counts read from the committed metadata when this member got the partition. */
   restored: Map<bigint, number> | undefined;
   /** `attempts` changed since the last commit. */
   attemptsDirty = false;
@@ -38,7 +38,7 @@ export class PartitionTrack {
     this.nextHand = offset + 1n;
   }
 
-  /** Ordered retry in place: `offset` comes back as attempt `next`. */
+  /** Ordered retry in place: `offset` comes back, as its hand-over number `next`. */
   retrying(offset: bigint, next: number): void {
     this.attempts.set(offset, next);
     this.attemptsDirty = true;
@@ -79,7 +79,7 @@ export class PartitionTrack {
     return this.committable ?? this.pending[this.head];
   }
 
-  /** Metadata for the next commit: the attempt counts of records at or after the commit offset. */
+  /** Metadata for the next commit: the hand-over counts of records at or after the commit offset. */
   commitMetadata(): string | undefined {
     if (this.attempts.size === 0) return undefined;
     return formatAttemptsMetadata(this.attempts, this.commitOffset ?? 0n);

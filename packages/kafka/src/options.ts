@@ -1,4 +1,5 @@
-import { type BackoffOptions, ConfigError, readBusbarEnv } from '@busbar/core';
+import { readBusbarEnv } from '@busbar/core';
+import { type BackoffOptions, ConfigError } from '@busbar/core/transport';
 import type { SASLOptions } from 'kafkajs';
 
 /** How the transport names its Kafka objects. Every name is checked against Kafka's limits. */

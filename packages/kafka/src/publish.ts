@@ -3,7 +3,7 @@
  * only above `maxRequestBytes`, with one outcome per message.
  * @internal
  */
-import { describeError, type OutgoingMessage, type PublishOutcome, PublishRejectedError } from '@busbar/core';
+import { describeError, type OutgoingMessage, type PublishOutcome, PublishRejectedError } from '@busbar/core/transport';
 import type { OutgoingRecord, TopicRecords } from './client.js';
 import { abortable } from './connection.js';
 import { recordBytes } from './wire.js';

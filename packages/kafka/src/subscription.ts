@@ -6,21 +6,32 @@
 import {
   type Delivery,
   describeError,
-  Headers,
   type Logger,
+  SlotGate,
+  type SlotWaiter,
   type SubscriptionSpec,
   TimeoutError,
   type TransportSubscription,
-} from '@busbar/core';
+} from '@busbar/core/transport';
 import type { FetchedBatch, GroupConsumer, IncomingRecord, KafkaClient, OutgoingRecord } from './client.js';
 import { KafkaDelivery, type Settler } from './delivery.js';
-import { Gate, type GateWaiter } from './gate.js';
 import { PartitionTrack, trackKey } from './offsets.js';
 import type { ResolvedOptions } from './options.js';
-import { NO_EXTRA, parseAttempt, parseAttemptsMetadata, RETRY_AT_HEADER } from './wire.js';
+import { deliveryHeaders, parseAttemptsMetadata, RETRY_AT_HEADER } from './wire.js';
 
 /** Delay before a delivery whose settle failed (or that was released) is handed over again, ms. */
 const REDELIVERY_DELAY_MS = 1000;
+
+/** A record to hand over again (see {@link KafkaDelivery}). */
+interface HandOver {
+  readonly rec: IncomingRecord;
+  readonly track: PartitionTrack;
+  readonly offset: bigint;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly redeliveries: number;
+  readonly handOver: number;
+  readonly gateKey: string | undefined;
+}
 
 /** Broker object names of one subscription. */
 export interface SubscriptionNames {
@@ -41,13 +52,12 @@ export interface SubscriptionDeps {
 
 /** A running group consumption of the main topic and the group's retry topic. */
 export class KafkaSubscription implements TransportSubscription {
-  private readonly gate: Gate;
+  /** In-flight deliveries (`concurrency`) and, for ordered subscriptions, one delivery per key. */
+  private readonly gate: SlotGate;
   private readonly consumer: GroupConsumer;
   private readonly tracks = new Map<string, PartitionTrack>();
   private readonly finalCommits: PartitionTrack[] = [];
   private readonly timers = new Set<NodeJS.Timeout>();
-  /** Retry copies this member is still producing (`<ce_id>|<attempt>`): their settle has not resolved yet. */
-  private readonly producing = new Map<string, Promise<void>>();
   private stopping = false;
   private activeBatches = 0;
   private batchesIdle: (() => void)[] = [];
@@ -69,7 +79,7 @@ export class KafkaSubscription implements TransportSubscription {
     private readonly spec: SubscriptionSpec,
     private readonly onDelivery: (delivery: Delivery) => void,
   ) {
-    this.gate = new Gate(spec.concurrency);
+    this.gate = new SlotGate(spec.concurrency);
     const o = deps.options;
     this.consumer = deps.client.createGroupConsumer({
       groupId: names.groupId,
@@ -190,11 +200,11 @@ export class KafkaSubscription implements TransportSubscription {
       if (unresolved !== undefined) batch.resolve(unresolved);
       unresolved = undefined;
     };
-    // Heartbeats while this batch waits (a slot, a retry copy's acknowledgement): one interval per
-    // batch, started at its first wait. A failed heartbeat (rebalance) ends the wait and is thrown.
+    // Heartbeats while this batch waits for a slot: one interval per batch, started at its first
+    // wait. A failed heartbeat (rebalance) ends the wait and is thrown.
     let beat: NodeJS.Timeout | undefined;
     let beatError: unknown;
-    let waiter: GateWaiter | undefined;
+    let waiter: SlotWaiter | undefined;
     const heartbeating = () => {
       resolvePending();
       beat ??= setInterval(
@@ -231,16 +241,7 @@ export class KafkaSubscription implements TransportSubscription {
             this.timers.add(timer);
             return;
           }
-          // A copy can be fetched before its producer saw the acknowledgement: let that retry()
-          // resolve (and core record the outcome) first, so outcomes stay in causal order.
-          const pending = this.producing.get(`${rec.headers[Headers.id]}|${rec.headers[Headers.attempt]}`);
-          if (pending) {
-            heartbeating();
-            await pending.catch(() => {});
-            await new Promise<void>((r) => setImmediate(r));
-            if (beatError !== undefined) throw beatError;
-            if (this.stopping || !batch.isActive()) return;
-          }
+          // Due. A copy fetched before its producer's retry() resolved is held by core, not here.
         }
         const gateKey = this.spec.orderedByKey ? rec.key : undefined;
         if (!this.gate.tryAcquire(gateKey)) {
@@ -269,8 +270,10 @@ export class KafkaSubscription implements TransportSubscription {
         }
         track.handed(offset);
         unresolved = rec.offset;
-        const attempt = fromRetry ? parseAttempt(rec.headers[Headers.attempt]) : (track.restored?.get(offset) ?? 1);
-        this.hand(rec, track, offset, attempt, NO_EXTRA, gateKey);
+        // An ordered subscription's record retried in place before a restart: its hand-over count,
+        // restored from the committed metadata, is reported as redeliveries (count − 1).
+        const handOver = fromRetry ? 1 : (track.restored?.get(offset) ?? 1);
+        this.hand(rec, track, offset, deliveryHeaders(rec), handOver - 1, handOver, gateKey);
       }
     } finally {
       clearInterval(beat);
@@ -279,18 +282,20 @@ export class KafkaSubscription implements TransportSubscription {
   }
 
   /**
-   * Hands one record to core. The delivery holds a concurrency slot and, for ordered
-   * subscriptions, its key (`gateKey`) until settled.
+   * Hands one record to core (see {@link KafkaDelivery} for `headers`, `redeliveries` and
+   * `handOver`). The delivery holds a concurrency slot and, for ordered subscriptions, its key
+   * (`gateKey`) until settled.
    */
   private hand(
     rec: IncomingRecord,
     track: PartitionTrack,
     offset: bigint,
-    attempt: number,
-    extra: Readonly<Record<string, string>>,
+    headers: Readonly<Record<string, string>>,
+    redeliveries: number,
+    handOver: number,
     gateKey: string | undefined,
   ): void {
-    this.onDelivery(new KafkaDelivery(this.settler, rec, track, offset, attempt, extra, gateKey));
+    this.onDelivery(new KafkaDelivery(this.settler, rec, track, offset, headers, redeliveries, handOver, gateKey));
   }
 
   /** {@link KafkaDelivery.ack}: the record is done; resolves after the commit covering it was attempted. */
@@ -300,46 +305,42 @@ export class KafkaSubscription implements TransportSubscription {
     return this.flush(); // shared by every ack settled while the previous commit runs
   }
 
-  /** {@link KafkaDelivery.retry}. */
-  private async settleRetry(d: KafkaDelivery, delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void> {
+  /** {@link KafkaDelivery.retry}: `headers` are core's, complete (the next attempt included). */
+  private async settleRetry(d: KafkaDelivery, delayMs: number, headers: Readonly<Record<string, string>>): Promise<void> {
     if (this.spec.orderedByKey) {
-      // Blocking in-partition retry: the key's later records wait, so order holds. The next
-      // attempt number goes into the offset commit's metadata, so it survives a restart.
-      d.track.retrying(d.offset, d.attempt + 1);
+      // Blocking in-partition retry: the key's later records wait, so order holds. The record is
+      // handed over again with exactly core's headers (they carry the attempt), and its next
+      // hand-over count goes into the offset commit's metadata, so it survives a restart.
+      d.track.retrying(d.offset, d.handOver + 1);
       this.flush().catch((error: unknown) =>
         this.deps.logger.warn(
           { group: this.names.groupId, err: describeError(error) },
           'committing the attempt count failed; will retry with the next commit',
         ),
       );
-      this.again(d, Math.max(0, delayMs), d.attempt + 1, { ...d.extra, ...extraHeaders });
+      this.again(d, Math.max(0, delayMs), headers, 0, d.handOver + 1);
       return;
     }
-    const record = d.copy({
-      ...extraHeaders,
-      [Headers.attempt]: String(d.attempt + 1),
-      [RETRY_AT_HEADER]: String(Date.now() + Math.max(0, delayMs)),
-    });
-    const k = `${record.headers[Headers.id]}|${d.attempt + 1}`;
-    const producing = this.deps.produce(this.names.retryTopic, record);
-    this.producing.set(k, producing);
-    try {
-      await producing.catch((error: unknown) => this.failed(d, error));
-    } finally {
-      this.producing.delete(k);
-    }
+    // Exactly core's headers, plus the transport's own due time (stripped again on the way back).
+    const record: OutgoingRecord = {
+      key: d.rec.key,
+      value: d.rec.value,
+      headers: { ...headers, [RETRY_AT_HEADER]: String(Date.now() + Math.max(0, delayMs)) },
+    };
+    await this.deps.produce(this.names.retryTopic, record).catch((error: unknown) => this.failed(d, error));
     this.completeInBackground(d);
   }
 
-  /** {@link KafkaDelivery.deadLetter}. */
-  private async settleDeadLetter(d: KafkaDelivery, deadLetterHeaders: Readonly<Record<string, string>>): Promise<void> {
-    await this.deps.produce(this.names.deadLetterTopic, d.copy(deadLetterHeaders)).catch((error: unknown) => this.failed(d, error));
+  /** {@link KafkaDelivery.deadLetter}: `headers` are core's, complete (original + dead-letter metadata). */
+  private async settleDeadLetter(d: KafkaDelivery, headers: Readonly<Record<string, string>>): Promise<void> {
+    const record: OutgoingRecord = { key: d.rec.key, value: d.rec.value, headers };
+    await this.deps.produce(this.names.deadLetterTopic, record).catch((error: unknown) => this.failed(d, error));
     this.completeInBackground(d);
   }
 
-  /** {@link KafkaDelivery.release}. */
+  /** {@link KafkaDelivery.release}: given back natively (handed over again later, as it was). */
   private async settleRelease(d: KafkaDelivery): Promise<void> {
-    this.again(d, REDELIVERY_DELAY_MS, d.attempt, d.extra);
+    this.again(d, REDELIVERY_DELAY_MS, d.headers, d.redeliveries, d.handOver);
   }
 
   /** After a retry copy / dead letter is durable: the outcome is recorded; commit in the background. */
@@ -351,52 +352,46 @@ export class KafkaSubscription implements TransportSubscription {
     );
   }
 
-  /** Hand the same record over again later; an ordered subscription keeps the key meanwhile. */
-  private again(d: KafkaDelivery, delayMs: number, nextAttempt: number, nextExtra: Readonly<Record<string, string>>): void {
-    this.gate.release(undefined);
-    if (!this.later(delayMs, d.rec, d.track, d.offset, nextAttempt, nextExtra, d.gateKey)) this.gate.releaseKey(d.gateKey);
+  /** Hands the same record over again later; an ordered subscription keeps the key meanwhile. */
+  private again(
+    d: KafkaDelivery,
+    delayMs: number,
+    headers: Readonly<Record<string, string>>,
+    redeliveries: number,
+    handOver: number,
+  ): void {
+    this.gate.releaseSlot();
+    const next: HandOver = { rec: d.rec, track: d.track, offset: d.offset, headers, redeliveries, handOver, gateKey: d.gateKey };
+    if (!this.later(delayMs, next)) this.gate.releaseKey(d.gateKey);
   }
 
-  /** A settle's write failed: the record comes back later; rethrows. */
+  /** A settle's write failed: the record comes back later, as it was; rethrows. */
   private failed(d: KafkaDelivery, error: unknown): never {
-    this.again(d, REDELIVERY_DELAY_MS, d.attempt, d.extra);
+    this.again(d, REDELIVERY_DELAY_MS, d.headers, d.redeliveries, d.handOver);
     throw error;
   }
 
   /**
-   * Hands `rec` over again after `delayMs` (its offset stays uncommitted meanwhile). Returns false
-   * when the subscription is stopping: the record is then redelivered by Kafka after a restart.
+   * Hands `h` over after `delayMs` (its offset stays uncommitted meanwhile). Returns false when
+   * the subscription is stopping: the record is then redelivered by Kafka after a restart.
    */
-  private later(
-    delayMs: number,
-    rec: IncomingRecord,
-    track: PartitionTrack,
-    offset: bigint,
-    attempt: number,
-    extra: Readonly<Record<string, string>>,
-    gateKey: string | undefined,
-  ): boolean {
+  private later(delayMs: number, h: HandOver): boolean {
     if (this.stopping) return false;
     const timer = setTimeout(
       async () => {
         this.timers.delete(timer);
-        const current = this.tracks.get(trackKey(track.topic, track.partition)) === track;
+        const current = this.tracks.get(trackKey(h.track.topic, h.track.partition)) === h.track;
         // The key (if any) is still held by this record: wait for a slot only (`stop` cancels the wait).
-        const ok =
-          !this.stopping &&
-          current &&
-          (await new Promise<boolean>((done) => {
-            this.gate.enqueue({ key: undefined, done });
-          }));
+        const ok = !this.stopping && current && (await this.gate.acquire());
         if (!ok) {
-          this.gate.releaseKey(gateKey);
+          this.gate.releaseKey(h.gateKey);
           return;
         }
         if (this.stopping) {
-          this.gate.release(gateKey);
+          this.gate.release(h.gateKey);
           return;
         }
-        this.hand(rec, track, offset, attempt, extra, gateKey);
+        this.hand(h.rec, h.track, h.offset, h.headers, h.redeliveries, h.handOver, h.gateKey);
       },
       Math.min(delayMs, 2 ** 31 - 1),
     );

@@ -3,7 +3,7 @@
  * starting offsets of a new consumer group.
  * @internal
  */
-import { checkBrokerName, type Logger, type TransportCapabilities } from '@busbar/core';
+import { checkBrokerName, type Logger, type TransportCapabilities } from '@busbar/core/transport';
 import type { KafkaClient, TopicPartitionOffset, TopicSpec } from './client.js';
 import type { ResolvedOptions } from './options.js';
 import type { SubscriptionNames } from './subscription.js';

@@ -1,19 +1,19 @@
-import {
-  BusClosedError,
-  type DeadLetterScan,
-  type DeadLetterTarget,
-  type Delivery,
-  type Logger,
-  type OutgoingMessage,
-  type PublishOutcome,
-  type StoredDeadLetter,
-  type SubscriptionSpec,
-  type Transport,
-  type TransportCapabilities,
-  type TransportContext,
-  type TransportHealth,
-  type TransportSubscription,
-} from '@busbar/core';
+import { BusClosedError } from '@busbar/core';
+import type {
+  DeadLetterScan,
+  DeadLetterTarget,
+  Delivery,
+  Logger,
+  OutgoingMessage,
+  PublishOutcome,
+  StoredDeadLetter,
+  SubscriptionSpec,
+  Transport,
+  TransportCapabilities,
+  TransportContext,
+  TransportHealth,
+  TransportSubscription,
+} from '@busbar/core/transport';
 import type { KafkaClient, OutgoingRecord } from './client.js';
 import { KafkajsClient } from './client-kafkajs.js';
 import { clientSettings, KafkaConnection, loadPlatformaticClient } from './connection.js';

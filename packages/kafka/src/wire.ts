@@ -1,21 +1,25 @@
 /**
- * How the transport lays its own data out on Kafka, beside core's `ce_*` headers: the due time of
- * a retry copy, the attempt counts of in-place retries kept in offset-commit metadata, the headers
- * a record is handed over with, and a record's rough size on the wire.
+ * How the transport lays its own data out on Kafka, beside core's `ce_*` headers (which it writes
+ * and hands over as core gave them): the due time of a retry copy, the hand-over counts of
+ * in-place retries kept in offset-commit metadata, the headers a record is handed over with, and a
+ * record's rough size on the wire.
  * @internal
  */
-import { Headers } from '@busbar/core';
 import type { IncomingRecord } from './client.js';
 
 /** Header carrying when a retry copy becomes due (epoch ms); internal to the transport. */
 export const RETRY_AT_HEADER = 'ce_busbarretryat';
 
-/** Prefix of the offset-commit metadata that carries attempt counts of ordered subscriptions. */
+/**
+ * Prefix of the offset-commit metadata that carries, for records an ordered subscription retries in
+ * place, the number of each record's next hand-over (its attempt, for a record without an attempt
+ * header): `busbar-attempts:<offset>=<n>,…`.
+ */
 const ATTEMPTS_METADATA = 'busbar-attempts:';
-/** Attempt counts kept in one commit's metadata at most (Kafka caps metadata at 4096 bytes by default). */
+/** Counts kept in one commit's metadata at most (Kafka caps metadata at 4096 bytes by default). */
 const MAX_ATTEMPTS_IN_METADATA = 100;
 
-/** `busbar-attempts:<offset>=<next attempt>,…` → map (unknown or malformed metadata: empty). */
+/** `busbar-attempts:<offset>=<n>,…` → map offset → n (unknown or malformed metadata: empty). */
 export function parseAttemptsMetadata(metadata: string | undefined): Map<bigint, number> {
   const out = new Map<bigint, number>();
   if (!metadata?.startsWith(ATTEMPTS_METADATA)) return out;
@@ -26,7 +30,7 @@ export function parseAttemptsMetadata(metadata: string | undefined): Map<bigint,
   return out;
 }
 
-/** The metadata for `attempts` (offset → next attempt) of the records at or after `from`; undefined when there are none. */
+/** The metadata for `attempts` (offset → next hand-over) of the records at or after `from`; undefined when there are none. */
 export function formatAttemptsMetadata(attempts: ReadonlyMap<bigint, number>, from: bigint): string | undefined {
   const parts: string[] = [];
   for (const [offset, next] of attempts) {
@@ -35,36 +39,17 @@ export function formatAttemptsMetadata(attempts: ReadonlyMap<bigint, number>, fr
   return parts.length > 0 ? `${ATTEMPTS_METADATA}${parts.join(',')}` : undefined;
 }
 
-/** The attempt a header value names (1 when absent or invalid). */
-export function parseAttempt(value: string | undefined): number {
-  const n = Number(value);
-  return Number.isInteger(n) && n >= 1 ? n : 1;
-}
-
-/** No extra headers (the common case: a record's first hand-over). */
-export const NO_EXTRA: Readonly<Record<string, string>> = Object.freeze({});
-
 /**
- * Headers of one hand-over. A record's first hand-over (attempt 1, nothing to add or strip) uses
- * the record's own headers object: nothing writes to a delivery's headers (they are read-only for
- * core, and copies spread them). Otherwise a fresh object, without `delete` (which would turn it
- * into a slow dictionary-mode object).
+ * The headers a record is handed over with: its own, without the transport's due-time header. A
+ * record without one (every record of the event topic) is handed over with its own headers
+ * object: nothing writes to a delivery's headers (they are read-only for core, and copies spread
+ * them). Otherwise a fresh object, without `delete` (which would turn it into a slow
+ * dictionary-mode object).
  */
-export function deliveryHeaders(
-  rec: IncomingRecord,
-  attempt: number,
-  extra: Readonly<Record<string, string>>,
-): Readonly<Record<string, string>> {
-  const plain = rec.headers[RETRY_AT_HEADER] === undefined;
-  if (plain && attempt === 1 && extra === NO_EXTRA) return rec.headers;
-  let headers: Record<string, string>;
-  if (plain) headers = { ...rec.headers, ...extra };
-  else {
-    headers = {};
-    for (const k in rec.headers) if (k !== RETRY_AT_HEADER) headers[k] = rec.headers[k] as string;
-    Object.assign(headers, extra);
-  }
-  if (attempt > 1 || extra[Headers.attempt] !== undefined) headers[Headers.attempt] = String(attempt);
+export function deliveryHeaders(rec: IncomingRecord): Readonly<Record<string, string>> {
+  if (rec.headers[RETRY_AT_HEADER] === undefined) return rec.headers;
+  const headers: Record<string, string> = {};
+  for (const k in rec.headers) if (k !== RETRY_AT_HEADER) headers[k] = rec.headers[k] as string;
   return headers;
 }
 
