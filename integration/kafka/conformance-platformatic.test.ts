@@ -12,9 +12,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { brokerForTests } from '../brokers/resolve.js';
 import { kafkaSpecificTests } from './kafka-specific.js';
-import { cleanupNamespace, createRawClient, testTransport, useTestClient } from './kafka-test-kit.js';
-
-useTestClient('platformatic');
+import { createRawClient, TransportRegistry } from './kit.js';
 
 const broker = await brokerForTests('kafka');
 const brokers = broker?.url ?? '';
@@ -24,18 +22,19 @@ afterAll(async () => {
 });
 
 describe.skipIf(!broker)('kafka (platformatic client)', () => {
+  const registry = new TransportRegistry(brokers, { client: 'platformatic' });
   runConformance({
     name: 'kafka-platformatic',
-    createTransport: () => testTransport(brokers),
+    createTransport: () => registry.create(),
     createRawClient: () => createRawClient(brokers),
-    cleanup: (namespace) => cleanupNamespace(brokers, namespace),
+    cleanup: (namespace) => registry.cleanup(namespace),
   });
-  kafkaSpecificTests(brokers, broker?.via ?? 'env');
+  kafkaSpecificTests(registry, brokers, broker?.via ?? 'env');
 
   it('puts every key on the partition kafkajs (and the Java client) would choose', async () => {
     const Keyed = defineEvent({ type: 'kafka.keyed', version: 1, schema: z.object({ key: z.string() }) });
     const ns = `kp${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
-    const bus = new EventBus({ transport: testTransport(brokers, { numPartitions: 5 }), namespace: ns });
+    const bus = new EventBus({ transport: registry.create({ numPartitions: 5 }), namespace: ns });
     const keys = Array.from({ length: 40 }, (_, i) => `key-${i}-${'x'.repeat(i % 7)}`);
     const seen = new Map<string, number>();
     let all!: () => void;
@@ -62,7 +61,7 @@ describe.skipIf(!broker)('kafka (platformatic client)', () => {
       expect(new Set(seen.values()).size).toBeGreaterThan(1);
     } finally {
       await bus.close();
-      await cleanupNamespace(brokers, ns);
+      await registry.cleanup(ns);
     }
   });
 });

@@ -8,7 +8,7 @@ import { runConformance } from '@busbar/conformance';
 import { afterAll, describe } from 'vitest';
 import { brokerForTests } from '../brokers/resolve.js';
 import { kafkaSpecificTests } from './kafka-specific.js';
-import { cleanupNamespace, createRawClient, testTransport } from './kafka-test-kit.js';
+import { createRawClient, TransportRegistry } from './kit.js';
 
 const broker = await brokerForTests('kafka');
 const brokers = broker?.url ?? '';
@@ -18,11 +18,12 @@ afterAll(async () => {
 });
 
 describe.skipIf(!broker)('kafka', () => {
+  const registry = new TransportRegistry(brokers);
   runConformance({
     name: 'kafka',
-    createTransport: () => testTransport(brokers),
+    createTransport: () => registry.create(),
     createRawClient: () => createRawClient(brokers),
-    cleanup: (namespace) => cleanupNamespace(brokers, namespace),
+    cleanup: (namespace) => registry.cleanup(namespace),
   });
-  kafkaSpecificTests(brokers, broker?.via ?? 'env');
+  kafkaSpecificTests(registry, brokers, broker?.via ?? 'env');
 });

@@ -7,12 +7,12 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { BrokerUnavailableError, defineEvent, EventBus, type PublishReceipt } from '@busbar/core';
+import { BrokerUnavailableError, ConfigError, defineEvent, EventBus, type PublishReceipt } from '@busbar/core';
 import { Kafka, logLevel } from 'kafkajs';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { brokersRequired } from '../brokers/resolve.js';
-import { cleanupNamespace, testTransport } from './kafka-test-kit.js';
+import type { TransportRegistry } from './kit.js';
 
 const run = promisify(execFile);
 const here = dirname(fileURLToPath(import.meta.url));
@@ -73,11 +73,11 @@ function ticker() {
   };
 }
 
-export function kafkaSpecificTests(brokers: string, via: 'env' | 'testcontainers' | 'localhost'): void {
+export function kafkaSpecificTests(registry: TransportRegistry, brokers: string, via: 'env' | 'testcontainers' | 'localhost'): void {
   describe('kafka-specific', () => {
     it('keeps per-key order across partitions with concurrency > 1, and writes the CloudEvents Kafka binding', async () => {
       const ns = unique('ord');
-      const bus = new EventBus({ transport: testTransport(brokers, { numPartitions: 4 }), namespace: ns });
+      const bus = new EventBus({ transport: registry.create({ numPartitions: 4 }), namespace: ns });
       try {
         await bus.ready();
         const keys = Array.from({ length: 12 }, (_, k) => `key-${k}`);
@@ -129,7 +129,7 @@ export function kafkaSpecificTests(brokers: string, via: 'env' | 'testcontainers
         expect(first.key).toBe(first.headers.ce_partitionkey);
       } finally {
         await bus.close();
-        await cleanupNamespace(brokers, ns);
+        await registry.cleanup(ns);
       }
     });
 
@@ -140,7 +140,7 @@ export function kafkaSpecificTests(brokers: string, via: 'env' | 'testcontainers
       const tick = ticker();
       let deadLettered = false;
       const start = async () => {
-        const bus = new EventBus({ transport: testTransport(brokers), namespace: ns });
+        const bus = new EventBus({ transport: registry.create(), namespace: ns });
         bus.on('outcome', (_info, outcome) => {
           if (outcome.status === 'dead-lettered') deadLettered = true;
           tick.emit();
@@ -169,15 +169,16 @@ export function kafkaSpecificTests(brokers: string, via: 'env' | 'testcontainers
       } finally {
         await first.close();
         await second?.close();
-        await cleanupNamespace(brokers, ns);
+        await registry.cleanup(ns);
       }
     });
 
     it('an unreachable broker: connect resolves, health says reconnecting, publish fails with BrokerUnavailableError', async () => {
       const bus = new EventBus({
-        transport: testTransport('127.0.0.1:1', {
+        transport: registry.create({
+          brokers: '127.0.0.1:1',
           connectTimeoutMs: 1500,
-          connectionTimeoutMs: 300,
+          socketConnectTimeoutMs: 300,
           requestRetries: 1,
           maxRetryTimeMs: 200,
         }),
@@ -195,6 +196,14 @@ export function kafkaSpecificTests(brokers: string, via: 'env' | 'testcontainers
       }
     });
 
+    it('connectionTimeoutMs is a deprecated alias of socketConnectTimeoutMs; the two disagreeing is a ConfigError', () => {
+      expect(() => registry.create({ connectionTimeoutMs: 200, socketConnectTimeoutMs: 300 })).toThrow(ConfigError);
+      expect(() => registry.create({ connectionTimeoutMs: 300, socketConnectTimeoutMs: 300 })).not.toThrow();
+      // The alias alone is validated (and reported) under its own name.
+      expect(() => registry.create({ connectionTimeoutMs: 0 })).toThrow(/connectionTimeoutMs/);
+      expect(() => registry.create({ socketConnectTimeoutMs: 0 })).toThrow(/socketConnectTimeoutMs/);
+    });
+
     // Only a broker this project started (kafka.sh) may be killed; under CI that is always the case,
     // so the test runs there (and fails rather than skips if it is not).
     const canKill = via === 'localhost' && existsSync(PID_FILE) && existsSync(KAFKA_SH);
@@ -202,8 +211,8 @@ export function kafkaSpecificTests(brokers: string, via: 'env' | 'testcontainers
       'recovers after the broker is killed (kill -9) and restarted on the same log dir; nothing acknowledged is lost',
       async () => {
         const ns = unique('kill');
-        const consumerBus = new EventBus({ transport: testTransport(brokers), namespace: ns, breaker: false });
-        const publisherBus = new EventBus({ transport: testTransport(brokers), namespace: ns, breaker: false, publishTimeoutMs: 3000 });
+        const consumerBus = new EventBus({ transport: registry.create(), namespace: ns, breaker: false });
+        const publisherBus = new EventBus({ transport: registry.create(), namespace: ns, breaker: false, publishTimeoutMs: 3000 });
         const received = new Set<string>();
         const tick = ticker();
         try {
@@ -254,7 +263,7 @@ export function kafkaSpecificTests(brokers: string, via: 'env' | 'testcontainers
           );
         } finally {
           await Promise.allSettled([consumerBus.close(), publisherBus.close()]);
-          await cleanupNamespace(brokers, ns);
+          await registry.cleanup(ns);
         }
       },
       240_000,

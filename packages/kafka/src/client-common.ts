@@ -4,7 +4,7 @@
  * retry cannot help, and the walk over a client error's causes. Imports no client library.
  * @internal
  */
-import type { Logger } from '@busbar/core';
+import type { Logger } from '@busbar/core/transport';
 import type { SASLOptions } from 'kafkajs';
 
 /** Settings of a client (resolved transport options). */
@@ -13,7 +13,7 @@ export interface ClientSettings {
   readonly clientId: string;
   readonly ssl?: boolean | Record<string, unknown> | undefined;
   readonly sasl?: SASLOptions | undefined;
-  readonly connectionTimeoutMs: number;
+  readonly socketConnectTimeoutMs: number;
   readonly requestTimeoutMs: number;
   /** Retries of one client request. */
   readonly requestRetries: number;

@@ -13,10 +13,10 @@
  * at-least-once, like every other path. A dry run reads without producing or committing.
  * @internal
  */
-import { type DeadLetterScan, describeError, type Logger, type StoredDeadLetter, TimeoutError } from '@busbar/core';
+import { type DeadLetterScan, describeError, type Logger, type StoredDeadLetter, TimeoutError } from '@busbar/core/transport';
 import type { KafkaClient, OutgoingRecord, TopicRecords } from './client.js';
 import type { ResolvedOptions } from './options.js';
-import { RETRY_AT_HEADER } from './subscription.js';
+import { RETRY_AT_HEADER } from './wire.js';
 
 /** Names a scan works on. */
 export interface DeadLetterNames {

@@ -4,5 +4,5 @@
  * See the README for topics, retries, ordering and guarantees.
  */
 export { defaultNaming, type KafkaNaming, type KafkaTransportOptions } from './options.js';
-export { RETRY_AT_HEADER } from './subscription.js';
 export { KafkaTransport } from './transport.js';
+export { RETRY_AT_HEADER } from './wire.js';

@@ -1,4 +1,5 @@
-import { type BackoffOptions, ConfigError, readBusbarEnv } from '@busbar/core';
+import { readBusbarEnv } from '@busbar/core';
+import { type BackoffOptions, ConfigError } from '@busbar/core/transport';
 import type { SASLOptions } from 'kafkajs';
 
 /** How the transport names its Kafka objects. Every name is checked against Kafka's limits. */
@@ -63,11 +64,24 @@ export interface KafkaTransportOptions {
    * (main + retry topic)
    */
   partitionsConsumedConcurrently?: number;
-  /** TCP connect timeout of one broker connection, ms. @defaultValue 3000 */
+  /**
+   * How long opening one broker socket (TCP, and TLS if on) may take, ms; a broker that does not
+   * answer in time counts as unreachable for that request (the client's `connectionTimeout`).
+   * Not to be confused with {@link KafkaTransportOptions.connectTimeoutMs}. @defaultValue 3000
+   */
+  socketConnectTimeoutMs?: number;
+  /**
+   * @deprecated Renamed {@link KafkaTransportOptions.socketConnectTimeoutMs} (same meaning and
+   * default); still accepted. Giving both with different values is a `ConfigError`.
+   */
   connectionTimeoutMs?: number;
   /** Timeout of one request, ms. @defaultValue 30000 */
   requestTimeoutMs?: number;
-  /** How long `connect()` tries before it reports the broker unavailable and keeps retrying in the background, ms. @defaultValue 10000 */
+  /**
+   * How long `connect()` (the bus's `ready()`) waits for the cluster, ms. It does not fail after
+   * that: it resolves, health reports `reconnecting`, and the transport keeps reconnecting in the
+   * background (publishes fail with `BrokerUnavailableError` meanwhile). @defaultValue 10000
+   */
   connectTimeoutMs?: number;
   /** Client-level retries of one request (metadata, produce …) before it fails. @defaultValue 5 */
   requestRetries?: number;
@@ -113,7 +127,7 @@ export interface ResolvedOptions {
   readonly rebalanceTimeoutMs: number;
   readonly maxWaitTimeMs: number;
   readonly partitionsConsumedConcurrently: number | undefined;
-  readonly connectionTimeoutMs: number;
+  readonly socketConnectTimeoutMs: number;
   readonly requestTimeoutMs: number;
   readonly connectTimeoutMs: number;
   readonly requestRetries: number;
@@ -131,6 +145,17 @@ function int(value: number | undefined, fallback: number, name: string, min: num
   const v = value ?? fallback;
   if (!Number.isInteger(v) || v < min) throw new ConfigError(`KafkaTransport option ${name} must be an integer ≥ ${min}, got ${v}`);
   return v;
+}
+
+/** `socketConnectTimeoutMs`, or its deprecated alias `connectionTimeoutMs`. */
+function socketConnectTimeout(o: KafkaTransportOptions): number {
+  const name =
+    o.socketConnectTimeoutMs === undefined && o.connectionTimeoutMs !== undefined ? 'connectionTimeoutMs' : 'socketConnectTimeoutMs';
+  if (o.socketConnectTimeoutMs !== undefined && o.connectionTimeoutMs !== undefined && o.socketConnectTimeoutMs !== o.connectionTimeoutMs)
+    throw new ConfigError(
+      'KafkaTransport options socketConnectTimeoutMs and connectionTimeoutMs (its deprecated alias) disagree; give socketConnectTimeoutMs only',
+    );
+  return int(o.socketConnectTimeoutMs ?? o.connectionTimeoutMs, 3000, name, 1);
 }
 
 const BROKER = /^[^\s,/@]+:\d{1,5}$/;
@@ -166,7 +191,7 @@ export function resolveOptions(o: KafkaTransportOptions): ResolvedOptions {
       o.partitionsConsumedConcurrently === undefined
         ? undefined
         : int(o.partitionsConsumedConcurrently, 1, 'partitionsConsumedConcurrently', 1),
-    connectionTimeoutMs: int(o.connectionTimeoutMs, 3000, 'connectionTimeoutMs', 1),
+    socketConnectTimeoutMs: socketConnectTimeout(o),
     requestTimeoutMs: int(o.requestTimeoutMs, 30_000, 'requestTimeoutMs', 1),
     connectTimeoutMs: int(o.connectTimeoutMs, 10_000, 'connectTimeoutMs', 1),
     requestRetries: int(o.requestRetries, 5, 'requestRetries', 1),

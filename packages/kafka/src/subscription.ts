@@ -6,20 +6,32 @@
 import {
   type Delivery,
   describeError,
-  Headers,
   type Logger,
+  SlotGate,
+  type SlotWaiter,
   type SubscriptionSpec,
   TimeoutError,
   type TransportSubscription,
-} from '@busbar/core';
+} from '@busbar/core/transport';
 import type { FetchedBatch, GroupConsumer, IncomingRecord, KafkaClient, OutgoingRecord } from './client.js';
+import { KafkaDelivery, type Settler } from './delivery.js';
+import { PartitionTrack, trackKey } from './offsets.js';
 import type { ResolvedOptions } from './options.js';
-
-/** Header carrying when a retry copy becomes due (epoch ms); internal to the transport. */
-export const RETRY_AT_HEADER = 'ce_busbarretryat';
+import { deliveryHeaders, parseAttemptsMetadata, RETRY_AT_HEADER } from './wire.js';
 
 /** Delay before a delivery whose settle failed (or that was released) is handed over again, ms. */
 const REDELIVERY_DELAY_MS = 1000;
+
+/** A record to hand over again (see {@link KafkaDelivery}). */
+interface HandOver {
+  readonly rec: IncomingRecord;
+  readonly track: PartitionTrack;
+  readonly offset: bigint;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly redeliveries: number;
+  readonly handOver: number;
+  readonly gateKey: string | undefined;
+}
 
 /** Broker object names of one subscription. */
 export interface SubscriptionNames {
@@ -38,277 +50,14 @@ export interface SubscriptionDeps {
   produce(topic: string, record: OutgoingRecord): Promise<void>;
 }
 
-/** A delivery (or record) waiting for a concurrency slot and, if it has one, its key. */
-interface GateWaiter {
-  readonly key: string | undefined;
-  readonly done: (granted: boolean) => void;
-}
-
-/**
- * Counts in-flight deliveries (slots) and busy keys. A waiter asks for a slot and, unless it
- * already holds it, its key; waiters are granted in arrival order where they can proceed. No timer
- * per waiter: a waiter ends when it is granted or cancelled.
- */
-class Gate {
-  private inFlight = 0;
-  private readonly busy = new Set<string>();
-  private readonly waiters: GateWaiter[] = [];
-
-  constructor(private readonly limit: number) {}
-
-  /** Takes a slot and (if given) the key, or nothing. */
-  tryAcquire(key: string | undefined): boolean {
-    if (this.inFlight >= this.limit || (key !== undefined && this.busy.has(key))) return false;
-    this.inFlight++;
-    if (key !== undefined) this.busy.add(key);
-    return true;
-  }
-
-  /** Gives back a slot and (if given) the key. */
-  release(key: string | undefined): void {
-    this.inFlight--;
-    if (key !== undefined) this.busy.delete(key);
-    if (this.waiters.length > 0) this.pump();
-  }
-
-  /** Gives back a key held without a slot. */
-  releaseKey(key: string | undefined): void {
-    if (key === undefined) return;
-    this.busy.delete(key);
-    if (this.waiters.length > 0) this.pump();
-  }
-
-  /** Queues `waiter`: `done(true)` once it holds a slot (and its key), `done(false)` on cancel. */
-  enqueue(waiter: GateWaiter): void {
-    this.waiters.push(waiter);
-    this.pump();
-  }
-
-  /** Withdraws a waiter not granted yet and tells it `done(false)`. */
-  cancel(waiter: GateWaiter): void {
-    const i = this.waiters.indexOf(waiter);
-    if (i < 0) return;
-    this.waiters.splice(i, 1);
-    waiter.done(false);
-  }
-
-  cancelAll(): void {
-    for (const w of this.waiters.splice(0)) w.done(false);
-  }
-
-  private pump(): void {
-    for (let i = 0; i < this.waiters.length && this.inFlight < this.limit; ) {
-      const w = this.waiters[i] as GateWaiter;
-      if (this.tryAcquire(w.key)) {
-        this.waiters.splice(i, 1);
-        w.done(true);
-      } else i++;
-    }
-  }
-}
-
-/** Prefix of the offset-commit metadata that carries attempt counts of ordered subscriptions. */
-const ATTEMPTS_METADATA = 'busbar-attempts:';
-/** Attempt counts kept in one commit's metadata at most (Kafka caps metadata at 4096 bytes by default). */
-const MAX_ATTEMPTS_IN_METADATA = 100;
-
-/** `busbar-attempts:<offset>=<next attempt>,…` → map (unknown or malformed metadata: empty). */
-export function parseAttemptsMetadata(metadata: string | undefined): Map<bigint, number> {
-  const out = new Map<bigint, number>();
-  if (!metadata?.startsWith(ATTEMPTS_METADATA)) return out;
-  for (const part of metadata.slice(ATTEMPTS_METADATA.length).split(',')) {
-    const m = /^(\d{1,19})=(\d{1,9})$/.exec(part);
-    if (m) out.set(BigInt(m[1] as string), Number(m[2]));
-  }
-  return out;
-}
-
-/** Handed-over offsets of one partition and what may be committed. */
-class PartitionTrack {
-  /** Handed-over offsets not yet part of the committable prefix, ascending; `head` is the first. */
-  private pending: bigint[] = [];
-  private head = 0;
-  /** Settled offsets still behind an unsettled one. */
-  private readonly settledAhead = new Set<bigint>();
-  /**
-   * Ordered subscriptions: the next attempt of records retried in place, committed as offset
-   * metadata so that a restart (another member, a crash) resumes the count instead of starting at 1.
-   */
-  readonly attempts = new Map<bigint, number>();
-  /** Attempt counts read from the committed metadata when this member got the partition. */
-  restored: Map<bigint, number> | undefined;
-  /** `attempts` changed since the last commit. */
-  attemptsDirty = false;
-  /** Offset after the last record handed over (records below it are never handed again). */
-  nextHand: bigint | undefined;
-  /** Offset to commit: every record below it is settled. */
-  committable: bigint | undefined;
-  /** Last offset committed by this member. */
-  committed: bigint | undefined;
-
-  constructor(
-    readonly topic: string,
-    readonly partition: number,
-  ) {}
-
-  handed(offset: bigint): void {
-    this.pending.push(offset);
-    this.nextHand = offset + 1n;
-  }
-
-  /** Ordered retry in place: `offset` comes back as attempt `next`. */
-  retrying(offset: bigint, next: number): void {
-    this.attempts.set(offset, next);
-    this.attemptsDirty = true;
-  }
-
-  done(offset: bigint): void {
-    if (this.attempts.delete(offset)) this.attemptsDirty = true;
-    this.restored?.delete(offset);
-    if (this.head >= this.pending.length) return;
-    const first = this.pending[this.head] as bigint;
-    if (offset < first) return; // settled before (already in the committable prefix)
-    if (offset !== first) {
-      this.settledAhead.add(offset);
-      return;
-    }
-    this.committable = offset + 1n;
-    this.head++;
-    for (let next = this.pending[this.head]; next !== undefined && this.settledAhead.delete(next); next = this.pending[this.head]) {
-      this.committable = next + 1n;
-      this.head++;
-    }
-    if (this.head === this.pending.length) {
-      this.pending = [];
-      this.head = 0;
-    } else if (this.head > 1024 && this.head * 2 > this.pending.length) {
-      this.pending = this.pending.slice(this.head);
-      this.head = 0;
-    }
-  }
-
-  get needsCommit(): boolean {
-    if (this.attemptsDirty) return this.commitOffset !== undefined;
-    return this.committable !== undefined && (this.committed === undefined || this.committable > this.committed);
-  }
-
-  /** Offset to commit: after the settled prefix, else the first record handed over (nothing below it is pending). */
-  get commitOffset(): bigint | undefined {
-    return this.committable ?? this.pending[this.head];
-  }
-
-  /** Metadata for the next commit: the attempt counts of records at or after the commit offset. */
-  commitMetadata(): string | undefined {
-    if (this.attempts.size === 0) return undefined;
-    const from = this.commitOffset ?? 0n;
-    const parts: string[] = [];
-    for (const [offset, next] of this.attempts) {
-      if (offset >= from && parts.length < MAX_ATTEMPTS_IN_METADATA) parts.push(`${offset}=${next}`);
-    }
-    return parts.length > 0 ? `${ATTEMPTS_METADATA}${parts.join(',')}` : undefined;
-  }
-}
-
-const trackKey = (topic: string, partition: number) => `${partition}|${topic}`;
-
-function parseAttempt(value: string | undefined): number {
-  const n = Number(value);
-  return Number.isInteger(n) && n >= 1 ? n : 1;
-}
-
-/** No extra headers (the common case: a record's first hand-over). */
-const NO_EXTRA: Readonly<Record<string, string>> = Object.freeze({});
-
-/**
- * Headers of one hand-over. A record's first hand-over (attempt 1, nothing to add or strip) uses
- * the record's own headers object: nothing writes to a delivery's headers (they are read-only for
- * core, and copies spread them). Otherwise a fresh object, without `delete` (which would turn it
- * into a slow dictionary-mode object).
- */
-function deliveryHeaders(rec: IncomingRecord, attempt: number, extra: Readonly<Record<string, string>>): Readonly<Record<string, string>> {
-  const plain = rec.headers[RETRY_AT_HEADER] === undefined;
-  if (plain && attempt === 1 && extra === NO_EXTRA) return rec.headers;
-  let headers: Record<string, string>;
-  if (plain) headers = { ...rec.headers, ...extra };
-  else {
-    headers = {};
-    for (const k in rec.headers) if (k !== RETRY_AT_HEADER) headers[k] = rec.headers[k] as string;
-    Object.assign(headers, extra);
-  }
-  if (attempt > 1 || extra[Headers.attempt] !== undefined) headers[Headers.attempt] = String(attempt);
-  return headers;
-}
-
-/**
- * One hand-over of a record to core. A class rather than an object of closures: one allocation
- * per delivery, the settle logic lives in {@link KafkaSubscription}. The first settle call wins;
- * later ones resolve without effect.
- */
-class KafkaDelivery implements Delivery {
-  readonly headers: Readonly<Record<string, string>>;
-  readonly body: Uint8Array;
-  readonly key: string | undefined;
-  private settled = false;
-
-  constructor(
-    private readonly sub: KafkaSubscription,
-    readonly rec: IncomingRecord,
-    readonly track: PartitionTrack,
-    readonly offset: bigint,
-    readonly attempt: number,
-    /** Headers added by earlier in-place retries (ordered subscriptions). */
-    readonly extra: Readonly<Record<string, string>>,
-    /** The key this delivery holds in the gate (ordered subscriptions). */
-    readonly gateKey: string | undefined,
-  ) {
-    this.headers = deliveryHeaders(rec, attempt, extra);
-    this.body = rec.value;
-    this.key = rec.key;
-  }
-
-  get position(): string {
-    return `${this.track.topic}/${this.track.partition}/${this.rec.offset}`;
-  }
-
-  /** A copy to produce elsewhere (retry copy, dead letter): same key and value, headers merged. */
-  copy(more: Readonly<Record<string, string>>): OutgoingRecord {
-    return { key: this.rec.key, value: this.rec.value, headers: { ...this.headers, ...more } };
-  }
-
-  ack(): Promise<void> {
-    if (this.settled) return Promise.resolve();
-    this.settled = true;
-    return this.sub.settleAck(this);
-  }
-
-  retry(delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void> {
-    if (this.settled) return Promise.resolve();
-    this.settled = true;
-    return this.sub.settleRetry(this, delayMs, extraHeaders);
-  }
-
-  deadLetter(deadLetterHeaders: Readonly<Record<string, string>>): Promise<void> {
-    if (this.settled) return Promise.resolve();
-    this.settled = true;
-    return this.sub.settleDeadLetter(this, deadLetterHeaders);
-  }
-
-  release(): Promise<void> {
-    if (this.settled) return Promise.resolve();
-    this.settled = true;
-    return this.sub.settleRelease(this);
-  }
-}
-
 /** A running group consumption of the main topic and the group's retry topic. */
 export class KafkaSubscription implements TransportSubscription {
-  private readonly gate: Gate;
+  /** In-flight deliveries (`concurrency`) and, for ordered subscriptions, one delivery per key. */
+  private readonly gate: SlotGate;
   private readonly consumer: GroupConsumer;
   private readonly tracks = new Map<string, PartitionTrack>();
   private readonly finalCommits: PartitionTrack[] = [];
   private readonly timers = new Set<NodeJS.Timeout>();
-  /** Retry copies this member is still producing (`<ce_id>|<attempt>`): their settle has not resolved yet. */
-  private readonly producing = new Map<string, Promise<void>>();
   private stopping = false;
   private activeBatches = 0;
   private batchesIdle: (() => void)[] = [];
@@ -316,6 +65,13 @@ export class KafkaSubscription implements TransportSubscription {
   private pendingFlush: Promise<void> | undefined;
   private closing: Promise<void> | undefined;
   private stopped: Promise<void> | undefined;
+  /** How this subscription's deliveries settle (the only way they reach it). */
+  private readonly settler: Settler = {
+    ack: (d) => this.settleAck(d),
+    retry: (d, delayMs, headers) => this.settleRetry(d, delayMs, headers),
+    deadLetter: (d, headers) => this.settleDeadLetter(d, headers),
+    release: (d) => this.settleRelease(d),
+  };
 
   constructor(
     private readonly deps: SubscriptionDeps,
@@ -323,7 +79,7 @@ export class KafkaSubscription implements TransportSubscription {
     private readonly spec: SubscriptionSpec,
     private readonly onDelivery: (delivery: Delivery) => void,
   ) {
-    this.gate = new Gate(spec.concurrency);
+    this.gate = new SlotGate(spec.concurrency);
     const o = deps.options;
     this.consumer = deps.client.createGroupConsumer({
       groupId: names.groupId,
@@ -444,11 +200,11 @@ export class KafkaSubscription implements TransportSubscription {
       if (unresolved !== undefined) batch.resolve(unresolved);
       unresolved = undefined;
     };
-    // Heartbeats while this batch waits (a slot, a retry copy's acknowledgement): one interval per
-    // batch, started at its first wait. A failed heartbeat (rebalance) ends the wait and is thrown.
+    // Heartbeats while this batch waits for a slot: one interval per batch, started at its first
+    // wait. A failed heartbeat (rebalance) ends the wait and is thrown.
     let beat: NodeJS.Timeout | undefined;
     let beatError: unknown;
-    let waiter: GateWaiter | undefined;
+    let waiter: SlotWaiter | undefined;
     const heartbeating = () => {
       resolvePending();
       beat ??= setInterval(
@@ -485,16 +241,7 @@ export class KafkaSubscription implements TransportSubscription {
             this.timers.add(timer);
             return;
           }
-          // A copy can be fetched before its producer saw the acknowledgement: let that retry()
-          // resolve (and core record the outcome) first, so outcomes stay in causal order.
-          const pending = this.producing.get(`${rec.headers[Headers.id]}|${rec.headers[Headers.attempt]}`);
-          if (pending) {
-            heartbeating();
-            await pending.catch(() => {});
-            await new Promise<void>((r) => setImmediate(r));
-            if (beatError !== undefined) throw beatError;
-            if (this.stopping || !batch.isActive()) return;
-          }
+          // Due. A copy fetched before its producer's retry() resolved is held by core, not here.
         }
         const gateKey = this.spec.orderedByKey ? rec.key : undefined;
         if (!this.gate.tryAcquire(gateKey)) {
@@ -523,8 +270,10 @@ export class KafkaSubscription implements TransportSubscription {
         }
         track.handed(offset);
         unresolved = rec.offset;
-        const attempt = fromRetry ? parseAttempt(rec.headers[Headers.attempt]) : (track.restored?.get(offset) ?? 1);
-        this.hand(rec, track, offset, attempt, NO_EXTRA, gateKey);
+        // An ordered subscription's record retried in place before a restart: its hand-over count,
+        // restored from the committed metadata, is reported as redeliveries (count − 1).
+        const handOver = fromRetry ? 1 : (track.restored?.get(offset) ?? 1);
+        this.hand(rec, track, offset, deliveryHeaders(rec), handOver - 1, handOver, gateKey);
       }
     } finally {
       clearInterval(beat);
@@ -533,67 +282,65 @@ export class KafkaSubscription implements TransportSubscription {
   }
 
   /**
-   * Hands one record to core. The delivery holds a concurrency slot and, for ordered
-   * subscriptions, its key (`gateKey`) until settled.
+   * Hands one record to core (see {@link KafkaDelivery} for `headers`, `redeliveries` and
+   * `handOver`). The delivery holds a concurrency slot and, for ordered subscriptions, its key
+   * (`gateKey`) until settled.
    */
   private hand(
     rec: IncomingRecord,
     track: PartitionTrack,
     offset: bigint,
-    attempt: number,
-    extra: Readonly<Record<string, string>>,
+    headers: Readonly<Record<string, string>>,
+    redeliveries: number,
+    handOver: number,
     gateKey: string | undefined,
   ): void {
-    this.onDelivery(new KafkaDelivery(this, rec, track, offset, attempt, extra, gateKey));
+    this.onDelivery(new KafkaDelivery(this.settler, rec, track, offset, headers, redeliveries, handOver, gateKey));
   }
 
-  /** @internal {@link KafkaDelivery.ack}: the record is done; resolves after the commit covering it was attempted. */
-  settleAck(d: KafkaDelivery): Promise<void> {
+  /** {@link KafkaDelivery.ack}: the record is done; resolves after the commit covering it was attempted. */
+  private settleAck(d: KafkaDelivery): Promise<void> {
     d.track.done(d.offset);
     this.gate.release(d.gateKey);
     return this.flush(); // shared by every ack settled while the previous commit runs
   }
 
-  /** @internal {@link KafkaDelivery.retry}. */
-  async settleRetry(d: KafkaDelivery, delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void> {
+  /** {@link KafkaDelivery.retry}: `headers` are core's, complete (the next attempt included). */
+  private async settleRetry(d: KafkaDelivery, delayMs: number, headers: Readonly<Record<string, string>>): Promise<void> {
     if (this.spec.orderedByKey) {
-      // Blocking in-partition retry: the key's later records wait, so order holds. The next
-      // attempt number goes into the offset commit's metadata, so it survives a restart.
-      d.track.retrying(d.offset, d.attempt + 1);
+      // Blocking in-partition retry: the key's later records wait, so order holds. The record is
+      // handed over again with exactly core's headers (they carry the attempt), and its next
+      // hand-over count goes into the offset commit's metadata, so it survives a restart.
+      d.track.retrying(d.offset, d.handOver + 1);
       this.flush().catch((error: unknown) =>
         this.deps.logger.warn(
           { group: this.names.groupId, err: describeError(error) },
           'committing the attempt count failed; will retry with the next commit',
         ),
       );
-      this.again(d, Math.max(0, delayMs), d.attempt + 1, { ...d.extra, ...extraHeaders });
+      this.again(d, Math.max(0, delayMs), headers, 0, d.handOver + 1);
       return;
     }
-    const record = d.copy({
-      ...extraHeaders,
-      [Headers.attempt]: String(d.attempt + 1),
-      [RETRY_AT_HEADER]: String(Date.now() + Math.max(0, delayMs)),
-    });
-    const k = `${record.headers[Headers.id]}|${d.attempt + 1}`;
-    const producing = this.deps.produce(this.names.retryTopic, record);
-    this.producing.set(k, producing);
-    try {
-      await producing.catch((error: unknown) => this.failed(d, error));
-    } finally {
-      this.producing.delete(k);
-    }
+    // Exactly core's headers, plus the transport's own due time (stripped again on the way back).
+    const record: OutgoingRecord = {
+      key: d.rec.key,
+      value: d.rec.value,
+      headers: { ...headers, [RETRY_AT_HEADER]: String(Date.now() + Math.max(0, delayMs)) },
+    };
+    await this.deps.produce(this.names.retryTopic, record).catch((error: unknown) => this.failed(d, error));
     this.completeInBackground(d);
   }
 
-  /** @internal {@link KafkaDelivery.deadLetter}. */
-  async settleDeadLetter(d: KafkaDelivery, deadLetterHeaders: Readonly<Record<string, string>>): Promise<void> {
-    await this.deps.produce(this.names.deadLetterTopic, d.copy(deadLetterHeaders)).catch((error: unknown) => this.failed(d, error));
+  /** {@link KafkaDelivery.deadLetter}: `headers` are core's, complete (original + dead-letter metadata). */
+  private async settleDeadLetter(d: KafkaDelivery, headers: Readonly<Record<string, string>>): Promise<void> {
+    const record: OutgoingRecord = { key: d.rec.key, value: d.rec.value, headers };
+    await this.deps.produce(this.names.deadLetterTopic, record).catch((error: unknown) => this.failed(d, error));
     this.completeInBackground(d);
   }
 
-  /** @internal {@link KafkaDelivery.release}. */
-  async settleRelease(d: KafkaDelivery): Promise<void> {
-    this.again(d, REDELIVERY_DELAY_MS, d.attempt, d.extra);
+  /** {@link KafkaDelivery.release}: given back natively (handed over again later, as it was). */
+  private async settleRelease(d: KafkaDelivery): Promise<void> {
+    this.again(d, REDELIVERY_DELAY_MS, d.headers, d.redeliveries, d.handOver);
   }
 
   /** After a retry copy / dead letter is durable: the outcome is recorded; commit in the background. */
@@ -605,52 +352,46 @@ export class KafkaSubscription implements TransportSubscription {
     );
   }
 
-  /** Hand the same record over again later; an ordered subscription keeps the key meanwhile. */
-  private again(d: KafkaDelivery, delayMs: number, nextAttempt: number, nextExtra: Readonly<Record<string, string>>): void {
-    this.gate.release(undefined);
-    if (!this.later(delayMs, d.rec, d.track, d.offset, nextAttempt, nextExtra, d.gateKey)) this.gate.releaseKey(d.gateKey);
+  /** Hands the same record over again later; an ordered subscription keeps the key meanwhile. */
+  private again(
+    d: KafkaDelivery,
+    delayMs: number,
+    headers: Readonly<Record<string, string>>,
+    redeliveries: number,
+    handOver: number,
+  ): void {
+    this.gate.releaseSlot();
+    const next: HandOver = { rec: d.rec, track: d.track, offset: d.offset, headers, redeliveries, handOver, gateKey: d.gateKey };
+    if (!this.later(delayMs, next)) this.gate.releaseKey(d.gateKey);
   }
 
-  /** A settle's write failed: the record comes back later; rethrows. */
+  /** A settle's write failed: the record comes back later, as it was; rethrows. */
   private failed(d: KafkaDelivery, error: unknown): never {
-    this.again(d, REDELIVERY_DELAY_MS, d.attempt, d.extra);
+    this.again(d, REDELIVERY_DELAY_MS, d.headers, d.redeliveries, d.handOver);
     throw error;
   }
 
   /**
-   * Hands `rec` over again after `delayMs` (its offset stays uncommitted meanwhile). Returns false
-   * when the subscription is stopping: the record is then redelivered by Kafka after a restart.
+   * Hands `h` over after `delayMs` (its offset stays uncommitted meanwhile). Returns false when
+   * the subscription is stopping: the record is then redelivered by Kafka after a restart.
    */
-  private later(
-    delayMs: number,
-    rec: IncomingRecord,
-    track: PartitionTrack,
-    offset: bigint,
-    attempt: number,
-    extra: Readonly<Record<string, string>>,
-    gateKey: string | undefined,
-  ): boolean {
+  private later(delayMs: number, h: HandOver): boolean {
     if (this.stopping) return false;
     const timer = setTimeout(
       async () => {
         this.timers.delete(timer);
-        const current = this.tracks.get(trackKey(track.topic, track.partition)) === track;
+        const current = this.tracks.get(trackKey(h.track.topic, h.track.partition)) === h.track;
         // The key (if any) is still held by this record: wait for a slot only (`stop` cancels the wait).
-        const ok =
-          !this.stopping &&
-          current &&
-          (await new Promise<boolean>((done) => {
-            this.gate.enqueue({ key: undefined, done });
-          }));
+        const ok = !this.stopping && current && (await this.gate.acquire());
         if (!ok) {
-          this.gate.releaseKey(gateKey);
+          this.gate.releaseKey(h.gateKey);
           return;
         }
         if (this.stopping) {
-          this.gate.release(gateKey);
+          this.gate.release(h.gateKey);
           return;
         }
-        this.hand(rec, track, offset, attempt, extra, gateKey);
+        this.hand(h.rec, h.track, h.offset, h.headers, h.redeliveries, h.handOver, h.gateKey);
       },
       Math.min(delayMs, 2 ** 31 - 1),
     );

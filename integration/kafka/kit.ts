@@ -1,7 +1,8 @@
 /**
- * Test kit for the Kafka integration tests: transport options tuned for a single local broker, a
- * raw client (plain kafkajs, below the bus) for the conformance suite, and cleanup of a namespace's
- * topics and groups.
+ * Test kit for the Kafka integration tests (the same shape as `integration/rabbitmq/kit.ts`): a
+ * registry that builds the test file's transports (options tuned for a single local broker, the
+ * client library chosen per file) and cleans up a namespace's topics and groups, and a raw client
+ * written with plain kafkajs, below the bus, for the conformance suite.
  */
 import type { RawBrokerClient, RawProbe } from '@busbar/conformance';
 import type { WireMessage } from '@busbar/core';
@@ -9,36 +10,43 @@ import { KafkaTransport, type KafkaTransportOptions } from '@busbar/kafka';
 import { type Admin, type Consumer, Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
 import { ProbeInbox } from '../brokers/probe-inbox.js';
 
-let testClient: KafkaTransportOptions['client'];
+/** The transports of one test file, built with options tuned for a single local test broker. */
+export class TransportRegistry {
+  constructor(
+    private readonly brokers: string,
+    /** Options every transport of this registry gets (e.g. `{ client: 'platformatic' }`). */
+    private readonly defaults: KafkaTransportOptions = {},
+  ) {}
 
-/**
- * Selects the client library of every transport this kit builds (in this test file: vitest
- * isolates modules per file). @defaultValue the transport's default
- */
-export function useTestClient(client: KafkaTransportOptions['client']): void {
-  testClient = client;
-}
+  /**
+   * Options for tests: short group timeouts (the broker allows sessions down to 1 s), short polls,
+   * fast reconnects; then the registry's defaults, then `extra`.
+   */
+  options(extra: KafkaTransportOptions = {}): KafkaTransportOptions {
+    return {
+      brokers: this.brokers,
+      clientId: 'busbar-test',
+      sessionTimeoutMs: 6000,
+      heartbeatIntervalMs: 500,
+      rebalanceTimeoutMs: 10_000,
+      maxWaitTimeMs: 200,
+      connectTimeoutMs: 5000,
+      reconnectBackoff: { initialMs: 100, maxMs: 1000 },
+      logLevel: 'nothing',
+      ...this.defaults,
+      ...extra,
+    };
+  }
 
-/** Options for tests: short group timeouts (the broker allows sessions down to 1 s), short polls. */
-export function testTransportOptions(brokers: string, extra: KafkaTransportOptions = {}): KafkaTransportOptions {
-  return {
-    brokers,
-    clientId: 'busbar-test',
-    sessionTimeoutMs: 6000,
-    heartbeatIntervalMs: 500,
-    rebalanceTimeoutMs: 10_000,
-    maxWaitTimeMs: 200,
-    connectTimeoutMs: 5000,
-    reconnectBackoff: { initialMs: 100, maxMs: 1000 },
-    logLevel: 'nothing',
-    ...(testClient === undefined ? {} : { client: testClient }),
-    ...extra,
-  };
-}
+  /** A new transport for tests. */
+  create(extra: KafkaTransportOptions = {}): KafkaTransport {
+    return new KafkaTransport(this.options(extra));
+  }
 
-/** A transport for tests. */
-export function testTransport(brokers: string, extra: KafkaTransportOptions = {}): KafkaTransport {
-  return new KafkaTransport(testTransportOptions(brokers, extra));
+  /** Deletes the topics and consumer groups of `namespace` (names `<namespace>.…`). */
+  cleanup(namespace: string): Promise<void> {
+    return cleanupNamespace(this.brokers, namespace);
+  }
 }
 
 const PARTITIONS = 3;
@@ -47,13 +55,24 @@ function kafkaFor(brokers: string): Kafka {
   return new Kafka({ clientId: 'busbar-test-raw', brokers: brokers.split(','), logLevel: logLevel.NOTHING });
 }
 
+/**
+ * Creates `topic` if missing. Right after a topic was created, Kafka 4 can answer kafkajs's
+ * metadata request with UNKNOWN_TOPIC_OR_PARTITION (metadata propagates asynchronously): that is
+ * retried a few times, as the transport's client seam does.
+ */
 async function ensureTopic(admin: Admin, topic: string): Promise<void> {
-  const existing = await admin.listTopics();
-  if (existing.includes(topic)) return;
-  try {
-    await admin.createTopics({ topics: [{ topic, numPartitions: PARTITIONS, replicationFactor: 1 }], waitForLeaders: true });
-  } catch (error) {
-    if (!String((error as Error).message).includes('already exists')) throw error;
+  for (let n = 1; ; n++) {
+    try {
+      const existing = await admin.listTopics();
+      if (existing.includes(topic)) return;
+      await admin.createTopics({ topics: [{ topic, numPartitions: PARTITIONS, replicationFactor: 1 }], waitForLeaders: true });
+      return;
+    } catch (error) {
+      if (String((error as Error).message).includes('already exists')) return;
+      const unknownTopic = (error as { type?: unknown }).type === 'UNKNOWN_TOPIC_OR_PARTITION';
+      if (!unknownTopic || n >= 5) throw error;
+      await new Promise<void>((r) => setTimeout(r, 100 * n)); // backoff between attempts only
+    }
   }
 }
 
@@ -130,7 +149,7 @@ export async function createRawClient(brokers: string): Promise<RawBrokerClient>
 }
 
 /** Deletes the topics and consumer groups of `namespace` (names `<namespace>.…`). */
-export async function cleanupNamespace(brokers: string, namespace: string): Promise<void> {
+async function cleanupNamespace(brokers: string, namespace: string): Promise<void> {
   const admin = kafkaFor(brokers).admin();
   await admin.connect();
   try {

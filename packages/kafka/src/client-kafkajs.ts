@@ -341,7 +341,7 @@ export class KafkajsClient implements KafkaClient {
     const config: KafkaConfig = {
       clientId: settings.clientId,
       brokers: [...settings.brokers],
-      connectionTimeout: settings.connectionTimeoutMs,
+      connectionTimeout: settings.socketConnectTimeoutMs,
       requestTimeout: settings.requestTimeoutMs,
       retry: { retries: settings.requestRetries, initialRetryTime: 100, maxRetryTime: settings.maxRetryTimeMs },
       logLevel: LEVELS[settings.logLevel],
