@@ -93,7 +93,7 @@ runFaults({
           clientId: 'busbar-faults',
           // Short timeouts so a silent (half-open, black-holed, paused) broker is noticed in seconds.
           requestTimeoutMs: 5000,
-          connectionTimeoutMs: 2000,
+          socketConnectTimeoutMs: 2000,
           connectTimeoutMs: 5000,
           maxRetryTimeMs: 500,
           ackTimeoutMs: 5000,

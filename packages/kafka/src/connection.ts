@@ -4,14 +4,15 @@
  * that replace a producer after a failure of unknown outcome.
  * @internal
  */
-import { BusClosedError, isBusError } from '@busbar/core';
 import {
   type BackoffOptions,
   BrokerUnavailableError,
+  BusClosedError,
   backoffDelay,
   ConfigError,
   ConnectionStateCell,
   describeError,
+  isBusError,
   type Logger,
   PublishRejectedError,
   silentLogger,

@@ -1,4 +1,3 @@
-import { BusClosedError } from '@busbar/core';
 import type {
   DeadLetterScan,
   DeadLetterTarget,
@@ -14,6 +13,7 @@ import type {
   TransportHealth,
   TransportSubscription,
 } from '@busbar/core/transport';
+import { BusClosedError } from '@busbar/core/transport';
 import type { KafkaClient, OutgoingRecord } from './client.js';
 import { KafkajsClient } from './client-kafkajs.js';
 import { clientSettings, KafkaConnection, loadPlatformaticClient } from './connection.js';

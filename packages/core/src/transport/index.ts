@@ -20,12 +20,14 @@
 export { replayHeaders } from '../delivery/copy-headers.js';
 export {
   BrokerUnavailableError,
+  BusClosedError,
   BusError,
   type BusErrorCode,
   type BusErrorOptions,
   CapabilityError,
   ConfigError,
   describeError,
+  isBusError,
   PublishRejectedError,
   TimeoutError,
   TopologyError,
