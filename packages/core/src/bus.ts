@@ -3,6 +3,16 @@ import { hostname } from 'node:os';
 import { EventEmitter } from 'eventemitter3';
 import { type BatchingOptions, PublishBatcher } from './batcher.js';
 import { attributesOf, type DecodedMessage, decodeInto, NO_UPCASTERS, NO_USER_HEADERS } from './decode.js';
+import { attemptOf } from './delivery/attempt.js';
+import { RetryHolds } from './delivery/causal-hold.js';
+import {
+  brokerDeadLetterMetadata,
+  deadLetterHeaders,
+  releaseHeaders,
+  replayHeaders,
+  retryHeaders,
+  truncate,
+} from './delivery/copy-headers.js';
 import {
   type DeadLetterReason,
   type DeadLetterReasonKind,
@@ -22,7 +32,7 @@ import {
   ValidationError,
 } from './errors.js';
 import type { EventData, EventDefinition, EventInput, Upcasters } from './event.js';
-import { DEAD_LETTER_HEADERS, Headers, JSON_CONTENT_TYPE, RESERVED_HEADER_PREFIX, SPEC_VERSION } from './headers.js';
+import { HeaderNames as Headers, JSON_CONTENT_TYPE, RESERVED_HEADER_PREFIX, SPEC_VERSION } from './headers.js';
 import type { IdempotencyStore } from './idempotency.js';
 import { type Logger, redactingLogger, silentLogger } from './logger.js';
 import { topicName, validateGroup, validateNamespace } from './naming.js';
@@ -38,6 +48,7 @@ import {
 } from './resilience.js';
 import type {
   ConnectionState,
+  DeadLetterTarget,
   Delivery,
   OutgoingMessage,
   StoredDeadLetter,
@@ -294,7 +305,6 @@ export interface BusHealth {
 const RESOLVED = Promise.resolve();
 const NO_OPTIONS: PublishOptions = Object.freeze({});
 const ack = (d: Delivery) => d.ack();
-const release = (d: Delivery) => d.release();
 
 function isThenable(value: unknown): value is PromiseLike<unknown> {
   return (
@@ -339,7 +349,7 @@ class DeliveryContext implements HandlerContext {
     sub: SubscriptionImpl,
   ) {
     this.id = id;
-    this.attempt = running.delivery.attempt;
+    this.attempt = running.attempt;
     this.#running = running;
     this.#sub = sub;
   }
@@ -664,7 +674,7 @@ export class EventBus extends EventEmitter<BusEvents> {
         limit,
         dryRun,
         select: (stored) => {
-          const view = toDeadLetterView(stored);
+          const view = toDeadLetterView(stored, target, this.transport.name, this.internalsView.clock.now());
           if (options.filter && !options.filter(view)) return undefined;
           chosen.push(view);
           return replayHeaders(stored.headers);
@@ -795,6 +805,8 @@ interface ResolvedSubscription {
 
 interface Running {
   delivery: Delivery;
+  /** The attempt number (core's, see `attemptOf`). */
+  attempt: number;
   /** Created on first use (reading `ctx.signal`, a handler timeout): most handlers never need one. */
   controller: AbortController | undefined;
   settled: boolean;
@@ -867,6 +879,8 @@ class SubscriptionImpl implements Subscription {
    */
   private spare: Continuation | undefined;
   private readonly upcasters: Upcasters;
+  /** Retries still settling, whose copies must wait (causal order of outcomes). */
+  private readonly holds = new RetryHolds();
   private readonly startHandlers = (): void => {
     let r = this.startsHead;
     this.startsHead = this.startsTail = undefined;
@@ -944,7 +958,7 @@ class SubscriptionImpl implements Subscription {
           for (const r of this.runningNow()) {
             r.controller ??= new AbortController();
             r.controller.abort(new BusClosedError('subscription closed before the handler finished'));
-            await this.settle(r, { status: 'released' }, release, undefined);
+            await this.settle(r, { status: 'released' }, (d) => d.release(releaseHeaders(d.headers, r.attempt)), undefined);
           }
         }
         await this.transportSub?.close();
@@ -955,13 +969,13 @@ class SubscriptionImpl implements Subscription {
     return this.closing;
   }
 
-  private info(d: Delivery, idempotencyKey?: string): DeliveryInfo {
+  private info(r: Running, idempotencyKey?: string): DeliveryInfo {
     return {
-      id: d.headers[Headers.id] ?? '',
+      id: r.delivery.headers[Headers.id] ?? '',
       type: this.event.type,
       topic: this.resolved.topic,
       group: this.options.group,
-      attempt: d.attempt,
+      attempt: r.attempt,
       idempotencyKey,
     };
   }
@@ -969,6 +983,7 @@ class SubscriptionImpl implements Subscription {
   private onDelivery(delivery: Delivery): void {
     const running: Running = {
       delivery,
+      attempt: attemptOf(delivery),
       controller: undefined,
       settled: false,
       token: undefined,
@@ -985,7 +1000,16 @@ class SubscriptionImpl implements Subscription {
     else this.first = running;
     this.last = running;
     this.runningCount++;
-    this.process(running);
+    const hold = running.attempt > 1 ? this.holds.holdFor(delivery.headers[Headers.id], running.attempt) : undefined;
+    if (hold === undefined) this.process(running);
+    else void hold.then(() => this.processHeld(running));
+  }
+
+  /** A retry copy that was held until the retry that wrote it settled (see {@link RetryHolds}). */
+  private processHeld(r: Running): void {
+    if (r.settled)
+      this.untrack(r); // released on close while held: the message comes back
+    else this.process(r);
   }
 
   /** Takes a finished delivery off the running list (once, by the path that ended it). */
@@ -1037,36 +1061,30 @@ class SubscriptionImpl implements Subscription {
       this.settleFailed(r, error, outcome.status, idempotencyKey);
       return false;
     }
-    if (this.bus.listenerCount('outcome') > 0) this.bus.emit('outcome', this.info(r.delivery, idempotencyKey), outcome);
+    if (this.bus.listenerCount('outcome') > 0) this.bus.emit('outcome', this.info(r, idempotencyKey), outcome);
     return true;
   }
 
   /** Logs and reports a settlement the transport refused (the message will be redelivered). */
   private settleFailed(r: Running, error: unknown, wanted: DeliveryOutcome['status'], idempotencyKey: string | undefined): void {
-    const info = this.info(r.delivery, idempotencyKey);
+    const info = this.info(r, idempotencyKey);
     const failed: DeliveryOutcome = { status: 'settle-failed', error: describeError(error) };
     this.bus.internals.logger.error({ ...info, err: failed.error, wanted }, 'could not settle delivery; it will be redelivered');
     this.bus.emit('outcome', info, failed);
   }
 
-  private deadLetterHeaders(d: Delivery, reason: DeadLetterReason, error: string): Record<string, string> {
-    const now = new Date(this.bus.internals.clock.now()).toISOString();
-    const first = Number(d.headers[Headers.firstFailure]);
-    return {
-      [Headers.deadLetterReason]: reason.kind,
-      [Headers.deadLetterError]: truncate(error || reason.detail, 2000),
-      [Headers.deadLetterFirstFailure]: Number.isFinite(first) && first > 0 ? new Date(first).toISOString() : now,
-      [Headers.deadLetterLastFailure]: now,
-      [Headers.deadLetterAttempts]: String(d.attempt),
-      [Headers.deadLetterOrigin]: this.resolved.topic,
-      [Headers.deadLetterPosition]: d.position,
-      [Headers.deadLetterGroup]: this.options.group,
-    };
-  }
-
   private async deadLetter(r: Running, reason: DeadLetterReason, handlerError: unknown, key: string | undefined): Promise<void> {
-    const headers = this.deadLetterHeaders(r.delivery, reason, reason.detail);
-    this.bus.internals.logger.warn({ ...this.info(r.delivery, key), reason: reason.kind, detail: reason.detail }, 'dead-lettering message');
+    const d = r.delivery;
+    const headers = deadLetterHeaders(d.headers, {
+      reason,
+      error: reason.detail,
+      attempts: r.attempt,
+      origin: this.resolved.topic,
+      position: d.position,
+      group: this.options.group,
+      nowMs: this.bus.internals.clock.now(),
+    });
+    this.bus.internals.logger.warn({ ...this.info(r, key), reason: reason.kind, detail: reason.detail }, 'dead-lettering message');
     await this.settle(
       r,
       { status: 'dead-lettered', reason },
@@ -1120,7 +1138,7 @@ class SubscriptionImpl implements Subscription {
     const bus = this.bus;
     let failure: DeadLetterReason | undefined;
     try {
-      if (bus.listenerCount('delivered') > 0) bus.emit('delivered', this.info(d));
+      if (bus.listenerCount('delivered') > 0) bus.emit('delivered', this.info(r));
       failure = decodeInto(d, this.event, this.limits, this.upcasters, decoded, false);
     } catch (error) {
       this.crashed(r, error);
@@ -1238,7 +1256,7 @@ class SubscriptionImpl implements Subscription {
     try {
       const bus = this.bus;
       if (bus.listenerCount('outcome') > 0) {
-        bus.emit('outcome', this.info(r.delivery, r.ctx?.idempotencyKey), { status: 'acked', durationMs: Date.now() - r.started });
+        bus.emit('outcome', this.info(r, r.ctx?.idempotencyKey), { status: 'acked', durationMs: Date.now() - r.started });
       }
     } catch (error) {
       this.crashed(r, error);
@@ -1377,24 +1395,25 @@ class SubscriptionImpl implements Subscription {
   private async retryOrDeadLetter(r: Running, error: unknown, requestedDelay: number | undefined, key: string | undefined): Promise<void> {
     const d = r.delivery;
     const detail = describeError(error);
-    if (d.attempt >= this.resolved.maxAttempts) {
-      await this.deadLetter(r, { kind: 'max-attempts', detail: `${d.attempt} attempts failed; last: ${detail}` }, error, key);
+    const attempt = r.attempt;
+    if (attempt >= this.resolved.maxAttempts) {
+      await this.deadLetter(r, { kind: 'max-attempts', detail: `${attempt} attempts failed; last: ${detail}` }, error, key);
       return;
     }
     const cap = this.bus.transport.capabilities.maxRetryDelayMs;
-    const delayMs = Math.min(cap, Math.max(0, requestedDelay ?? backoffDelay(d.attempt, this.resolved.backoff, this.bus.internals.random)));
-    const first = d.headers[Headers.firstFailure] ?? String(this.bus.internals.clock.now());
-    await this.settle(r, { status: 'retried', delayMs, error: detail }, () => d.retry(delayMs, { [Headers.firstFailure]: first }), key);
+    const delayMs = Math.min(cap, Math.max(0, requestedDelay ?? backoffDelay(attempt, this.resolved.backoff, this.bus.internals.random)));
+    const headers = retryHeaders(d.headers, attempt + 1, this.bus.internals.clock.now());
+    const settled = this.settle(r, { status: 'retried', delayMs, error: detail }, () => d.retry(delayMs, headers), key);
+    // Registered before the transport can have written the copy (its write is asynchronous): the
+    // copy (same id, next attempt) waits in `onDelivery` until this retry settled.
+    this.holds.retrying(d.headers[Headers.id], attempt + 1, settled);
+    await settled;
   }
 }
 
 function positive(n: number, name: string): number {
   if (!Number.isFinite(n) || n <= 0) throw new ConfigError(`${name} must be a positive number, got ${n}`);
   return n;
-}
-
-function truncate(s: string, n: number): string {
-  return s.length > n ? `${s.slice(0, n)}…` : s;
 }
 
 const REASON_KINDS: ReadonlySet<string> = new Set<DeadLetterReasonKind>([
@@ -1407,17 +1426,24 @@ const REASON_KINDS: ReadonlySet<string> = new Set<DeadLetterReasonKind>([
   'payload-too-large',
   'unsupported-version',
   'upcast-failed',
+  'broker-dead-lettered',
 ]);
 
-function toDeadLetterView(stored: StoredDeadLetter): DeadLetterView {
-  const h = stored.headers;
+/**
+ * The view of a stored dead letter. A message the broker dead-lettered by itself gets the metadata
+ * core builds from the broker's facts (reason `'broker-dead-lettered'`); a reason this version
+ * does not know is reported as `'unknown'`.
+ */
+function toDeadLetterView(stored: StoredDeadLetter, target: DeadLetterTarget, transport: string, nowMs: number): DeadLetterView {
+  const broker = stored.brokerDeadLettered;
+  const h = broker ? { ...stored.headers, ...brokerDeadLetterMetadata(stored.headers, broker, target, transport, nowMs) } : stored.headers;
   const kind = h[Headers.deadLetterReason] ?? '';
   const error = h[Headers.deadLetterError] ?? '';
   return {
     id: h[Headers.id] ?? '',
     reason: (REASON_KINDS.has(kind)
       ? { kind, detail: error }
-      : { kind: 'invalid-envelope', detail: `unknown reason "${kind}": ${error}` }) as DeadLetterReason,
+      : { kind: 'unknown', detail: `unknown reason "${kind}": ${error}` }) as DeadLetterReason,
     error,
     attempts: Number(h[Headers.deadLetterAttempts] ?? 0),
     firstFailure: h[Headers.deadLetterFirstFailure] ?? '',
@@ -1431,13 +1457,4 @@ function toDeadLetterView(stored: StoredDeadLetter): DeadLetterView {
   };
 }
 
-/** Headers a dead letter is replayed with: dead-letter metadata removed, attempt reset to 1. */
-export function replayHeaders(headers: Readonly<Record<string, string>>): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(headers)) {
-    if (!DEAD_LETTER_HEADERS.includes(k) && k !== Headers.firstFailure) out[k] = v;
-  }
-  out[Headers.attempt] = '1';
-  out[Headers.replayCount] = String(Number(headers[Headers.replayCount] ?? 0) + 1);
-  return out;
-}
+export { replayHeaders };

@@ -6,7 +6,7 @@
 import sjson from 'secure-json-parse';
 import type { DeadLetterReason, DecodeLimits, EnvelopeAttributes } from './envelope.js';
 import type { EventDefinition, Upcasters } from './event.js';
-import { Headers, JSON_CONTENT_TYPE, RESERVED_HEADER_PREFIX, SPEC_VERSION } from './headers.js';
+import { HeaderNames, JSON_CONTENT_TYPE, RESERVED_HEADER_PREFIX, SPEC_VERSION } from './headers.js';
 import type { WireMessage } from './spi.js';
 
 const hasOwn = Object.prototype.hasOwnProperty;
@@ -85,7 +85,7 @@ class HeaderScan {
     this.bytes += k.length + (text === undefined ? 0 : text.length);
     if (k.startsWith(RESERVED_HEADER_PREFIX)) {
       if (text !== undefined) this.attribute(k, text);
-    } else if (k === Headers.contentType) {
+    } else if (k === HeaderNames.contentType) {
       this.contentType = text;
     } else {
       this.user ??= Object.create(null) as Record<string, string>;
@@ -95,37 +95,37 @@ class HeaderScan {
 
   private attribute(k: string, v: string): void {
     switch (k) {
-      case Headers.id:
+      case HeaderNames.id:
         this.id = v;
         break;
-      case Headers.source:
+      case HeaderNames.source:
         this.source = v;
         break;
-      case Headers.specversion:
+      case HeaderNames.specversion:
         this.specversion = v;
         break;
-      case Headers.type:
+      case HeaderNames.type:
         this.type = v;
         break;
-      case Headers.time:
+      case HeaderNames.time:
         this.time = v;
         break;
-      case Headers.dataschema:
+      case HeaderNames.dataschema:
         this.dataschema = v;
         break;
-      case Headers.eventVersion:
+      case HeaderNames.eventVersion:
         this.eventVersion = v;
         break;
-      case Headers.idempotencyKey:
+      case HeaderNames.idempotencyKey:
         this.idempotencyKey = v;
         break;
-      case Headers.partitionKey:
+      case HeaderNames.partitionKey:
         this.partitionKey = v;
         break;
-      case Headers.traceparent:
+      case HeaderNames.traceparent:
         this.traceparent = v;
         break;
-      case Headers.tracestate:
+      case HeaderNames.tracestate:
         this.tracestate = v;
         break;
     }
@@ -174,12 +174,12 @@ export function decodeInto(
     const { id, type, specversion, source, time, dataschema, idempotencyKey, partitionKey, traceparent, tracestate } = h;
     const userHeaders = h.user ?? NO_USER_HEADERS;
     const eventVersion = h.eventVersion;
-    if (!id) return invalid(`missing attribute ${Headers.id}`);
-    if (!source) return invalid(`missing attribute ${Headers.source}`);
+    if (!id) return invalid(`missing attribute ${HeaderNames.id}`);
+    if (!source) return invalid(`missing attribute ${HeaderNames.source}`);
     if (specversion !== SPEC_VERSION)
-      return invalid(`${Headers.specversion} must be ${SPEC_VERSION}, got ${JSON.stringify(specversion ?? null)}`);
-    if (!type) return invalid(`missing attribute ${Headers.type}`);
-    if (type !== event.type) return invalid(`${Headers.type} is "${type.slice(0, 200)}", this subscription handles "${event.type}"`);
+      return invalid(`${HeaderNames.specversion} must be ${SPEC_VERSION}, got ${JSON.stringify(specversion ?? null)}`);
+    if (!type) return invalid(`missing attribute ${HeaderNames.type}`);
+    if (type !== event.type) return invalid(`${HeaderNames.type} is "${type.slice(0, 200)}", this subscription handles "${event.type}"`);
     const contentType = h.contentType ?? JSON_CONTENT_TYPE;
     h.user = undefined;
     if (contentType !== JSON_CONTENT_TYPE && !JSON_CONTENT.test(contentType)) {
@@ -188,7 +188,7 @@ export function decodeInto(
     const versionText = eventVersion ?? '1';
     const version = Number(versionText);
     if (!Number.isInteger(version) || version < 1)
-      return invalid(`${Headers.eventVersion} "${versionText.slice(0, 50)}" is not an integer ≥ 1`);
+      return invalid(`${HeaderNames.eventVersion} "${versionText.slice(0, 50)}" is not an integer ≥ 1`);
 
     let text: string;
     try {

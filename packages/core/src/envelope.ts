@@ -1,6 +1,6 @@
 import { type DecodedMessage, decodeInto, NO_UPCASTERS, NO_USER_HEADERS } from './decode.js';
 import type { EventDefinition, Upcasters } from './event.js';
-import { Headers, RESERVED_HEADER_PREFIX } from './headers.js';
+import { HeaderNames, RESERVED_HEADER_PREFIX } from './headers.js';
 import type { WireMessage } from './spi.js';
 
 /**
@@ -25,7 +25,19 @@ export type DeadLetterReason =
   /** The data's version is newer than this consumer knows, or no upcaster covers it. */
   | { readonly kind: 'unsupported-version'; readonly detail: string }
   /** An upcaster threw. */
-  | { readonly kind: 'upcast-failed'; readonly detail: string };
+  | { readonly kind: 'upcast-failed'; readonly detail: string }
+  /**
+   * The broker moved the message to the dead letters by itself, not core (RabbitMQ
+   * `x-delivery-limit`: consumers crashed or lost their connection with it too often, so no
+   * handler outcome was ever recorded). Only reported when reading dead letters back.
+   */
+  | { readonly kind: 'broker-dead-lettered'; readonly detail: string }
+  /**
+   * A dead letter whose reason header this version does not know (written by a newer version or
+   * another tool), or that has none. `detail` quotes the stored reason. Only reported when reading
+   * dead letters back.
+   */
+  | { readonly kind: 'unknown'; readonly detail: string };
 
 /** The `kind`s of {@link DeadLetterReason}. */
 export type DeadLetterReasonKind = DeadLetterReason['kind'];
@@ -100,7 +112,7 @@ export function encodeJson(data: unknown): Uint8Array {
 export function userHeadersOf(headers: Readonly<Record<string, string>>): Record<string, string> {
   const out: Record<string, string> = Object.create(null);
   for (const k of Object.keys(headers)) {
-    if (!k.startsWith(RESERVED_HEADER_PREFIX) && k !== Headers.contentType) out[k] = headers[k] as string;
+    if (!k.startsWith(RESERVED_HEADER_PREFIX) && k !== HeaderNames.contentType) out[k] = headers[k] as string;
   }
   return out;
 }

@@ -9,7 +9,7 @@
  *
  * Extension attribute names follow the CloudEvents rules (lower-case letters and digits).
  */
-export const Headers = {
+export const HeaderNames = {
   /** CloudEvents `id`: unique per published message (a UUID). */
   id: 'ce_id',
   /** CloudEvents `source`: URI-reference of the producing service (`BusOptions.source`). */
@@ -58,8 +58,14 @@ export const Headers = {
   replayCount: 'ce_busbarreplays',
 } as const;
 
+/**
+ * @deprecated Renamed to {@link HeaderNames} (`Headers` shadows the global WHATWG `Headers`
+ * class). This alias will be removed in a later release.
+ */
+export const Headers = HeaderNames;
+
 /** The union of the header keys above. */
-export type HeaderKey = (typeof Headers)[keyof typeof Headers];
+export type HeaderKey = (typeof HeaderNames)[keyof typeof HeaderNames];
 
 /** Content type Busbar writes (`datacontenttype`). */
 export const JSON_CONTENT_TYPE = 'application/json';
@@ -72,12 +78,12 @@ export const RESERVED_HEADER_PREFIX = 'ce_';
 
 /** Headers added when a message is dead-lettered; removed again on replay. */
 export const DEAD_LETTER_HEADERS: readonly string[] = [
-  Headers.deadLetterReason,
-  Headers.deadLetterError,
-  Headers.deadLetterFirstFailure,
-  Headers.deadLetterLastFailure,
-  Headers.deadLetterAttempts,
-  Headers.deadLetterOrigin,
-  Headers.deadLetterPosition,
-  Headers.deadLetterGroup,
+  HeaderNames.deadLetterReason,
+  HeaderNames.deadLetterError,
+  HeaderNames.deadLetterFirstFailure,
+  HeaderNames.deadLetterLastFailure,
+  HeaderNames.deadLetterAttempts,
+  HeaderNames.deadLetterOrigin,
+  HeaderNames.deadLetterPosition,
+  HeaderNames.deadLetterGroup,
 ];

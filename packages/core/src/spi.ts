@@ -20,7 +20,7 @@ import type { Logger } from './logger.js';
 
 /** A message as it crosses the SPI: CloudEvents attributes in headers, data as bytes. */
 export interface WireMessage {
-  /** Headers: the `ce_*` attributes (see `Headers`) plus user headers. Values are strings. */
+  /** Headers: the `ce_*` attributes (see `HeaderNames`) plus user headers. Values are strings. */
   readonly headers: Readonly<Record<string, string>>;
   /**
    * The event data, byte-for-byte. It may be a view into a larger shared buffer (core cuts small
@@ -60,17 +60,37 @@ export interface SubscriptionSpec {
 }
 
 /**
- * One received message. Core settles it exactly once. A settle method resolves once the broker has
- * recorded the outcome; if it rejects, core logs it and the message will be redelivered
- * (at-least-once).
+ * One received message, as the broker handed it over. Core owns the rest of its life: it computes
+ * the attempt, decodes, runs the handler, decides the outcome, builds the **complete** headers of
+ * every copy the transport is asked to write, and settles the delivery **exactly once** through
+ * `ack`, `retry`, `deadLetter` or `release` (a transport needs no double-settle guard). A settle
+ * method resolves once the broker has recorded the outcome; if it rejects, core logs it and the
+ * message will be redelivered (at-least-once).
+ *
+ * Causal order is core's too: a retry copy (same `ce_id`, attempt n+1) that comes back before the
+ * `retry` of attempt n resolved is held by core until it has, so a transport hands copies over as
+ * soon as the broker gives them (no hold of its own).
  */
 export interface Delivery extends WireMessage {
   /**
-   * Attempt number of this delivery, 1-based: from the broker's delivery count or the
-   * `Headers.attempt` header the transport carried through retries, whichever it trusts more.
-   * Must survive consumer restarts.
+   * How many times the broker has already handed out this same copy before this hand-over (0 the
+   * first time): RabbitMQ quorum `x-delivery-count`, Redis XPENDING delivery count − 1, or a count
+   * the transport restored from broker-side state (Kafka: in-place retry counts kept in
+   * offset-commit metadata, minus 1). A broker with no count reports 0. It must survive consumer
+   * restarts as far as the broker's count does.
+   *
+   * Core computes the attempt number as `HeaderNames.attempt` (1 when absent or invalid) +
+   * `redeliveries`; a transport never parses or computes attempt numbers.
+   *
+   * Optional only while the transports migrate: a delivery that has neither this nor
+   * {@link Delivery.attempt} counts as 0 redeliveries.
    */
-  readonly attempt: number;
+  readonly redeliveries?: number;
+  /**
+   * @deprecated Transports report {@link Delivery.redeliveries}; core computes the attempt. Still
+   * honoured (as the attempt number, 1-based) when a transport sets it and no `redeliveries`.
+   */
+  readonly attempt?: number;
   /** Human-readable broker position (partition/offset, stream entry id, delivery tag …). */
   readonly position: string;
   /** The partition / ordering key, if the broker has one. */
@@ -79,21 +99,26 @@ export interface Delivery extends WireMessage {
   ack(): Promise<void>;
   /**
    * Redeliver to **this group only** after at least `delayMs`, held by the broker (not by a
-   * sleeping process holding an unacknowledged message), with `Headers.attempt` = attempt + 1 and
-   * `extraHeaders` merged into the headers. Must not duplicate into other groups.
+   * sleeping process holding an unacknowledged message): write the body byte-for-byte with
+   * exactly `headers` to the group's retry path, then acknowledge the original. `headers` are
+   * complete (built by core: the original headers, the next attempt, the first-failure time …):
+   * no merging, no attempt arithmetic in the transport. Must not duplicate into other groups.
    */
-  retry(delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void>;
+  retry(delayMs: number, headers: Readonly<Record<string, string>>): Promise<void>;
   /**
-   * Write this message (original body byte-for-byte, original headers plus `deadLetterHeaders`) to
-   * the group's dead-letter destination, then acknowledge the original. If the write fails this
-   * rejects and the original is left unacknowledged.
+   * Write the body byte-for-byte with exactly `headers` (complete: the original headers plus the
+   * dead-letter metadata, built by core) to the group's dead-letter destination, then acknowledge
+   * the original. If the write fails this rejects and the original is left unacknowledged.
    */
-  deadLetter(deadLetterHeaders: Readonly<Record<string, string>>): Promise<void>;
+  deadLetter(headers: Readonly<Record<string, string>>): Promise<void>;
   /**
    * Give the message back without counting a failure (used on shutdown): it will be delivered
-   * again, to this or another member of the group.
+   * again, to this or another member of the group. `headers` are the complete headers of a copy
+   * (the original ones with the current attempt), for a transport that gives back by writing a
+   * copy (RabbitMQ); a transport that gives back natively (nack-requeue, leave pending, re-seek)
+   * ignores them.
    */
-  release(): Promise<void>;
+  release(headers: Readonly<Record<string, string>>): Promise<void>;
   /**
    * Extend the lease/visibility of this delivery by `ms`, where the broker has one
    * (`capabilities.leaseExtension`); otherwise absent.
@@ -116,6 +141,25 @@ export interface TransportSubscription {
 export interface StoredDeadLetter extends WireMessage {
   /** Broker-specific handle of the dead letter (entry id, offset …). */
   readonly handle: string;
+  /**
+   * Set for a message the **broker** moved to the dead letters by itself (RabbitMQ
+   * `x-delivery-limit`), which therefore carries no dead-letter metadata of core's: the raw facts
+   * the broker recorded. Core builds the dead-letter view from them, with the reason kind
+   * `'broker-dead-lettered'`. Absent for dead letters core wrote.
+   */
+  readonly brokerDeadLettered?: BrokerDeadLettered;
+}
+
+/** What the broker recorded about a message it dead-lettered by itself (see {@link StoredDeadLetter}). */
+export interface BrokerDeadLettered {
+  /** The broker's reason, as it gave it (RabbitMQ `x-first-death-reason`, e.g. `delivery_limit`). */
+  readonly cause: string;
+  /** How often the broker had handed the message out (RabbitMQ: the `x-death` count / delivery count). */
+  readonly redeliveries: number;
+  /** Where it was dead-lettered from (RabbitMQ: the queue in `x-death`). */
+  readonly from: string;
+  /** RFC 3339 time the broker dead-lettered it, when it recorded one. */
+  readonly at?: string;
 }
 
 /** Selects dead letters of one (topic, group). */
@@ -131,8 +175,9 @@ export interface DeadLetterScan {
   /** Only report what would be replayed; change nothing. */
   readonly dryRun: boolean;
   /**
-   * Called for each dead letter in order; returns replacement headers to replay it with (core
-   * strips the dead-letter headers and resets the attempt) or `undefined` to keep it.
+   * Called for each dead letter in order; returns the complete headers to replay it with (built
+   * by core: dead-letter headers stripped, attempt reset, replay count raised) or `undefined` to
+   * keep it. The transport writes the body with exactly these headers.
    */
   readonly select: (deadLetter: StoredDeadLetter) => Readonly<Record<string, string>> | undefined;
 }
@@ -150,9 +195,19 @@ export interface TransportHealth {
 /** What the broker can do natively; core fills in the rest or refuses at configuration time. */
 export interface TransportCapabilities {
   /**
-   * What a resolved publish means: `'disk'` — persisted (fsync policy is the broker's);
-   * `'replicated'` — acknowledged by all in-sync replicas; `'memory'` — accepted by a broker that
-   * keeps nothing on disk (or may not, depending on its configuration).
+   * What a resolved publish means — how much of a failure the message survives once `publish`
+   * resolved for it:
+   * - `'disk'`: the broker persisted it on one node (the fsync policy is the broker's); it survives
+   *   a broker restart, not the loss of that node's disk. The RabbitMQ transport reports it
+   *   (publisher confirms of persistent messages; a quorum queue replicates too, which it does not claim).
+   * - `'replicated'`: a quorum / all in-sync replicas acknowledged it; it survives the loss of a
+   *   minority of nodes (as many as `min.insync.replicas` allows). The Kafka transport reports it
+   *   (`acks: -1`).
+   * - `'memory'`: a process holds it in memory only; it is lost when that process (or broker)
+   *   stops. The in-memory transport reports it.
+   * - `'configurable'`: depends on how the broker is configured, which the transport cannot see
+   *   (Redis: `appendonly` / `appendfsync`, replicas and `WAIT`); read the transport's docs and the
+   *   broker's configuration to know which of the above applies. The Redis Streams transport reports it.
    */
   readonly durability: 'disk' | 'replicated' | 'memory' | 'configurable';
   /** Deliveries with the same key reach a group in publish order (and `orderedByKey` works). */

@@ -4,12 +4,12 @@ import {
   type DeadLetterScan,
   type DeadLetterTarget,
   type Delivery,
-  Headers,
+  HeaderNames,
   type StoredDeadLetter,
   type SubscriptionSpec,
   TimeoutError,
   type WireMessage,
-} from '@busbar/core';
+} from '@busbar/core/transport';
 import { EventEmitter } from 'eventemitter3';
 import { Deque } from './deque.js';
 
@@ -93,8 +93,6 @@ class Entry {
     /** The body's length in bytes. */
     readonly size: number,
     readonly key: string | undefined,
-    /** Attempt number of a delivery of this entry, from the `Headers.attempt` header. */
-    readonly attempt: number,
     /** The appended entry whose `pending` a group's settlement of this one decrements; none with retention `'all'`, or once dead-lettered. */
     public origin: Entry | undefined,
   ) {}
@@ -142,24 +140,32 @@ interface Topic {
 
 type Settlement = 'ack' | 'retry' | 'dead-letter' | 'release';
 
-/** What a delivery calls to settle itself (the broker's private `settle`). */
+/**
+ * What a delivery calls to settle itself (the broker's private `settle`). Core settles each
+ * delivery once, so the broker keeps no settle-once guard; it only refuses a settle of a delivery
+ * its member already gave back to the group (the subscription closed), as a broker refuses an
+ * acknowledgement on a closed channel.
+ */
 interface Settler {
   settle(d: MemoryDelivery, how: Settlement, delayMs: number, headers: Readonly<Record<string, string>> | undefined): Promise<void>;
 }
 
 /**
  * One delivery. A class rather than an object of closures: a delivery costs one small object and
- * its own copies of the headers and body.
+ * its own copies of the headers and body. It carries no attempt number: core computes it from the
+ * `ce_busbarattempt` header of the copy (this broker keeps no delivery count of its own, so
+ * `redeliveries` is 0; a message given back on close keeps its attempt).
  */
 class MemoryDelivery implements Delivery {
-  state: 'open' | 'settled' | 'returned' = 'open';
+  /** Given back to its group when its member closed: a later settle is refused. */
+  returned = false;
   /** Neighbours in the member's list of unsettled deliveries. */
   prev: MemoryDelivery | undefined = undefined;
   next: MemoryDelivery | undefined = undefined;
   readonly headers: Readonly<Record<string, string>>;
   readonly body: Uint8Array;
   readonly key: string | undefined;
-  readonly attempt: number;
+  readonly redeliveries = 0;
 
   constructor(
     private readonly settler: Settler,
@@ -170,7 +176,6 @@ class MemoryDelivery implements Delivery {
     this.headers = { ...entry.headers };
     this.body = bytes.copyOut(entry);
     this.key = entry.key;
-    this.attempt = entry.attempt;
   }
 
   get position(): string {
@@ -181,15 +186,16 @@ class MemoryDelivery implements Delivery {
     return this.settler.settle(this, 'ack', 0, undefined);
   }
 
-  retry(delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void> {
-    return this.settler.settle(this, 'retry', delayMs, extraHeaders);
+  retry(delayMs: number, headers: Readonly<Record<string, string>>): Promise<void> {
+    return this.settler.settle(this, 'retry', delayMs, headers);
   }
 
-  deadLetter(deadLetterHeaders: Readonly<Record<string, string>>): Promise<void> {
-    return this.settler.settle(this, 'dead-letter', 0, deadLetterHeaders);
+  deadLetter(headers: Readonly<Record<string, string>>): Promise<void> {
+    return this.settler.settle(this, 'dead-letter', 0, headers);
   }
 
-  release(): Promise<void> {
+  /** Gives the message back natively (to the head of the group's queue): the copy's `headers` are not needed. */
+  release(_headers: Readonly<Record<string, string>>): Promise<void> {
     return this.settler.settle(this, 'release', 0, undefined);
   }
 }
@@ -246,12 +252,6 @@ class ByteStore {
     this.used += n;
     return at;
   }
-}
-
-/** Attempt number carried in the `Headers.attempt` header (1 when absent or invalid). */
-function attemptOf(headers: Readonly<Record<string, string>>): number {
-  const n = Number(headers[Headers.attempt]);
-  return Number.isInteger(n) && n >= 1 ? n : 1;
 }
 
 /** A copy of `entry` to hand out (probes, dead letters): its own headers object and bytes (an `ArrayBuffer` of their own). */
@@ -344,8 +344,7 @@ export class MemoryBroker {
       this.bytes.last,
       at,
       message.body.byteLength,
-      message.key ?? headers[Headers.partitionKey],
-      attemptOf(headers),
+      message.key ?? headers[HeaderNames.partitionKey],
       undefined,
     );
     if (this.retention === 'unacked') {
@@ -412,7 +411,7 @@ export class MemoryBroker {
         // Newest first, each to the head of the queue: they come back in delivery order.
         for (let d = member.last; d !== undefined; ) {
           const prev = d.prev;
-          d.state = 'returned';
+          d.returned = true;
           this.untrack(d);
           group.queue.unshift(d.entry);
           d = prev;
@@ -436,9 +435,8 @@ export class MemoryBroker {
       selected.push(stored);
       if (scan.dryRun) continue;
       g.dead.splice(g.dead.indexOf(rec), 1);
-      const replayed = { ...headers };
       const e = rec.entry;
-      g.queue.push(new Entry(e.offset, replayed, e.bytes, e.at, e.size, e.key, attemptOf(replayed), undefined));
+      g.queue.push(new Entry(e.offset, { ...headers }, e.bytes, e.at, e.size, e.key, undefined));
       this.schedule(g);
     }
     this.changed();
@@ -458,7 +456,7 @@ export class MemoryBroker {
     const seen = new Map<string, WireMessage>();
     const waiters = new Map<string, Set<{ resolve: (m: WireMessage) => void; reject: (e: Error) => void }>>();
     const listener = (t: string, entry: Entry) => {
-      const id = entry.headers[Headers.id];
+      const id = entry.headers[HeaderNames.id];
       if (t !== topic || id === undefined || seen.has(id)) return;
       const message = copy(entry);
       seen.set(id, message);
@@ -590,11 +588,7 @@ export class MemoryBroker {
     delayMs: number,
     headers: Readonly<Record<string, string>> | undefined,
   ): Promise<void> {
-    if (d.state !== 'open') {
-      const why = d.state === 'returned' ? 'was returned to its group when the subscription closed' : 'is already settled';
-      return Promise.reject(new Error(`delivery ${d.position} ${why}`));
-    }
-    d.state = 'settled';
+    if (d.returned) return Promise.reject(new Error(`delivery ${d.position} was returned to its group when the subscription closed`));
     this.untrack(d);
     const g = d.member.group;
     const entry = d.entry;
@@ -603,25 +597,15 @@ export class MemoryBroker {
         this.done(g, entry);
         break;
       case 'retry': {
-        const attempt = entry.attempt + 1;
-        const retried = { ...entry.headers, ...headers, [Headers.attempt]: String(attempt) };
-        const again = new Entry(entry.offset, retried, entry.bytes, entry.at, entry.size, entry.key, attempt, entry.origin);
+        // Core built the copy's complete headers (next attempt included): stored as given.
+        const again = new Entry(entry.offset, { ...headers }, entry.bytes, entry.at, entry.size, entry.key, entry.origin);
         this.retryLater(g, again, delayMs, d.member.clock);
         break;
       }
       case 'dead-letter':
         g.dead.push({
           handle: String(++this.sequence),
-          entry: new Entry(
-            entry.offset,
-            { ...entry.headers, ...headers },
-            entry.bytes,
-            entry.at,
-            entry.size,
-            entry.key,
-            entry.attempt,
-            undefined,
-          ),
+          entry: new Entry(entry.offset, { ...headers }, entry.bytes, entry.at, entry.size, entry.key, undefined),
         });
         this.done(g, entry);
         break;

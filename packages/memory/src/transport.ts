@@ -2,7 +2,7 @@ import {
   BrokerUnavailableError,
   type Clock,
   ConfigError,
-  type ConnectionState,
+  ConnectionStateCell,
   checkBrokerName,
   type DeadLetterScan,
   type DeadLetterTarget,
@@ -17,7 +17,7 @@ import {
   type TransportContext,
   type TransportHealth,
   type TransportSubscription,
-} from '@busbar/core';
+} from '@busbar/core/transport';
 import { type IdleOptions, MemoryBroker, type MemoryMember, type MemoryRawClient, type MemoryRetention } from './broker.js';
 
 /** Options of {@link MemoryTransport}. */
@@ -71,8 +71,7 @@ export class MemoryTransport implements Transport {
   /** The broker this transport appends to and consumes from. */
   readonly broker: MemoryBroker;
   private readonly clock: Clock;
-  private state: ConnectionState = 'disconnected';
-  private context: TransportContext | undefined;
+  private readonly connection = new ConnectionStateCell();
   private readonly members = new Set<MemoryMember>();
   private rawClient: MemoryRawClient | undefined;
   /** Topic names already checked against the naming rules (a topic is checked once, not per message). */
@@ -108,10 +107,10 @@ export class MemoryTransport implements Transport {
    * right after `new EventBus(…)` still sees the `connection` event.
    */
   async connect(context: TransportContext): Promise<void> {
-    this.context = context;
+    this.connection.attach(context);
     await Promise.resolve();
-    if (this.state === 'closed') throw new BrokerUnavailableError('memory transport is closed');
-    this.setState('connected');
+    if (this.connection.state === 'closed') throw new BrokerUnavailableError('memory transport is closed');
+    this.connection.set('connected');
   }
 
   /** Appends the batch (bodies copied); every outcome is ok. Rejects if `signal` is aborted or the transport is not connected. */
@@ -155,16 +154,16 @@ export class MemoryTransport implements Transport {
 
   /** `'disconnected'` before `connect`, `'connected'`, then `'closed'`. */
   health(): TransportHealth {
-    return { state: this.state };
+    return this.connection.health();
   }
 
   /** Closes this transport's subscriptions (unsettled deliveries go back to their groups). Idempotent. */
   async close(): Promise<void> {
-    if (this.state === 'closed') return;
+    if (this.connection.state === 'closed') return;
     for (const m of this.members) m.close();
     this.members.clear();
     await this.rawClient?.close();
-    this.setState('closed');
+    this.connection.set('closed');
   }
 
   /** See {@link MemoryBroker.idle} (covers every transport sharing the broker). */
@@ -173,12 +172,8 @@ export class MemoryTransport implements Transport {
   }
 
   private assertConnected(): void {
-    if (this.state !== 'connected') throw new BrokerUnavailableError(`memory transport is ${this.state}`);
-  }
-
-  private setState(state: ConnectionState): void {
-    this.state = state;
-    this.context?.emit({ kind: 'connection', state });
+    const state = this.connection.state;
+    if (state !== 'connected') throw new BrokerUnavailableError(`memory transport is ${state}`);
   }
 }
 

@@ -1,6 +1,13 @@
 // The broker's log retention (`retention: 'all' | 'unacked'`), its queues under a large backlog,
 // and the copies it hands out.
-import { ConfigError, type Delivery, Headers, type OutgoingMessage, type SubscriptionSpec, silentLogger } from '@busbar/core';
+import {
+  ConfigError,
+  type Delivery,
+  HeaderNames as Headers,
+  type OutgoingMessage,
+  type SubscriptionSpec,
+  silentLogger,
+} from '@busbar/core/transport';
 import { MemoryBroker, MemoryTransport } from '@busbar/memory';
 import { describe, expect, it } from 'vitest';
 import { Deque } from '../src/deque.js';
@@ -48,13 +55,13 @@ describe('MemoryBroker retention', () => {
     const [g1, g2, g3] = await g.count(3);
     const [h1, h2, h3] = await h.count(3);
     await g1!.ack();
-    await g2!.deadLetter({ [Headers.deadLetterReason]: 'handler-requested' });
+    await g2!.deadLetter({ ...g2!.headers, [Headers.deadLetterReason]: 'handler-requested' });
     expect(t.broker.logLength('t')).toBe(3); // group h has settled nothing yet
     await h2!.ack();
     expect(t.broker.logLength('t')).toBe(3); // m1 (the head) is still h's
-    await h1!.retry(0, {});
+    await h1!.retry(0, { ...h1!.headers, [Headers.attempt]: '2' });
     const [, , , h1again] = await h.count(4);
-    expect([h1again!.headers[Headers.id], h1again!.attempt]).toEqual(['m1', 2]);
+    expect([h1again!.headers[Headers.id], h1again!.headers[Headers.attempt]]).toEqual(['m1', '2']);
     expect(t.broker.logLength('t')).toBe(3); // a retried message is still pending
     await h1again!.ack();
     expect(t.broker.logLength('t')).toBe(1); // m1 and m2 are done everywhere; m3 is not
@@ -159,7 +166,7 @@ describe('MemoryBroker queues and copies', () => {
     const [first] = await g.count(1);
     (first!.headers as Record<string, string>)['x-mutated'] = 'yes';
     first!.body[0] = 99;
-    await first!.release();
+    await first!.release(first!.headers);
     const [, again] = await g.count(2);
     const [other] = await h.count(1);
     for (const d of [again!, other!]) {
@@ -197,8 +204,8 @@ describe('MemoryBroker bytes', () => {
     }
     // Retry the even ones, dead-letter every third, ack the rest; then read them all back.
     for (const [i, d] of first.entries()) {
-      if (i % 2 === 0) await d.retry(0, {});
-      else if (i % 3 === 0) await d.deadLetter({});
+      if (i % 2 === 0) await d.retry(0, { ...d.headers, [Headers.attempt]: '2' });
+      else if (i % 3 === 0) await d.deadLetter({ ...d.headers, [Headers.deadLetterReason]: 'handler-requested' });
       else await d.ack();
     }
     const total = sizes.length + Math.ceil(sizes.length / 2);

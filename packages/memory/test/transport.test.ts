@@ -1,15 +1,14 @@
 // The memory transport below the bus: SPI details, the raw client and the ManualClock.
+import { EventBus, OutcomeSpy } from '@busbar/core';
 import {
   BrokerUnavailableError,
   type Delivery,
-  EventBus,
-  Headers,
-  OutcomeSpy,
+  HeaderNames as Headers,
   type OutgoingMessage,
   type SubscriptionSpec,
   silentLogger,
   type TransportEvent,
-} from '@busbar/core';
+} from '@busbar/core/transport';
 import { ManualClock, MemoryTransport, memoryTransport } from '@busbar/memory';
 import { describe, expect, it } from 'vitest';
 import { collector, Placed } from './helpers.js';
@@ -61,8 +60,8 @@ describe('MemoryTransport', () => {
     const [d] = await got.count(1);
     expect([...d!.body]).toEqual([1, 2, 3]);
     expect(d!.extendLease).toBeUndefined();
+    expect(d!.redeliveries).toBe(0);
     await d!.ack();
-    await expect(d!.ack()).rejects.toThrow(/already settled/);
   });
 
   it('returns unsettled deliveries of a closed subscription to the group, in order', async () => {
@@ -80,14 +79,15 @@ describe('MemoryTransport', () => {
     await expect(first.items[0]!.ack()).rejects.toThrow(/returned/);
     await m3!.ack();
     const all = await second.count(3);
-    expect(all.map((d) => [d.headers[Headers.id], d.attempt])).toEqual([
-      ['m3', 1],
-      ['m1', 1],
-      ['m2', 1],
+    // Given back without counting: no attempt header written, no redelivery counted.
+    expect(all.map((d) => [d.headers[Headers.id], d.headers[Headers.attempt], d.redeliveries])).toEqual([
+      ['m3', undefined, 0],
+      ['m1', undefined, 0],
+      ['m2', undefined, 0],
     ]);
   });
 
-  it('release puts a message back at the head with its attempt; retry increments it for this group only', async () => {
+  it('release puts a message back at the head as it was; retry writes exactly the given headers, for this group only', async () => {
     const clock = new ManualClock();
     const { transport } = await connected(new MemoryTransport({ clock }));
     const g = collector<Delivery>();
@@ -96,22 +96,26 @@ describe('MemoryTransport', () => {
     await transport.subscribe({ ...spec, group: 'h' }, (d) => h.push(d));
     await transport.publish([message('m1'), message('m2')], signal());
     const [d1] = await g.count(1);
-    await d1!.release();
+    await d1!.release({ ...d1!.headers, [Headers.attempt]: '1', 'x-ignored': 'native release' });
     const [, again] = await g.count(2);
-    expect([again?.headers[Headers.id], again?.attempt]).toEqual(['m1', 1]);
-    await again!.retry(30, { 'x-why': 'flaky' });
+    expect(again?.headers).toEqual({ [Headers.id]: 'm1' });
+    expect(again?.redeliveries).toBe(0);
+    // Complete headers, as core builds them: stored as given (no merge with the original's).
+    await again!.retry(30, { [Headers.id]: 'm1', [Headers.attempt]: '2', 'x-why': 'flaky' });
     const [, , m2] = await g.count(3);
     expect(m2?.headers[Headers.id]).toBe('m2');
     await m2!.ack();
     clock.advance(30);
     const [, , , retried] = await g.count(4);
-    expect(retried?.attempt).toBe(2);
-    expect(retried?.headers).toMatchObject({ [Headers.attempt]: '2', 'x-why': 'flaky' });
-    await retried!.ack();
+    expect(retried?.headers).toEqual({ [Headers.id]: 'm1', [Headers.attempt]: '2', 'x-why': 'flaky' });
+    expect(retried?.redeliveries).toBe(0);
+    await retried!.deadLetter({ [Headers.id]: 'm1', [Headers.deadLetterReason]: 'handler-requested' });
+    const stored = transport.broker.processDeadLetters({ topic: 't', group: 'g' }, { limit: 10, dryRun: true, select: () => ({}) });
+    expect(stored.map((s) => s.headers)).toEqual([{ [Headers.id]: 'm1', [Headers.deadLetterReason]: 'handler-requested' }]);
     // Group h got each message once, first attempt: neither the release nor the retry reached it.
-    expect((await h.count(2)).map((d) => [d.headers[Headers.id], d.attempt])).toEqual([
-      ['m1', 1],
-      ['m2', 1],
+    expect((await h.count(2)).map((d) => [d.headers[Headers.id], d.headers[Headers.attempt]])).toEqual([
+      ['m1', undefined],
+      ['m2', undefined],
     ]);
     for (const d of h.items) await d.ack();
     await transport.idle({ includeDelayed: true });
