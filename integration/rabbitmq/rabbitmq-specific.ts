@@ -8,10 +8,11 @@
 import {
   BrokerUnavailableError,
   type BusOptions,
+  type DeadLetterView,
   type Delivery,
   defineEvent,
   EventBus,
-  Headers,
+  HeaderNames,
   isBusError,
   OutcomeSpy,
   type OutgoingMessage,
@@ -44,12 +45,12 @@ const T = 15_000;
 /** A message as core hands it to the transport (CloudEvents headers, JSON body). */
 function outgoing(topic: string, id: string, extra: Record<string, string> = {}): OutgoingMessage {
   const headers = {
-    [Headers.id]: id,
-    [Headers.source]: 'urn:busbar:test',
-    [Headers.specversion]: '1.0',
-    [Headers.type]: Ping.type,
-    [Headers.time]: new Date().toISOString(),
-    [Headers.contentType]: 'application/json',
+    [HeaderNames.id]: id,
+    [HeaderNames.source]: 'urn:busbar:test',
+    [HeaderNames.specversion]: '1.0',
+    [HeaderNames.type]: Ping.type,
+    [HeaderNames.time]: new Date().toISOString(),
+    [HeaderNames.contentType]: 'application/json',
     ...extra,
   };
   return { topic, id, headers, body: new TextEncoder().encode('{"n":1}') };
@@ -187,7 +188,7 @@ export function rabbitmqSpecificTests(url: string, registry: TransportRegistry):
         expect(msg.properties.headers?.cloudEvents_specversion).toBe('1.0');
         expect(msg.properties.headers?.['x-user']).toBe('u1');
         expect(Object.keys(msg.properties.headers ?? {}).filter((k) => k.startsWith('ce_'))).toEqual([]);
-        expect(readBinding(msg).headers[Headers.id]).toBe(receipt.id);
+        expect(readBinding(msg).headers[HeaderNames.id]).toBe(receipt.id);
         // A foreign producer using the older `cloudEvents:` prefix is understood.
         const id = `${RUN}-legacy`;
         const headers = {
@@ -391,7 +392,7 @@ export function rabbitmqSpecificTests(url: string, registry: TransportRegistry):
         });
         // Acknowledged in one turn, in reverse order, around unsettled deliveries (two gaps and the
         // tail): the acknowledged head goes as one `multiple` ack, which must stop at the first gap.
-        const byId = new Map(first.map((d) => [d.headers[Headers.id], d]));
+        const byId = new Map(first.map((d) => [d.headers[HeaderNames.id], d]));
         const ack = (indexes: number[]) => Promise.all(indexes.map((i) => (byId.get(ids[i] as string) as Delivery).ack()));
         await ack([10, 8, 7, 6, 3, 2, 1, 0]);
         // The next turn closes the first gap: 4..8 are now a head, 9 and 11 are still unsettled.
@@ -407,16 +408,84 @@ export function rabbitmqSpecificTests(url: string, registry: TransportRegistry):
         const sentinel = `${ns}-sentinel`;
         await transport.publish([outgoing(topic, sentinel)], new AbortController().signal);
         await until<void>('the redeliveries and the sentinel', T, (done) => {
-          notify = () => again.some((d) => d.headers[Headers.id] === sentinel) && done();
+          notify = () => again.some((d) => d.headers[HeaderNames.id] === sentinel) && done();
           notify();
         });
         await sub2.close();
-        const back = again.map((d) => d.headers[Headers.id]).filter((id) => id !== sentinel);
+        const back = again.map((d) => d.headers[HeaderNames.id]).filter((id) => id !== sentinel);
         expect(back.sort()).toEqual(ids.filter((_, i) => unsettled.has(i)).sort());
-        expect(again.filter((d) => d.headers[Headers.id] !== sentinel).every((d) => d.attempt === 2)).toBe(true);
+        // Given back once by the closed channel: the quorum queue counts it (core adds it to the attempt).
+        expect(again.filter((d) => d.headers[HeaderNames.id] !== sentinel).map((d) => d.redeliveries)).toEqual([1, 1]);
       } finally {
         await transport.close();
       }
+    });
+
+    it('a message RabbitMQ dead-letters by itself (x-delivery-limit) is listed as broker-dead-lettered, and replays', async () => {
+      const ns = namespace();
+      const started = Date.now();
+      const b = await bus(ns, { deliveryLimit: 2 });
+      // The group's queues stay bound after its only member left.
+      await (await b.subscribe(Ping, { group: 'g' }, () => {})).close();
+      const { id } = await b.publish(Ping, { n: 1 });
+      const topic = b.topicOf(Ping);
+      const queue = `${topic}:g`;
+      const conn = await connect(url);
+      try {
+        // A consumer that never settles: every requeue counts as a redelivery, and after the
+        // third hand-out (limit 2) RabbitMQ moves the message to the group's dead-letter queue.
+        const crashing = await conn.createChannel();
+        let handedOut = 0;
+        await crashing.consume(queue, (m) => {
+          if (!m) return;
+          handedOut++;
+          crashing.nack(m, false, true);
+        });
+        const watch = await conn.createChannel();
+        await watch.prefetch(1);
+        const arrived = new Promise<ConsumeMessage>((resolve) => {
+          void watch.consume(`${queue}:dlq`, (m) => m && resolve(m));
+        });
+        const raw = await withTimeout(() => arrived, { ms: T, label: 'the broker to dead-letter the message' });
+        expect(raw.properties.headers?.['x-first-death-reason']).toBe('delivery_limit');
+        await watch.close(); // the unacknowledged dead letter goes back to its queue
+        await crashing.close();
+        expect(handedOut).toBe(3);
+        // A message in the dead-letter queue that neither core nor RabbitMQ dead-lettered.
+        const foreign = `${ns}-foreign`;
+        const ch = await conn.createConfirmChannel();
+        await new Promise<void>((resolve, reject) =>
+          ch.sendToQueue(`${queue}:dlq`, Buffer.from('{"n":2}'), bindingProperties(outgoing(topic, foreign).headers), (e: unknown) =>
+            e ? reject(e) : resolve(),
+          ),
+        );
+        await ch.close();
+      } finally {
+        await conn.close().catch(() => {});
+      }
+
+      const listed = await b.deadLetters(Ping, 'g').list();
+      expect(listed.map((v) => v.id)).toEqual([id, `${ns}-foreign`]);
+      const [broker, unknown] = listed as [DeadLetterView, DeadLetterView];
+      expect(broker).toMatchObject({ attempts: 3, origin: topic, position: queue, group: 'g' });
+      expect(broker.reason.kind).toBe('broker-dead-lettered');
+      expect(broker.error).toContain(`from ${queue} (delivery_limit)`);
+      // RabbitMQ records the time in whole seconds.
+      const at = Date.parse(broker.firstFailure);
+      expect(at).toBeGreaterThanOrEqual(Math.floor(started / 1000) * 1000);
+      expect(at).toBeLessThanOrEqual(Date.now());
+      expect(broker.lastFailure).toBe(broker.firstFailure);
+      expect(unknown.reason.kind).toBe('unknown');
+
+      // Replayed, it is a fresh first attempt for the group.
+      const handled = new Promise<{ n: number; attempt: number }>((resolve) => {
+        void b.subscribe(Ping, { group: 'g' }, (d, ctx) => {
+          if (ctx.id === id) resolve({ n: d.n, attempt: ctx.attempt });
+        });
+      });
+      const replayed = await b.deadLetters(Ping, 'g').replay({ filter: (v) => v.id === id });
+      expect(replayed.map((v) => v.id)).toEqual([id]);
+      expect(await withTimeout(() => handled, { ms: T, label: 'the replayed message' })).toEqual({ n: 1, attempt: 1 });
     });
 
     it('credentials never appear in errors or health when the broker is unreachable', async () => {

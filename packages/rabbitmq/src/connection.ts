@@ -9,13 +9,13 @@ import {
   BrokerUnavailableError,
   backoffDelay,
   ConfigError,
-  type ConnectionState,
+  ConnectionStateCell,
   describeError,
   type Logger,
   silentLogger,
   type TransportContext,
   type TransportHealth,
-} from '@busbar/core';
+} from '@busbar/core/transport';
 import { type Channel, type ChannelModel, connect } from 'amqplib';
 import type { ResolvedOptions } from './options.js';
 
@@ -52,16 +52,16 @@ export function raceSignal<T>(promise: Promise<T>, signal: AbortSignal | undefin
 
 /**
  * The transport's one AMQP connection and its state (`connecting` → `connected` ⇄ `reconnecting` /
- * `disconnected` → `closed`), reported to core through the context's `emit`. A lost connection is
+ * `disconnected` → `closed`), kept in core's `ConnectionStateCell`, which reports each change. A lost connection is
  * re-established with core's backoff (full jitter), forever, until {@link shutdown}.
  */
 export class Connection {
   /** Core's redacting logger once {@link start} ran. */
   logger: Logger = silentLogger;
-  private context: TransportContext | undefined;
+  private started = false;
   private model: ChannelModel | undefined;
-  private state: ConnectionState = 'disconnected';
-  private lastError: string | undefined;
+  /** State, last error (credential-free), the `connection` events and `health()`. */
+  private readonly state = new ConnectionStateCell();
   private closing = false;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private reconnectAttempt = 0;
@@ -87,31 +87,24 @@ export class Connection {
    * background (resolves either way). @throws ConfigError when called twice
    */
   async start(context: TransportContext): Promise<void> {
-    if (this.context) throw new ConfigError('RabbitMqTransport.connect was called twice; one instance belongs to one bus');
-    this.context = context;
+    if (this.started) throw new ConfigError('RabbitMqTransport.connect was called twice; one instance belongs to one bus');
+    this.started = true;
     this.logger = context.logger;
-    this.setState('connecting');
+    this.state.attach(context);
+    this.state.set('connecting');
     try {
       await this.open();
     } catch (error) {
-      this.logger.warn({ err: describeError(error), url: this.options.safeUrl }, 'RabbitMQ unreachable; reconnecting in the background');
-      this.lastError = describeError(error);
-      this.setState('reconnecting', this.lastError);
+      const detail = describeError(error);
+      this.logger.warn({ err: detail, url: this.options.safeUrl }, 'RabbitMQ unreachable; reconnecting in the background');
+      this.state.set('reconnecting', detail);
       this.scheduleReconnect();
     }
   }
 
   /** The state, with the last connection error while not connected. */
   health(): TransportHealth {
-    return this.lastError === undefined || this.state === 'connected'
-      ? { state: this.state }
-      : { state: this.state, detail: this.lastError };
-  }
-
-  private setState(state: ConnectionState, detail?: string): void {
-    if (this.state === state) return;
-    this.state = state;
-    this.context?.emit(detail === undefined ? { kind: 'connection', state } : { kind: 'connection', state, detail });
+    return this.state.health();
   }
 
   private async open(): Promise<void> {
@@ -130,9 +123,8 @@ export class Connection {
     conn.on('unblocked', () => this.logger.info({}, 'RabbitMQ unblocked the connection'));
     this.model = conn;
     this.reconnectAttempt = 0;
-    this.lastError = undefined;
     this.listener.opened();
-    this.setState('connected');
+    this.state.set('connected');
     this.logger.info({ url: this.options.safeUrl }, 'connected to RabbitMQ');
     for (const w of this.connectWaiters) w();
     this.connectWaiters.clear();
@@ -143,9 +135,9 @@ export class Connection {
     this.model = undefined;
     this.listener.lost();
     if (this.closing) return;
-    this.lastError = error ? describeError(error) : 'connection closed';
-    this.logger.warn({ err: this.lastError }, 'RabbitMQ connection lost; reconnecting');
-    this.setState('reconnecting', this.lastError);
+    const detail = error ? describeError(error) : 'connection closed';
+    this.logger.warn({ err: detail }, 'RabbitMQ connection lost; reconnecting');
+    this.state.set('reconnecting', detail);
     this.scheduleReconnect();
   }
 
@@ -157,9 +149,10 @@ export class Connection {
       this.reconnectTimer = undefined;
       if (this.closing) return;
       this.open().catch((error: unknown) => {
-        this.lastError = describeError(error);
-        this.logger.warn({ err: this.lastError, attempt: this.reconnectAttempt }, 'RabbitMQ reconnect failed');
-        if (this.reconnectAttempt >= 3) this.setState('disconnected', this.lastError);
+        const detail = describeError(error);
+        this.logger.warn({ err: detail, attempt: this.reconnectAttempt }, 'RabbitMQ reconnect failed');
+        this.state.fail(detail);
+        if (this.reconnectAttempt >= 3) this.state.set('disconnected');
         this.scheduleReconnect();
       });
     }, delay);
@@ -173,8 +166,10 @@ export class Connection {
     if (this.closing) throw new BrokerUnavailableError('the RabbitMQ transport is closed');
     if (this.model) return this.model;
     const waitMs = this.options.waitForConnectionMs;
-    const unavailable = () =>
-      new BrokerUnavailableError(`RabbitMQ at ${this.options.safeUrl} is not connected${this.lastError ? ` (${this.lastError})` : ''}`);
+    const unavailable = () => {
+      const detail = this.state.detail;
+      return new BrokerUnavailableError(`RabbitMQ at ${this.options.safeUrl} is not connected${detail ? ` (${detail})` : ''}`);
+    };
     if (waitMs === 0) throw unavailable();
     let done!: () => void;
     let timer: NodeJS.Timeout | undefined;
@@ -220,6 +215,6 @@ export class Connection {
     const conn = this.model;
     this.model = undefined;
     if (conn) await conn.close().catch(() => {});
-    this.setState('closed');
+    this.state.set('closed');
   }
 }

@@ -2,10 +2,16 @@
  * Reading dead letters back (`processDeadLetters`): a walk over the group's dead-letter queue with
  * `basic.get`, selected ones replayed into the group queue, the others given back.
  */
-import { DEAD_LETTER_HEADERS, type DeadLetterScan, type DeadLetterTarget, Headers, type StoredDeadLetter } from '@busbar/core';
+import {
+  type BrokerDeadLettered,
+  type DeadLetterScan,
+  type DeadLetterTarget,
+  HeaderNames,
+  type StoredDeadLetter,
+} from '@busbar/core/transport';
 import type { Channel, Message } from 'amqplib';
 import type { GroupNames } from './topology.js';
-import { deliveryCount, fromAmqp, headerAttempt } from './wire.js';
+import { fromAmqp } from './wire.js';
 
 /** What the dead-letter walk needs from the rest of the transport. */
 export interface DeadLetterStore {
@@ -17,6 +23,8 @@ export interface DeadLetterStore {
   channel(): Promise<Channel>;
   /** Publishes a copy straight into `queue` and waits for its confirm. */
   sendToQueue(queue: string, body: Uint8Array, headers: Readonly<Record<string, string>>): Promise<void>;
+  /** `x-delivery-limit` of the group queues (undefined when they have none). */
+  readonly deliveryLimit: number | undefined;
 }
 
 /**
@@ -43,10 +51,14 @@ export async function processDeadLetters(
       const msg = await ch.get(names.dlq, { noAck: false });
       if (msg === false) break;
       n++;
+      const headers = fromAmqp(msg.properties.headers, msg.properties.contentType);
+      const broker =
+        headers[HeaderNames.deadLetterReason] === undefined ? brokerDeadLettered(msg, names.queue, store.deliveryLimit) : undefined;
       const stored: StoredDeadLetter = {
         handle: `${names.dlq}#${n}`,
-        headers: deadLetterHeaders(msg, names, target),
+        headers,
         body: new Uint8Array(msg.content),
+        ...(broker === undefined ? {} : { brokerDeadLettered: broker }),
       };
       const replacement = scan.select(stored);
       if (replacement === undefined || scan.dryRun) {
@@ -83,25 +95,45 @@ export async function processDeadLetters(
   return selected;
 }
 
-/** Headers of a stored dead letter; synthesizes core's metadata for ones the broker dead-lettered. */
-function deadLetterHeaders(msg: Message, names: GroupNames, target: DeadLetterTarget): Record<string, string> {
-  const headers = fromAmqp(msg.properties.headers, msg.properties.contentType);
-  if (headers[Headers.deadLetterReason] !== undefined) return headers;
-  // Moved here by RabbitMQ itself (x-delivery-limit): the consumer crashed or lost its connection
-  // with this message too many times.
+/** A header value as text (amqplib hands over AMQP `longstr` values as strings or buffers). */
+function text(value: unknown): string | undefined {
+  if (typeof value === 'string') return value;
+  if (Buffer.isBuffer(value)) return value.toString('utf8');
+  return undefined;
+}
+
+/** An AMQP timestamp (seconds; amqplib decodes it as `{ '!': 'timestamp', value }`) as RFC 3339. */
+function timestamp(value: unknown): string | undefined {
+  const seconds = typeof value === 'object' && value !== null ? (value as { value?: unknown }).value : value;
+  if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds <= 0) return undefined;
+  return new Date(seconds * 1000).toISOString();
+}
+
+/**
+ * What RabbitMQ recorded about a message it dead-lettered by itself (`x-death`, `x-last-death-*`,
+ * `x-first-death-*`), or `undefined` when it has no such record (a dead letter neither core nor
+ * RabbitMQ wrote).
+ *
+ * The death that counts is the one out of the group queue (`delivery_limit`), else the latest
+ * (`x-death` lists the latest first). Not `x-first-death-*` alone: a retry copy has already been
+ * dead-lettered once before, by its delay queue (`expired`), on its way back into the group queue.
+ *
+ * RabbitMQ does not carry the delivery count into the dead-letter queue (the message arrives there
+ * with a count of its own), so for `delivery_limit` the redeliveries are the group queue's limit:
+ * the message was handed out `limit + 1` times, the last time after `limit` redeliveries. Any other
+ * cause (a TTL or length limit set by a policy) involved no redelivery.
+ */
+export function brokerDeadLettered(msg: Message, groupQueue: string, deliveryLimit: number | undefined): BrokerDeadLettered | undefined {
   const raw = msg.properties.headers ?? {};
-  const reason = String(raw['x-first-death-reason'] ?? raw['x-last-death-reason'] ?? 'unknown');
-  const now = new Date().toISOString();
-  const synthesized: Record<string, string> = {
-    [Headers.deadLetterReason]: 'max-attempts',
-    [Headers.deadLetterError]: `RabbitMQ dead-lettered the message from ${names.queue} (${reason}): it was redelivered too often without being settled`,
-    [Headers.deadLetterFirstFailure]: now,
-    [Headers.deadLetterLastFailure]: now,
-    [Headers.deadLetterAttempts]: String(headerAttempt(headers) + deliveryCount(raw)),
-    [Headers.deadLetterOrigin]: target.topic,
-    [Headers.deadLetterPosition]: names.queue,
-    [Headers.deadLetterGroup]: target.group,
-  };
-  for (const k of DEAD_LETTER_HEADERS) if (synthesized[k] !== undefined) headers[k] = synthesized[k] as string;
-  return headers;
+  const deaths = (Array.isArray(raw['x-death']) ? (raw['x-death'] as unknown[]) : []).filter(
+    (d): d is Record<string, unknown> => typeof d === 'object' && d !== null,
+  );
+  const lastReason = text(raw['x-last-death-reason']) ?? text(raw['x-first-death-reason']);
+  if (deaths.length === 0 && lastReason === undefined) return undefined;
+  const death = deaths.find((d) => text(d.queue) === groupQueue && text(d.reason) === 'delivery_limit') ?? deaths[0];
+  const cause = text(death?.reason) ?? lastReason ?? 'unknown';
+  const from = text(death?.queue) ?? text(raw['x-last-death-queue']) ?? text(raw['x-first-death-queue']) ?? 'unknown';
+  const at = timestamp(death?.time);
+  const redeliveries = cause === 'delivery_limit' ? (deliveryLimit ?? 0) : 0;
+  return at === undefined ? { cause, redeliveries, from } : { cause, redeliveries, from, at };
 }

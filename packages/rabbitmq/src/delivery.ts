@@ -1,10 +1,15 @@
 /**
  * One message handed to core, and how it is settled: an ack on its consumer channel, or a copy
  * written with a confirm (retry, dead letter, release) before the original is acknowledged.
+ *
+ * Core owns the rest of a delivery's life (see `Delivery` in `@busbar/core/transport`): it computes
+ * the attempt from the headers and `redeliveries`, builds the complete headers of every copy, settles
+ * each delivery exactly once and holds a retry copy that comes back before its retry settled. A
+ * delivery here only moves bytes.
  */
-import { type Delivery, Headers } from '@busbar/core';
+import { type Delivery, HeaderNames } from '@busbar/core/transport';
 import type { Channel, ConsumeMessage } from 'amqplib';
-import type { AckWindow } from './flow.js';
+import type { AckWindow } from './ack-window.js';
 import type { GroupNames } from './topology.js';
 
 /** A consumer channel of a subscription and its acknowledgements. */
@@ -29,8 +34,6 @@ export interface DeliveryHost {
   readonly names: GroupNames;
   /** Where copies go. */
   readonly copies: CopyWriter;
-  /** Retry copies still being published, by `<ce_id>|<attempt>` (see the subscription). */
-  readonly producing: Map<string, Promise<void>>;
   /** Whether `link` is still the subscription's channel (false once it closed). */
   current(link: ConsumerLink): boolean;
   /** The delivery was settled, whatever the outcome: its slot is free. */
@@ -55,19 +58,22 @@ export function safely(fn: () => void): void {
 export class RabbitDelivery implements Delivery {
   readonly body: Uint8Array;
   readonly key: string | undefined;
-  private done = false;
 
+  /**
+   * @param redeliveries - how often RabbitMQ handed this copy out before: the quorum queue's
+   *   `x-delivery-count`; on a classic queue (no count) 1 when flagged `redelivered`, else 0.
+   */
   constructor(
     private readonly host: DeliveryHost,
     private readonly link: ConsumerLink,
     private readonly msg: ConsumeMessage,
     readonly headers: Record<string, string>,
-    readonly attempt: number,
+    readonly redeliveries: number,
   ) {
-    // A copy (from Node's buffer pool: ~5× cheaper than `new Uint8Array(content)`), so a
-    // delivery does not keep amqplib's whole socket read buffer alive while it is in flight.
+    // A copy (from Node's buffer pool: cheaper than `new Uint8Array(content)`), so a delivery
+    // does not keep amqplib's whole socket read buffer alive while it is in flight.
     this.body = Buffer.from(msg.content);
-    this.key = headers[Headers.partitionKey];
+    this.key = headers[HeaderNames.partitionKey];
   }
 
   get position(): string {
@@ -75,55 +81,30 @@ export class RabbitDelivery implements Delivery {
   }
 
   ack(): Promise<void> {
-    if (this.done) return this.twice('ack');
-    this.done = true;
     const host = this.host;
-    const acked = host.current(this.link) ? this.link.acks.ack(this.msg, host.channelGone) : Promise.reject(host.channelGone());
-    return this.settling(acked);
+    return this.settling(host.current(this.link) ? this.link.acks.ack(this.msg) : Promise.reject(host.channelGone()));
   }
 
-  retry(delayMs: number, extraHeaders: Readonly<Record<string, string>>): Promise<void> {
-    if (this.done) return this.twice('retry');
-    this.done = true;
+  /** The copy goes to the group's delay queue of the tier `delayMs` rounds up to (0: straight back to the group queue). */
+  retry(delayMs: number, headers: Readonly<Record<string, string>>): Promise<void> {
     const host = this.host;
-    const next = { ...this.headers, ...extraHeaders, [Headers.attempt]: String(this.attempt + 1) };
-    const op = (async () => {
-      if (delayMs <= 0) return this.copy(host.names.queue, next);
-      return this.copy(await host.copies.delayQueue(host.names, delayMs), next);
-    })();
-    const key = `${this.headers[Headers.id]}|${this.attempt + 1}`;
-    const producing = host.producing;
-    const settled = op.then(
-      () => {},
-      () => {},
-    );
-    producing.set(key, settled);
-    void settled.then(() => {
-      if (producing.get(key) === settled) producing.delete(key);
-    });
+    const op =
+      delayMs <= 0 ? this.copy(host.names.queue, headers) : host.copies.delayQueue(host.names, delayMs).then((q) => this.copy(q, headers));
     return this.settling(op);
   }
 
-  deadLetter(deadLetterHeaders: Readonly<Record<string, string>>): Promise<void> {
-    if (this.done) return this.twice('deadLetter');
-    this.done = true;
-    return this.settling(this.copy(this.host.names.dlq, { ...this.headers, ...deadLetterHeaders }));
+  deadLetter(headers: Readonly<Record<string, string>>): Promise<void> {
+    return this.settling(this.copy(this.host.names.dlq, headers));
   }
 
   /**
-   * A copy with the same attempt goes to the back of the group queue, so giving a message back on
-   * shutdown does not count as a failed delivery (a requeue would raise x-delivery-count).
+   * A copy with `headers` (same attempt) goes to the back of the group queue, so giving a message
+   * back on shutdown does not count as a failed delivery (a requeue would raise x-delivery-count).
    */
-  release(): Promise<void> {
-    if (this.done) return this.twice('release');
-    this.done = true;
+  release(headers: Readonly<Record<string, string>>): Promise<void> {
     // On failure `copy` has already requeued the original (or the channel is gone, which requeues
     // it too): the message comes back either way.
-    return this.settling(this.copy(this.host.names.queue, { ...this.headers, [Headers.attempt]: String(this.attempt) }).catch(() => {}));
-  }
-
-  private twice(what: string): Promise<void> {
-    return Promise.reject(new Error(`delivery ${this.msg.fields.deliveryTag} on ${this.host.names.queue} was already settled (${what})`));
+    return this.settling(this.copy(this.host.names.queue, headers).catch(() => {}));
   }
 
   /** Frees the delivery's slot once `op` is over, whatever its outcome. */
@@ -139,10 +120,10 @@ export class RabbitDelivery implements Delivery {
   }
 
   /** Publishes a copy to `queue` with a confirm, then acknowledges the original. */
-  private async copy(queue: string, copyHeaders: Record<string, string>): Promise<void> {
+  private async copy(queue: string, headers: Readonly<Record<string, string>>): Promise<void> {
     const host = this.host;
     try {
-      await host.copies.sendToQueue(queue, this.body, copyHeaders);
+      await host.copies.sendToQueue(queue, this.body, headers);
     } catch (error) {
       // The copy did not land: give the original back so it is redelivered now rather than
       // staying unacknowledged until the channel closes; re-declare the target next time.
@@ -151,6 +132,6 @@ export class RabbitDelivery implements Delivery {
       throw error;
     }
     if (!host.current(this.link)) throw host.channelGone();
-    await this.link.acks.ack(this.msg, host.channelGone);
+    await this.link.acks.ack(this.msg);
   }
 }

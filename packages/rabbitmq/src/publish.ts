@@ -3,12 +3,18 @@
  * confirm window in call order, and the copies the transport writes itself (retries, dead letters,
  * releases, replays) straight into a queue.
  */
-import { BrokerUnavailableError, describeError, type OutgoingMessage, type PublishOutcome, PublishRejectedError } from '@busbar/core';
+import {
+  BrokerUnavailableError,
+  describeError,
+  type OutgoingMessage,
+  type PublishOutcome,
+  PublishRejectedError,
+} from '@busbar/core/transport';
 import type { ChannelModel, ConfirmChannel, Message, Options } from 'amqplib';
 import { type Connection, raceSignal } from './connection.js';
-import { ConfirmBatch, type WriteCoalescer, writesOf } from './flow.js';
 import type { Topology } from './topology.js';
 import { PublishHeaderTables } from './wire.js';
+import { type WriteCoalescer, writesOf } from './write-coalescer.js';
 
 /**
  * Publish calls core may keep in flight (`capabilities.orderedPublishCalls`): every call writes on
@@ -56,6 +62,51 @@ function unroutable(exchange: string, routingKey: string): PublishRejectedError 
     : new PublishRejectedError(
         `no queue is bound to ${where(exchange, routingKey)}; RabbitMQ returned the message unroutable (subscribe a group first)`,
       );
+}
+
+const OK: PublishOutcome = Object.freeze({ ok: true });
+
+/**
+ * The confirms of one publish call: an outcome per message and a single promise for the whole
+ * batch (rather than a promise per message).
+ */
+export class ConfirmBatch {
+  readonly outcomes: PublishOutcome[];
+  /** Resolves with {@link outcomes} once every message has one. */
+  readonly done: Promise<readonly PublishOutcome[]>;
+  private remaining: number;
+  private resolve!: (outcomes: readonly PublishOutcome[]) => void;
+
+  /** @param onDurable told of each message confirmed, as its confirm arrives (see `Transport.publish`). */
+  constructor(
+    size: number,
+    private readonly onDurable?: (index: number) => void,
+  ) {
+    this.outcomes = new Array<PublishOutcome>(size);
+    this.remaining = size;
+    this.done = new Promise((resolve) => {
+      this.resolve = resolve;
+    });
+    if (size === 0) this.resolve(this.outcomes);
+  }
+
+  /** Message `i` is durable. */
+  ok(i: number): void {
+    if (this.outcomes[i] !== undefined) return;
+    this.onDurable?.(i);
+    this.set(i, OK);
+  }
+
+  /** Message `i` failed. */
+  fail(i: number, error: Error): void {
+    this.set(i, { ok: false, error });
+  }
+
+  private set(i: number, outcome: PublishOutcome): void {
+    if (this.outcomes[i] !== undefined) return;
+    this.outcomes[i] = outcome;
+    if (--this.remaining === 0) this.resolve(this.outcomes);
+  }
 }
 
 /**

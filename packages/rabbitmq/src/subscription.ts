@@ -8,16 +8,18 @@ import {
   backoffDelay,
   type Delivery,
   describeError,
-  Headers,
   type Logger,
+  SlotGate,
+  type SlotWaiter,
   type SubscriptionSpec,
   type TransportSubscription,
-} from '@busbar/core';
+} from '@busbar/core/transport';
 import type { Channel, ConsumeMessage } from 'amqplib';
+import { AckWindow } from './ack-window.js';
 import { type ConsumerLink, type CopyWriter, type DeliveryHost, RabbitDelivery, safely } from './delivery.js';
-import { AckWindow, writesOf } from './flow.js';
 import type { GroupNames } from './topology.js';
-import { deliveryCount, fromAmqp, headerAttempt } from './wire.js';
+import { deliveryCount, fromAmqp } from './wire.js';
+import { writesOf } from './write-coalescer.js';
 
 /** What a subscription needs from the rest of the transport. */
 export interface ConsumerHost {
@@ -41,20 +43,24 @@ export interface ConsumerHost {
   closed(sub: RabbitSubscription): void;
 }
 
-/** One group consumption on its own channel. */
+/** A consumer channel, with the deliveries that arrived on it and wait for a slot. */
+interface ConsumerChannel extends ConsumerLink {
+  readonly waiting: Set<SlotWaiter>;
+}
+
+/**
+ * One group consumption on its own channel. Prefetch = `concurrency` keeps the broker from sending
+ * more; the {@link SlotGate} keeps core from being handed more, also right after a new channel
+ * was opened while deliveries of the old one are still settling (those arriving meanwhile wait for
+ * a slot, in arrival order).
+ */
 export class RabbitSubscription implements TransportSubscription {
-  private link: ConsumerLink | undefined;
+  private link: ConsumerChannel | undefined;
   private consumerTag: string | undefined;
   private stopped = false;
   private closed = false;
-  private inFlight = 0;
-  /**
-   * Retry copies this subscription is still publishing (`<ce_id>|<attempt>`): the copy can come
-   * back from a short delay tier before its publisher saw the confirm. Its delivery waits until the
-   * retry has settled (and core recorded the `retried` outcome), so outcomes stay in causal order.
-   */
-  private readonly producing = new Map<string, Promise<void>>();
-  private buffer: { link: ConsumerLink; msg: ConsumeMessage }[] = [];
+  /** Deliveries handed to core and not settled yet, at most `concurrency`. */
+  private readonly gate: SlotGate;
   private resumeTimer: NodeJS.Timeout | undefined;
   private resumeAttempt = 0;
   private starting: Promise<void> | undefined;
@@ -67,15 +73,12 @@ export class RabbitSubscription implements TransportSubscription {
     private readonly names: GroupNames,
     private readonly onDelivery: (delivery: Delivery) => void,
   ) {
+    this.gate = new SlotGate(spec.concurrency);
     this.deliveryHost = {
       names,
       copies: host.copies,
-      producing: this.producing,
       current: (link) => this.link === link,
-      settled: () => {
-        this.inFlight--;
-        this.pump();
-      },
+      settled: () => this.gate.release(),
       channelGone: this.channelGone,
     };
   }
@@ -93,7 +96,7 @@ export class RabbitSubscription implements TransportSubscription {
     this.starting = (async () => {
       await this.host.ensureGroup(this.names);
       const ch = await this.host.channel();
-      const link: ConsumerLink = { ch, acks: new AckWindow(ch, writesOf(ch)) };
+      const link: ConsumerChannel = { ch, acks: new AckWindow(ch, writesOf(ch), this.channelGone), waiting: new Set() };
       try {
         ch.on('close', () => this.onChannelClosed(link));
         await ch.prefetch(this.spec.concurrency);
@@ -134,21 +137,23 @@ export class RabbitSubscription implements TransportSubscription {
     }, delayMs);
   }
 
-  private onChannelClosed(link: ConsumerLink): void {
-    link.acks.close(this.channelGone());
-    if (this.link !== link) return;
-    this.link = undefined;
-    this.consumerTag = undefined;
-    // Buffered messages were never handed over; the broker redelivers them.
-    this.buffer = this.buffer.filter((b) => b.link !== link);
-    if (this.stopped) return;
+  private onChannelClosed(link: ConsumerChannel): void {
+    link.acks.close();
+    const current = this.link === link;
+    if (current) {
+      this.link = undefined;
+      this.consumerTag = undefined;
+    }
+    // Deliveries waiting for a slot were never handed over; the broker redelivers them.
+    for (const w of [...link.waiting]) this.gate.cancel(w);
+    if (!current || this.stopped) return;
     this.host.logger.warn({ queue: this.names.queue }, 'RabbitMQ consumer channel closed');
     // If the connection is still up (channel-level error, or the queue was deleted), resume here;
     // otherwise the transport resumes every subscription once it has reconnected.
     if (this.host.connected()) this.resume(backoffDelay(++this.resumeAttempt, this.host.backoff));
   }
 
-  private onMessage(link: ConsumerLink, msg: ConsumeMessage | null): void {
+  private onMessage(link: ConsumerChannel, msg: ConsumeMessage | null): void {
     if (msg === null) {
       // Cancelled by the broker (queue deleted, node down): start over on a fresh channel.
       this.host.logger.warn({ queue: this.names.queue }, 'RabbitMQ cancelled the consumer');
@@ -165,40 +170,33 @@ export class RabbitSubscription implements TransportSubscription {
       safely(() => link.acks.nack(msg));
       return;
     }
-    if (this.inFlight >= this.spec.concurrency) {
-      this.buffer.push({ link, msg });
-      return;
-    }
-    this.dispatch(link, msg);
+    const gate = this.gate;
+    if (gate.waiting === 0 && gate.tryAcquire()) this.dispatch(link, msg);
+    else this.waitForSlot(link, msg);
   }
 
-  private pump(): void {
-    while (!this.stopped && this.inFlight < this.spec.concurrency && this.buffer.length > 0) {
-      const next = this.buffer.shift() as { link: ConsumerLink; msg: ConsumeMessage };
-      this.dispatch(next.link, next.msg);
-    }
+  /** Queues `msg` until a slot is free; given back if the subscription stops first, dropped if its channel closes. */
+  private waitForSlot(link: ConsumerChannel, msg: ConsumeMessage): void {
+    const waiter: SlotWaiter = {
+      key: undefined,
+      done: (granted) => {
+        link.waiting.delete(waiter);
+        if (granted) this.dispatch(link, msg);
+        // Stopped: give it back, as onMessage does. Channel closed: RabbitMQ redelivers it.
+        else if (this.link === link) safely(() => link.acks.nack(msg));
+      },
+    };
+    link.waiting.add(waiter);
+    this.gate.enqueue(waiter);
   }
 
+  /** Hands `msg` to core; the caller holds a slot for it. */
   private dispatch(link: ConsumerLink, msg: ConsumeMessage): void {
-    this.inFlight++;
     const raw = msg.properties.headers;
     const headers = fromAmqp(raw, msg.properties.contentType);
+    // Quorum queues count redeliveries; a classic queue only flags one (counted as one).
     const redeliveries = this.host.quorum ? deliveryCount(raw) : msg.fields.redelivered ? 1 : 0;
-    const delivery = new RabbitDelivery(this.deliveryHost, link, msg, headers, headerAttempt(headers) + redeliveries);
-    const retrying = delivery.attempt > 1 ? this.producing.get(`${headers[Headers.id]}|${delivery.attempt}`) : undefined;
-    if (retrying === undefined) this.onDelivery(delivery);
-    else
-      void retrying
-        .then(() => new Promise<void>((r) => setImmediate(r)))
-        .then(() => {
-          if (this.link === link && !this.stopped) {
-            this.onDelivery(delivery);
-            return;
-          }
-          // Stopped (give it back, as onMessage does) or the channel closed (RabbitMQ redelivers).
-          if (this.link === link) safely(() => link.acks.nack(msg));
-          this.deliveryHost.settled();
-        });
+    this.onDelivery(new RabbitDelivery(this.deliveryHost, link, msg, headers, redeliveries));
   }
 
   /** @inheritDoc */
@@ -210,7 +208,8 @@ export class RabbitSubscription implements TransportSubscription {
     await this.starting?.catch(() => {});
     const link = this.link;
     if (link && this.consumerTag) await link.ch.cancel(this.consumerTag).catch(() => {});
-    for (const b of this.buffer.splice(0)) safely(() => b.link.acks.nack(b.msg));
+    // Deliveries waiting for a slot go back to the queue.
+    this.gate.cancelAll();
   }
 
   /** @inheritDoc */

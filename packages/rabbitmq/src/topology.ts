@@ -10,7 +10,7 @@
  *
  * `:` cannot occur in an event type, a namespace or a group, so these names never collide.
  */
-import { BrokerUnavailableError, checkBrokerName, describeError, TopologyError, type TransportCapabilities } from '@busbar/core';
+import { BrokerUnavailableError, checkBrokerName, describeError, TopologyError, type TransportCapabilities } from '@busbar/core/transport';
 import type { Channel } from 'amqplib';
 import type { ResolvedOptions } from './options.js';
 

@@ -12,7 +12,7 @@ import {
   type TransportContext,
   type TransportHealth,
   type TransportSubscription,
-} from '@busbar/core';
+} from '@busbar/core/transport';
 import { Connection } from './connection.js';
 import { type DeadLetterStore, processDeadLetters } from './dead-letters.js';
 import type { CopyWriter } from './delivery.js';
@@ -111,6 +111,7 @@ export class RabbitMqTransport implements Transport {
       ensureGroup: (names) => topology.ensureGroup(names),
       channel,
       sendToQueue: copies.sendToQueue,
+      deliveryLimit: this.options.deliveryLimit,
     };
   }
 
