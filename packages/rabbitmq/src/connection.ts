@@ -52,8 +52,9 @@ export function raceSignal<T>(promise: Promise<T>, signal: AbortSignal | undefin
 
 /**
  * The transport's one AMQP connection and its state (`connecting` → `connected` ⇄ `reconnecting` /
- * `disconnected` → `closed`), kept in core's `ConnectionStateCell`, which reports each change. A lost connection is
- * re-established with core's backoff (full jitter), forever, until {@link shutdown}.
+ * `disconnected` → `closed`), kept in core's `ConnectionStateCell`, which reports each change. A
+ * lost connection is re-established with core's backoff (full jitter), forever, until
+ * {@link shutdown}.
  */
 export class Connection {
   /** Core's redacting logger once {@link start} ran. */

@@ -181,9 +181,13 @@ export class RabbitSubscription implements TransportSubscription {
       key: undefined,
       done: (granted) => {
         link.waiting.delete(waiter);
-        if (granted) this.dispatch(link, msg);
+        if (granted && !this.stopped) {
+          this.dispatch(link, msg);
+          return;
+        }
+        if (granted) this.gate.release();
         // Stopped: give it back, as onMessage does. Channel closed: RabbitMQ redelivers it.
-        else if (this.link === link) safely(() => link.acks.nack(msg));
+        if (this.link === link) safely(() => link.acks.nack(msg));
       },
     };
     link.waiting.add(waiter);
