@@ -425,38 +425,59 @@ export function rabbitmqSpecificTests(url: string, registry: TransportRegistry):
       const ns = namespace();
       const started = Date.now();
       const b = await bus(ns, { deliveryLimit: 2 });
-      // The group's queues stay bound after its only member left.
-      await (await b.subscribe(Ping, { group: 'g' }, () => {})).close();
-      const { id } = await b.publish(Ping, { n: 1 });
       const topic = b.topicOf(Ping);
       const queue = `${topic}:g`;
+      // One message fails once and is retried through the 1 s delay queue, which dead-letters it
+      // back into the group queue (`expired`: its first death); its member leaves meanwhile.
+      const spy = new OutcomeSpy(b);
+      const sub = await b.subscribe(
+        Ping,
+        { group: 'g', retry: { maxAttempts: 9, backoff: { initialMs: 1000, maxMs: 1000, minMs: 1000, jitter: 'none' } } },
+        () => {
+          throw new Error('fails once, then its member leaves');
+        },
+      );
+      const { id: retried } = await b.publish(Ping, { n: 2 });
+      await spy.waitFor(retried, { status: 'retried', timeoutMs: T });
+      await sub.close();
+      spy.dispose();
+      const { id } = await b.publish(Ping, { n: 1 });
       const conn = await connect(url);
       try {
         // A consumer that never settles: every requeue counts as a redelivery, and after the
-        // third hand-out (limit 2) RabbitMQ moves the message to the group's dead-letter queue.
+        // third hand-out (limit 2) RabbitMQ moves a message to the group's dead-letter queue.
         const crashing = await conn.createChannel();
-        let handedOut = 0;
+        const handedOut = new Map<string, number>();
         await crashing.consume(queue, (m) => {
           if (!m) return;
-          handedOut++;
+          const mid = String(m.properties.messageId);
+          handedOut.set(mid, (handedOut.get(mid) ?? 0) + 1);
           crashing.nack(m, false, true);
         });
         const watch = await conn.createChannel();
-        await watch.prefetch(1);
-        const arrived = new Promise<ConsumeMessage>((resolve) => {
-          void watch.consume(`${queue}:dlq`, (m) => m && resolve(m));
+        await watch.prefetch(2);
+        const dead: ConsumeMessage[] = [];
+        const arrived = until<void>('the broker to dead-letter both messages', T, (done) => {
+          void watch.consume(`${queue}:dlq`, (m) => {
+            if (m) dead.push(m);
+            if (dead.length === 2) done();
+          });
         });
-        const raw = await withTimeout(() => arrived, { ms: T, label: 'the broker to dead-letter the message' });
-        expect(raw.properties.headers?.['x-first-death-reason']).toBe('delivery_limit');
-        await watch.close(); // the unacknowledged dead letter goes back to its queue
+        await arrived;
+        const byId = new Map(dead.map((m) => [String(m.properties.messageId), m.properties.headers ?? {}]));
+        expect(byId.get(id)?.['x-first-death-reason']).toBe('delivery_limit');
+        expect(byId.get(retried)?.['x-first-death-reason']).toBe('expired');
+        await watch.close(); // the unacknowledged dead letters go back to their queue
         await crashing.close();
-        expect(handedOut).toBe(3);
+        expect(Object.fromEntries(handedOut)).toEqual({ [id]: 3, [retried]: 3 });
         // A message in the dead-letter queue that neither core nor RabbitMQ dead-lettered.
-        const foreign = `${ns}-foreign`;
         const ch = await conn.createConfirmChannel();
         await new Promise<void>((resolve, reject) =>
-          ch.sendToQueue(`${queue}:dlq`, Buffer.from('{"n":2}'), bindingProperties(outgoing(topic, foreign).headers), (e: unknown) =>
-            e ? reject(e) : resolve(),
+          ch.sendToQueue(
+            `${queue}:dlq`,
+            Buffer.from('{"n":3}'),
+            bindingProperties(outgoing(topic, `${ns}-foreign`).headers),
+            (e: unknown) => (e ? reject(e) : resolve()),
           ),
         );
         await ch.close();
@@ -465,17 +486,24 @@ export function rabbitmqSpecificTests(url: string, registry: TransportRegistry):
       }
 
       const listed = await b.deadLetters(Ping, 'g').list();
-      expect(listed.map((v) => v.id)).toEqual([id, `${ns}-foreign`]);
-      const [broker, unknown] = listed as [DeadLetterView, DeadLetterView];
-      expect(broker).toMatchObject({ attempts: 3, origin: topic, position: queue, group: 'g' });
-      expect(broker.reason.kind).toBe('broker-dead-lettered');
-      expect(broker.error).toContain(`from ${queue} (delivery_limit)`);
-      // RabbitMQ records the time in whole seconds.
-      const at = Date.parse(broker.firstFailure);
-      expect(at).toBeGreaterThanOrEqual(Math.floor(started / 1000) * 1000);
-      expect(at).toBeLessThanOrEqual(Date.now());
-      expect(broker.lastFailure).toBe(broker.firstFailure);
-      expect(unknown.reason.kind).toBe('unknown');
+      expect(listed.map((v) => v.id).sort()).toEqual([id, retried, `${ns}-foreign`].sort());
+      const view = (which: string) => listed.find((v) => v.id === which) as DeadLetterView;
+      // The retried copy carried attempt 2: 2 + the limit's 2 redeliveries.
+      for (const [which, attempts] of [
+        [id, 3],
+        [retried, 4],
+      ] as const) {
+        const v = view(which);
+        expect(v).toMatchObject({ attempts, origin: topic, position: queue, group: 'g' });
+        expect(v.reason.kind).toBe('broker-dead-lettered');
+        expect(v.error).toContain(`from ${queue} (delivery_limit)`);
+        // RabbitMQ records the time in whole seconds.
+        const at = Date.parse(v.firstFailure);
+        expect(at).toBeGreaterThanOrEqual(Math.floor(started / 1000) * 1000);
+        expect(at).toBeLessThanOrEqual(Date.now());
+        expect(v.lastFailure).toBe(v.firstFailure);
+      }
+      expect(view(`${ns}-foreign`).reason.kind).toBe('unknown');
 
       // Replayed, it is a fresh first attempt for the group.
       const handled = new Promise<{ n: number; attempt: number }>((resolve) => {
