@@ -104,10 +104,17 @@ function topologyError(what: string, error: unknown): Error {
  * Declares (or, in verify mode, checks) exchanges and queues, and remembers what is ready on the
  * current connection so that each object is declared once per connection. What was declared is
  * forgotten on reconnect and on channel errors (an object deleted under us is declared again).
+ *
+ * Concurrent requests for one object share one declaration. Not only to save channels: RabbitMQ
+ * (seen on 3.10) can answer a second, concurrent `queue.declare` of a new quorum queue before the
+ * queue has started, and a publish routed to it right after that answer is nacked — which is how
+ * the first retries of a group, declaring the same delay queue at once, failed now and then.
  */
 export class Topology {
   /** `e:<exchange>` / `q:<queue>` declared or verified on the current connection. */
   private ready = new Set<string>();
+  /** Declarations under way on the current connection, by the same keys. */
+  private declaring = new Map<string, Promise<void>>();
   private readonly declaredExchanges = new Set<string>();
   private readonly declaredQueues = new Set<string>();
 
@@ -126,6 +133,7 @@ export class Topology {
   /** Forgets everything declared on the current connection: the next use declares again. */
   forgetAll(): void {
     this.ready = new Set();
+    this.declaring = new Map();
   }
 
   /** Whether the exchange of `topic` was declared on the current connection. */
@@ -147,49 +155,74 @@ export class Topology {
     return checkBrokerName(name, this.caps, what);
   }
 
+  /**
+   * Runs `declare` for `key` unless it is ready or already being declared (then joins that
+   * declaration). Marks `key` ready on success — in the record of the connection it started on, so
+   * a declaration that outlives its connection marks nothing on the next one.
+   */
+  private once(key: string, declare: () => Promise<void>): Promise<void> {
+    if (this.ready.has(key)) return Promise.resolve();
+    const pending = this.declaring.get(key);
+    if (pending !== undefined) return pending;
+    const ready = this.ready;
+    const declaring = this.declaring;
+    const run = declare().then(
+      () => {
+        ready.add(key);
+        if (declaring.get(key) === run) declaring.delete(key);
+      },
+      (error: unknown) => {
+        if (declaring.get(key) === run) declaring.delete(key);
+        throw error;
+      },
+    );
+    declaring.set(key, run);
+    return run;
+  }
+
   /** Declares (or verifies) the exchange of `topic`. Cached per connection. */
   async ensureExchange(topic: string): Promise<void> {
     const key = `e:${topic}`;
     if (this.ready.has(key)) return;
     this.checkName(topic, 'RabbitMQ exchange name');
-    await this.withChannel(async (ch) => {
-      try {
-        if (this.options.topology === 'verify') await ch.checkExchange(topic);
-        else {
-          await ch.assertExchange(topic, EXCHANGE_TYPE, { durable: true });
-          this.declaredExchanges.add(topic);
+    await this.once(key, () =>
+      this.withChannel(async (ch) => {
+        try {
+          if (this.options.topology === 'verify') await ch.checkExchange(topic);
+          else {
+            await ch.assertExchange(topic, EXCHANGE_TYPE, { durable: true });
+            this.declaredExchanges.add(topic);
+          }
+        } catch (error) {
+          throw topologyError(`exchange "${topic}"`, error);
         }
-      } catch (error) {
-        throw topologyError(`exchange "${topic}"`, error);
-      }
-    });
-    this.ready.add(key);
+      }),
+    );
   }
 
   /**
    * Declares (or verifies) a queue with `args`. In verify mode the queue must exist
    * (`checkQueue`), and re-asserting it with the expected arguments must not fail with 406.
    */
-  private async ensureQueue(queue: string, args: Args, bindTo?: string): Promise<void> {
-    const key = `q:${queue}`;
-    if (this.ready.has(key)) return;
-    await this.withChannel(async (ch) => {
-      try {
-        if (this.options.topology === 'verify') await ch.checkQueue(queue);
-        await ch.assertQueue(queue, { durable: true, arguments: args });
-        if (this.options.topology === 'declare') this.declaredQueues.add(queue);
-      } catch (error) {
-        throw topologyError(`queue "${queue}"`, error);
-      }
-      if (bindTo !== undefined && this.options.topology === 'declare') {
+  private ensureQueue(queue: string, args: Args, bindTo?: string): Promise<void> {
+    return this.once(`q:${queue}`, () =>
+      this.withChannel(async (ch) => {
         try {
-          await ch.bindQueue(queue, bindTo, BINDING_KEY);
+          if (this.options.topology === 'verify') await ch.checkQueue(queue);
+          await ch.assertQueue(queue, { durable: true, arguments: args });
+          if (this.options.topology === 'declare') this.declaredQueues.add(queue);
         } catch (error) {
-          throw topologyError(`binding of "${queue}" to "${bindTo}"`, error);
+          throw topologyError(`queue "${queue}"`, error);
         }
-      }
-    });
-    this.ready.add(key);
+        if (bindTo !== undefined && this.options.topology === 'declare') {
+          try {
+            await ch.bindQueue(queue, bindTo, BINDING_KEY);
+          } catch (error) {
+            throw topologyError(`binding of "${queue}" to "${bindTo}"`, error);
+          }
+        }
+      }),
+    );
   }
 
   /** The names of a group, each checked against RabbitMQ's limits. @throws ConfigError */
