@@ -9,20 +9,18 @@ import {
   BrokerUnavailableError,
   type BusOptions,
   type DeadLetterView,
-  type Delivery,
   defineEvent,
   EventBus,
   HeaderNames,
   isBusError,
   OutcomeSpy,
-  type OutgoingMessage,
   PublishRejectedError,
-  type SubscriptionSpec,
   silentLogger,
   TimeoutError,
   TopologyError,
   withTimeout,
 } from '@busbar/core';
+import type { Delivery, OutgoingMessage, SubscriptionSpec } from '@busbar/core/transport';
 import type { RabbitMqOptions } from '@busbar/rabbitmq';
 import { type ConsumeMessage, connect } from 'amqplib';
 import { afterEach, describe, expect, it } from 'vitest';
