@@ -1,4 +1,5 @@
-import { type BackoffOptions, ConfigError, readBusbarEnv, redact } from '@busbar/core';
+import { readBusbarEnv } from '@busbar/core';
+import { type BackoffOptions, ConfigError, redact } from '@busbar/core/transport';
 import type { SocketOptions } from 'amqplib';
 
 /** Reconnection policy after a lost connection (or a failed first connect). */

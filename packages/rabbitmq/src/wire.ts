@@ -15,7 +15,7 @@
  * raw `ce_<attr>` headers written by Kafka-binding producers. Broker-owned headers (`x-death`,
  * `x-delivery-count`, `x-first-death-*`, `x-last-death-*`) are not handed to core.
  */
-import { Headers, RESERVED_HEADER_PREFIX } from '@busbar/core';
+import { HeaderNames, RESERVED_HEADER_PREFIX } from '@busbar/core/transport';
 
 /** Prefix of CloudEvents attributes in AMQP application properties (binding v1.0.2+). */
 export const AMQP_CE_PREFIX = 'cloudEvents_';
@@ -60,11 +60,11 @@ export function toAmqp(headers: Readonly<Record<string, string>>): AmqpHeaders {
   for (const k in headers) {
     if (!Object.hasOwn(headers, k)) continue;
     const v = headers[k] as string;
-    if (k === Headers.contentType) contentType = v;
+    if (k === HeaderNames.contentType) contentType = v;
     else if (k.startsWith(RESERVED_HEADER_PREFIX)) out[amqpName(k)] = v;
     else out[k] = v;
   }
-  return { headers: out, contentType, messageId: headers[Headers.id] };
+  return { headers: out, contentType, messageId: headers[HeaderNames.id] };
 }
 
 /** Header tables kept for reuse by {@link PublishHeaderTables} (distinct sets of header names). */
@@ -99,7 +99,7 @@ export class PublishHeaderTables {
     for (const k in headers) {
       if (!Object.hasOwn(headers, k)) continue;
       const v = headers[k] as string;
-      if (k === Headers.contentType) {
+      if (k === HeaderNames.contentType) {
         contentType = v;
         continue;
       }
@@ -108,7 +108,7 @@ export class PublishHeaderTables {
       n++;
     }
     this.contentType = contentType;
-    this.messageId = headers[Headers.id];
+    this.messageId = headers[HeaderNames.id];
     const tables = this.tables;
     search: for (let t = 0; t < tables.length; t++) {
       const known = tables[t] as { readonly names: readonly string[]; readonly table: Record<string, string> };
@@ -163,7 +163,7 @@ export function fromAmqp(headers: Readonly<Record<string, unknown>> | undefined,
       else if (k.startsWith(AMQP_CE_PREFIX_LEGACY)) {
         legacy ??= {};
         legacy[RESERVED_HEADER_PREFIX + k.slice(AMQP_CE_PREFIX_LEGACY.length)] = v;
-      } else if (k.startsWith(RESERVED_HEADER_PREFIX) || k === Headers.contentType) {
+      } else if (k.startsWith(RESERVED_HEADER_PREFIX) || k === HeaderNames.contentType) {
         raw ??= {};
         raw[k] = v;
       } else if (!BROKER_HEADER.test(k)) {
@@ -176,19 +176,16 @@ export function fromAmqp(headers: Readonly<Record<string, unknown>> | undefined,
     fill(out, user);
   }
   const ct = headerString(contentType);
-  if (ct !== undefined) out[Headers.contentType] = ct;
+  if (ct !== undefined) out[HeaderNames.contentType] = ct;
   return out;
 }
 
-/** The `x-delivery-count` a quorum queue adds on redelivery (0 when absent). */
+/**
+ * The `x-delivery-count` a quorum queue adds on redelivery: how many times it handed this copy out
+ * before (0 when absent) — the delivery's `redeliveries`.
+ */
 export function deliveryCount(headers: Readonly<Record<string, unknown>> | undefined): number {
   const v = headers?.['x-delivery-count'];
   const n = typeof v === 'number' ? v : typeof v === 'string' ? Number(v) : Number.NaN;
   return Number.isInteger(n) && n > 0 ? n : 0;
-}
-
-/** The attempt carried in `ce_busbarattempt` (1 when absent or invalid). */
-export function headerAttempt(headers: Readonly<Record<string, string>>): number {
-  const n = Number(headers[Headers.attempt]);
-  return Number.isInteger(n) && n >= 1 ? n : 1;
 }
