@@ -4,8 +4,8 @@
  * attempt carried across a restart), and the opt-in `acked` retention.
  */
 import { randomUUID } from 'node:crypto';
-import { defineEvent, EventBus, LeaseLostError, OutcomeSpy, type OutgoingMessage, PublishRejectedError, silentLogger } from '@busbar/core';
-import type { Delivery } from '@busbar/core/transport';
+import { defineEvent, EventBus, LeaseLostError, OutcomeSpy, PublishRejectedError, silentLogger } from '@busbar/core';
+import type { Delivery, OutgoingMessage } from '@busbar/core/transport';
 import { MemoryBroker, MemoryTransport } from '@busbar/memory';
 import { RedisIdempotencyStore, RedisStreamsTransport } from '@busbar/redis-streams';
 import { type ChainableCommander, Redis } from 'ioredis';

@@ -12,7 +12,6 @@ export type { BusEvents, DeliveryInfo, DeliveryOutcome } from './bus-events.js';
 export type { DeadLetterQueue, DeadLetterView, ReplayOptions } from './dead-letters.js';
 export type { Handler, HandlerContext } from './delivery/context.js';
 export type { Subscription } from './delivery/subscription.js';
-export * from './deprecated.js';
 export * from './env.js';
 export * from './envelope.js';
 export * from './errors.js';

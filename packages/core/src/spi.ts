@@ -85,16 +85,8 @@ export interface Delivery extends WireMessage {
    *
    * Core computes the attempt number as `HeaderNames.attempt` (1 when absent or invalid) +
    * `redeliveries`; a transport never parses or computes attempt numbers.
-   *
-   * Optional only while the transports migrate: a delivery that has neither this nor
-   * {@link Delivery.attempt} counts as 0 redeliveries.
    */
-  readonly redeliveries?: number;
-  /**
-   * @deprecated Transports report {@link Delivery.redeliveries}; core computes the attempt. Still
-   * honoured (as the attempt number, 1-based) when a transport sets it and no `redeliveries`.
-   */
-  readonly attempt?: number;
+  readonly redeliveries: number;
   /** Human-readable broker position (partition/offset, stream entry id, delivery tag …). */
   readonly position: string;
   /** The partition / ordering key, if the broker has one. */

@@ -9,7 +9,6 @@ import {
   CircuitOpenError,
   defineEvent,
   EventBus,
-  type OutgoingMessage,
   PayloadTooLargeError,
   PublishRejectedError,
   PublishTimeoutError,
@@ -17,6 +16,7 @@ import {
   type TransportCapabilities,
   ValidationError,
 } from '../src/index.js';
+import type { OutgoingMessage } from '../src/transport/index.js';
 import { basicCapabilities } from './fixtures.js';
 
 const Ping = defineEvent({ type: 'ping', schema: z.object({ n: z.number() }) });

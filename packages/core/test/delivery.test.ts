@@ -8,7 +8,6 @@ import { z } from 'zod';
 import {
   CapabilityError,
   ConfigError,
-  type Delivery,
   type DeliveryInfo,
   type DeliveryOutcome,
   decodeMessage,
@@ -18,11 +17,10 @@ import {
   type HandlerContext,
   Headers,
   MemoryIdempotencyStore,
-  type OutgoingMessage,
   PublishTimeoutError,
   type Transport,
 } from '../src/index.js';
-import { encode } from '../src/transport/index.js';
+import { type Delivery, encode, type OutgoingMessage } from '../src/transport/index.js';
 import { basicCapabilities } from './fixtures.js';
 
 const Ping = defineEvent({ type: 'ping', schema: z.object({ n: z.number() }) });
@@ -66,7 +64,7 @@ class HandTransport implements Transport {
       this.onDelivery?.({
         headers: m.headers,
         body: m.body,
-        attempt: 1,
+        redeliveries: 0,
         position: 'p@1',
         ack: settle('ack'),
         retry: settle('retry'),
@@ -215,7 +213,7 @@ describe.each(MODES)('EventBus delivery path ($path path)', ({ extra }) => {
     t.onDelivery?.({
       headers: m.headers,
       body: m.body,
-      attempt: 1,
+      redeliveries: 0,
       position: 'p@1',
       ack: async () => {
         refused.resolve();
@@ -255,7 +253,7 @@ describe.each(MODES)('EventBus delivery path ($path path)', ({ extra }) => {
           t.onDelivery?.({
             headers: m.headers,
             body: m.body,
-            attempt: 1,
+            redeliveries: 0,
             position: 'p@1',
             ack: async () => resolve(),
             retry: async () => {},
@@ -314,7 +312,7 @@ describe.each(MODES)('EventBus delivery path ($path path)', ({ extra }) => {
         t.onDelivery?.({
           headers: m.headers,
           body: m.body,
-          attempt: 1,
+          redeliveries: 0,
           position: `p@${n}`,
           ack: settle('ack'),
           retry: settle('retry'),

@@ -72,7 +72,7 @@ class ScriptedTransport implements Transport {
    */
   deliver(
     bus: EventBus,
-    fields: { id?: string; headers?: Record<string, string>; redeliveries?: number; attempt?: number },
+    fields: { id?: string; headers?: Record<string, string>; redeliveries?: number },
     settleWith: (call: Call) => Promise<void> = async () => {},
   ): Call[] {
     const m = encoded(bus, fields.id ?? 'm1');
@@ -84,8 +84,7 @@ class ScriptedTransport implements Transport {
     const d: Delivery = {
       headers: { ...m.headers, ...fields.headers },
       body: m.body,
-      ...(fields.redeliveries === undefined ? {} : { redeliveries: fields.redeliveries }),
-      ...(fields.attempt === undefined ? {} : { attempt: fields.attempt }),
+      redeliveries: fields.redeliveries ?? 0,
       position: 'p@1',
       ack: () => record({ how: 'ack' }),
       retry: (delayMs, headers) => record({ how: 'retry', delayMs, headers }),
@@ -118,14 +117,6 @@ describe('attempt numbers (core computes them)', () => {
     expect(attemptOf({ headers: { [H.attempt]: '2' }, redeliveries: 3 })).toBe(5);
     expect(attemptOf({ headers: { [H.attempt]: '2' }, redeliveries: -1 })).toBe(2);
     expect(attemptOf({ headers: { [H.attempt]: '2' }, redeliveries: 0.5 })).toBe(2);
-  });
-
-  it('takes a transport not migrated yet (attempt, no redeliveries) at its word', () => {
-    expect(attemptOf({ headers: { [H.attempt]: '2' }, attempt: 4 })).toBe(4);
-    expect(attemptOf({ headers: { [H.attempt]: '2' } })).toBe(2);
-    expect(attemptOf({ headers: { [H.attempt]: '2' }, attempt: 0 })).toBe(2);
-    // redeliveries wins over the deprecated attempt
-    expect(attemptOf({ headers: { [H.attempt]: '2' }, attempt: 9, redeliveries: 1 })).toBe(3);
   });
 });
 
@@ -249,10 +240,6 @@ describe('EventBus delivery lifecycle', () => {
     expect(Object.keys(call?.headers ?? {}).sort()).toEqual(
       [...Object.keys(encoded(bus, 'm1').headers), 'x-user', H.attempt, H.firstFailure].sort(),
     );
-    // A transport not migrated yet: its attempt is used as is.
-    const [legacy] = await settled(t.deliver(bus, { id: 'm2', attempt: 7 }));
-    expect(attempts).toEqual([3, 7]);
-    expect(legacy?.headers?.[H.attempt]).toBe('8');
   });
 
   it('hands the transport complete dead-letter headers at the last attempt', async () => {

@@ -15,16 +15,9 @@ export function headerAttempt(headers: Readonly<Record<string, string>>): number
 
 /**
  * The 1-based attempt number of `delivery`: the `ce_busbarattempt` header (1 when absent or
- * invalid) plus the broker's `redeliveries` (0 when absent, negative or not an integer). A
- * transport not migrated yet that sets the deprecated `attempt` and no `redeliveries` is taken at
- * its word.
+ * invalid) plus the broker's `redeliveries` (counted as 0 when negative or not an integer).
  */
-export function attemptOf(delivery: Pick<Delivery, 'headers' | 'redeliveries' | 'attempt'>): number {
+export function attemptOf(delivery: Pick<Delivery, 'headers' | 'redeliveries'>): number {
   const redeliveries = delivery.redeliveries;
-  if (redeliveries === undefined) {
-    const legacy = delivery.attempt;
-    if (legacy !== undefined && Number.isInteger(legacy) && legacy >= 1) return legacy;
-    return headerAttempt(delivery.headers);
-  }
   return headerAttempt(delivery.headers) + (Number.isInteger(redeliveries) && redeliveries > 0 ? redeliveries : 0);
 }
