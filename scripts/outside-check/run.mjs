@@ -167,6 +167,10 @@ for (const p of PACKAGES) {
       packed[p],
       '--ignore-rules',
       'cjs-resolves-to-esm',
+      // node16 profile: TypeScript's legacy `node10` resolution (no `exports`, so no subpaths such
+      // as `@busbar/core/transport`) cannot load packages that need Node >= 22.12 anyway.
+      '--profile',
+      'node16',
       '--format',
       'ascii',
       '--no-color',
