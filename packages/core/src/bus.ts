@@ -93,9 +93,12 @@ export class EventBus {
               if (options.breaker) options.breaker.onStateChange?.(s);
             },
           });
+    const watch = new ConnectionWatch(transport);
+    this.#watch = watch;
     const batcher = new PublishBatcher({
       transport,
       breaker: this.#breaker,
+      refuse: () => (watch.usable ? undefined : watch.refusal('publish not sent')),
       maxPending: positive(options.maxPendingPublishes ?? 10_000, 'maxPendingPublishes'),
       overflow: options.publishOverflow ?? 'wait',
       ...options.batching,
@@ -106,8 +109,6 @@ export class EventBus {
         }
       },
     });
-    const watch = new ConnectionWatch(transport);
-    this.#watch = watch;
     this.#connecting = transport
       .connect({
         logger,
@@ -125,7 +126,7 @@ export class EventBus {
     watch.follow(this.#connecting);
     // Avoid an unhandled rejection when nobody awaits `ready()`; errors surface on use.
     this.#connecting.catch(() => {});
-    this.#publisher = new Publisher(this.#encoder, batcher, this.#breaker, this.#connecting, publishTimeoutMs);
+    this.#publisher = new Publisher(this.#encoder, batcher, this.#breaker, watch, publishTimeoutMs);
     registerPublisher(this, this.#publisher);
     this.#host = Object.freeze({
       transport,
@@ -219,7 +220,12 @@ export class EventBus {
     const maxAttempts = retry.maxAttempts ?? 5;
     if (!Number.isInteger(maxAttempts) || maxAttempts < 1) throw new ConfigError(`retry.maxAttempts must be an integer ≥ 1`);
     if (options.signal?.aborted) throw new BusClosedError('the subscription signal is already aborted');
-    await this.#connecting;
+    if (this.#watch.state === 'failed') throw this.#watch.refusal(`subscribe of group ${options.group}`);
+    try {
+      await this.#connecting;
+    } catch (error) {
+      throw this.#watch.wrap(error, 'failed to connect');
+    }
     const sub = new SubscriptionImpl(this.#host, event, options, handler as Handler<EventDefinition>, {
       topic: this.topicOf(event),
       concurrency,
@@ -229,7 +235,13 @@ export class EventBus {
       ordering,
       startFrom,
     });
-    await sub.start();
+    try {
+      await sub.start();
+    } catch (error) {
+      // Every error of a public method is a BusError: a raw client error (the link dropped during
+      // the broker's consume call …) is wrapped as a retryable BrokerUnavailableError with `cause`.
+      throw this.#watch.wrap(error, `could not subscribe group ${options.group}`);
+    }
     this.#subscriptions.add(sub);
     void sub.closed.then(() => this.#subscriptions.delete(sub));
     if (this.#state !== 'open') {

@@ -28,13 +28,15 @@ export function endpointOf(transport: Transport): string {
 /** Watches one transport's connection for the bus. */
 export class ConnectionWatch {
   readonly #transport: Transport;
-  /** Re-checks of pending `ready()` calls, run on every reported change. */
+  /** Re-checks of pending waits (`ready()`, publishes during the first connect), run on every change. */
   readonly #waiters = new Set<() => void>();
   /** `transport.connect()` resolved. */
   #connected = false;
   /** `transport.connect()` rejected with this (already a `BusError`). */
   #connectError: BusError | undefined;
   #closed = false;
+  /** The state of the last `connection` event; until one arrives, `health()` is asked. */
+  #eventState: ConnectionState | undefined;
   /** When the bus saw the state change last (for a transport whose health lacks `since`). */
   #since = Date.now();
   #lastState: ConnectionState | undefined;
@@ -46,6 +48,26 @@ export class ConnectionWatch {
   /** Where the transport connects (redacted). */
   get endpoint(): string {
     return endpointOf(this.#transport);
+  }
+
+  /** The transport's current state (cheap once it reported a change). */
+  get state(): ConnectionState {
+    return this.#eventState ?? this.#transport.health().state;
+  }
+
+  /** `connect()` resolved and the state is `'connected'`: hand work to the transport. */
+  get usable(): boolean {
+    return this.#connected && this.state === 'connected';
+  }
+
+  /**
+   * Still making its first connection — `connect()` not settled, or the state `'connecting'` —
+   * so work may wait for it (within its own timeout) rather than fail at once.
+   */
+  get firstConnecting(): boolean {
+    if (this.#connectError !== undefined || this.#closed) return false;
+    const state = this.state;
+    return state === 'connecting' || (!this.#connected && (state === 'disconnected' || state === 'connected'));
   }
 
   /** Follows `transport.connect()`'s promise. */
@@ -63,7 +85,8 @@ export class ConnectionWatch {
   }
 
   /** A `connection` event of the transport (called synchronously, before listeners hear of it). */
-  onEvent(_event: TransportEvent): void {
+  onEvent(event: TransportEvent): void {
+    this.#eventState = event.state;
     this.#notify();
   }
 
@@ -80,13 +103,16 @@ export class ConnectionWatch {
   }
 
   /**
-   * The error of an operation refused because the transport is not connected, or `undefined` while
-   * it is. `'failed'`: its final cause; otherwise a `BrokerUnavailableError` naming the transport,
-   * the endpoint, the state and the last cause.
+   * Why work described by `what` (e.g. `publish of <id> not sent`) cannot be handed to the
+   * transport now, or `undefined` while it can: `connect()`'s error; in `'failed'` the final cause;
+   * otherwise a `BrokerUnavailableError` naming the transport, the endpoint, the state and the last
+   * cause (with it as `cause`).
    */
-  unavailable(what: string): BusError | undefined {
+  refusal(what: string): BusError | undefined {
+    if (this.usable) return undefined;
+    if (this.#connectError) return this.#connectError;
+    if (this.#closed) return new BusClosedError();
     const h = this.health();
-    if (h.state === 'connected') return undefined;
     if (h.state === 'failed' && h.cause) return h.cause;
     return this.unavailableError(`${what}: ${this.#transport.name} at ${this.endpoint} is ${h.state}`, h.cause);
   }
@@ -108,36 +134,35 @@ export class ConnectionWatch {
     if (typeof timeoutMs !== 'number' || !Number.isFinite(timeoutMs) || timeoutMs < 0) {
       return Promise.reject(new ConfigError(`ready(): timeoutMs must be a number ≥ 0 (ms), got ${String(timeoutMs)}`));
     }
-    return new Promise<void>((resolve, reject) => {
-      let timer: NodeJS.Timeout | undefined;
-      const finish = (error?: Error): void => {
-        this.#waiters.delete(check);
-        if (timer) clearTimeout(timer);
-        if (error) reject(error);
-        else resolve();
-      };
-      const check = (): void => {
-        const error = this.#verdict();
-        if (error !== undefined) finish(error === true ? undefined : error);
-      };
-      this.#waiters.add(check);
-      check();
-      if (!this.#waiters.has(check)) return;
-      // Ref'd while someone waits (a process awaiting ready() must reach its verdict), cleared when settled.
-      timer = setTimeout(() => {
-        const h = this.health();
-        finish(
-          this.unavailableError(
-            `${this.#transport.name} at ${this.endpoint} did not connect within ${timeoutMs} ms (state ${h.state})`,
-            h.cause,
-          ),
-        );
-      }, timeoutMs);
-    });
+    return this.#wait(
+      () => this.#readiness(),
+      timeoutMs,
+      () => `${this.#transport.name} at ${this.endpoint} did not connect within ${timeoutMs} ms`,
+    );
+  }
+
+  /**
+   * Resolves once work may be handed to the transport, waiting (at most `timeoutMs`) only while the
+   * first connection is being made; rejects with {@link refusal}`(what)` as soon as the transport is
+   * anywhere else (reconnecting, disconnected, failed, closed), or with a `BrokerUnavailableError`
+   * once `timeoutMs` passed.
+   */
+  whenUsable(what: string, timeoutMs: number): Promise<void> {
+    return this.#wait(
+      () => (this.usable ? true : this.firstConnecting ? undefined : this.refusal(what)),
+      timeoutMs,
+      () => `${what}: ${this.#transport.name} at ${this.endpoint} did not connect within ${timeoutMs} ms`,
+    );
+  }
+
+  /** Rejects every pending wait with `BusClosedError`. */
+  close(): void {
+    this.#closed = true;
+    this.#notify();
   }
 
   /** `true`: ready; an error: `ready()` rejects with it; `undefined`: keep waiting. */
-  #verdict(): Error | true | undefined {
+  #readiness(): Error | true | undefined {
     if (this.#closed) return new BusClosedError();
     if (this.#connectError) return this.#connectError;
     const h = this.health();
@@ -148,10 +173,32 @@ export class ConnectionWatch {
     return undefined;
   }
 
-  /** Rejects every pending `ready()` with `BusClosedError`. */
-  close(): void {
-    this.#closed = true;
-    this.#notify();
+  /**
+   * Waits until `verdict` says `true` (resolve) or an error (reject), re-asked on every change;
+   * after `timeoutMs`, rejects with `BrokerUnavailableError(timedOut() (state …); last error: …)`.
+   * The timer is ref'd while it waits (a process awaiting a verdict must reach it) and cleared when
+   * settled; closing the watch settles every wait.
+   */
+  #wait(verdict: () => Error | true | undefined, timeoutMs: number, timedOut: () => string): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      const check = (): void => {
+        const v = this.#closed ? new BusClosedError() : verdict();
+        if (v === undefined) return;
+        this.#waiters.delete(check);
+        if (timer) clearTimeout(timer);
+        if (v === true) resolve();
+        else reject(v);
+      };
+      this.#waiters.add(check);
+      check();
+      if (!this.#waiters.has(check)) return;
+      timer = setTimeout(() => {
+        this.#waiters.delete(check);
+        const h = this.health();
+        reject(this.unavailableError(`${timedOut()} (state ${h.state})`, h.cause));
+      }, timeoutMs);
+    });
   }
 
   #notify(): void {

@@ -2,19 +2,24 @@
 // `'connected'`, rejects at once on `'failed'`, and after `timeoutMs` with a
 // `BrokerUnavailableError` naming the transport, its endpoint and the last cause.
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import { z } from 'zod';
 import {
   AuthenticationError,
   BrokerUnavailableError,
   BusClosedError,
+  CircuitOpenError,
   ConfigError,
   DEFAULT_READY_TIMEOUT_MS,
+  defineEvent,
   EventBus,
+  PublishTimeoutError,
   type TransportHealth,
 } from '../src/index.js';
 import { ConnectionStateCell, type OutgoingMessage, type Transport, type TransportContext } from '../src/transport/index.js';
 import { basicCapabilities } from './fixtures.js';
 
 const ENDPOINT = 'amqp://guest:***@127.0.0.1:5999';
+const Ping = defineEvent({ type: 'ping', schema: z.object({ n: z.number() }) });
 
 /** A transport whose connection state the test drives through a kit `ConnectionStateCell`. */
 class ScriptedConnection implements Transport {
@@ -23,15 +28,23 @@ class ScriptedConnection implements Transport {
   readonly capabilities = basicCapabilities;
   readonly cell = new ConnectionStateCell();
   connectWith: () => Promise<void> = async () => {};
+  /** Messages handed to `publish`. */
+  readonly published: OutgoingMessage[] = [];
+  /** Set: `publish` waits for it (or for its signal). */
+  hold: Promise<void> | undefined;
+  subscribeWith: () => Promise<void> = async () => {};
   async connect(context: TransportContext) {
     this.cell.attach(context);
     this.cell.set('connecting');
     await this.connectWith();
   }
   async publish(batch: readonly OutgoingMessage[]) {
+    this.published.push(...batch);
+    if (this.hold) await this.hold;
     return batch.map(() => ({ ok: true as const }));
   }
   async subscribe() {
+    await this.subscribeWith();
     return { stop: async () => {}, close: async () => {} };
   }
   async processDeadLetters() {
@@ -57,8 +70,8 @@ async function outcome(p: Promise<unknown>): Promise<{ ok: boolean; error?: unkn
 }
 
 const buses: EventBus[] = [];
-function busOn(transport: Transport): EventBus {
-  const bus = new EventBus({ transport, breaker: false });
+function busOn(transport: Transport, options: Partial<ConstructorParameters<typeof EventBus>[0]> = {}): EventBus {
+  const bus = new EventBus({ transport, breaker: false, ...options });
   buses.push(bus);
   return bus;
 }
@@ -233,5 +246,144 @@ describe('bus.ready()', () => {
     expect(h).toMatchObject({ state: 'reconnecting', detail: 'ECONNRESET' });
     expect(typeof h.since).toBe('number');
     expect(h.cause).toBeInstanceOf(BrokerUnavailableError);
+  });
+});
+
+describe('publishing while not connected (issue 14, points 1 and 7)', () => {
+  /** A bus on a transport that connected, then lost its link. */
+  async function disconnected(options: Partial<ConstructorParameters<typeof EventBus>[0]> = {}) {
+    const t = new ScriptedConnection();
+    const bus = busOn(t, options);
+    t.cell.set('connected');
+    await bus.ready({ timeoutMs: 1000 });
+    t.cell.set('reconnecting', new BrokerUnavailableError('connect ECONNREFUSED 127.0.0.1:5999'));
+    return { t, bus };
+  }
+
+  it('fails fast with BrokerUnavailableError naming the endpoint and the cause while reconnecting, without opening the breaker', async () => {
+    const states: string[] = [];
+    const { t, bus } = await disconnected({ breaker: { failureThreshold: 2, onStateChange: (s) => states.push(s) } });
+    for (let i = 0; i < 5; i++) {
+      const r = await outcome(bus.publish(Ping, { n: i }, { timeoutMs: 5000 }));
+      expect(r.error).toBeInstanceOf(BrokerUnavailableError);
+      expect(r.ms).toBeLessThan(200);
+      const message = (r.error as Error).message;
+      expect(message).toContain(ENDPOINT);
+      expect(message).toContain('reconnecting');
+      expect(message).toContain('ECONNREFUSED 127.0.0.1:5999');
+      expect((r.error as Error).cause).toBe(t.cell.cause);
+    }
+    expect(t.published).toHaveLength(0);
+    // Not an I/O failure: the breaker stays closed and publishing works again once reconnected.
+    expect(states).toEqual([]);
+    expect(bus.health().breaker).toBe('closed');
+    t.cell.set('connected');
+    await bus.publish(Ping, { n: 9 });
+    expect(t.published).toHaveLength(1);
+  });
+
+  it('fails fast while disconnected too', async () => {
+    const { t, bus } = await disconnected();
+    t.cell.set('disconnected');
+    const r = await outcome(bus.publish(Ping, { n: 1 }));
+    expect(r.error).toBeInstanceOf(BrokerUnavailableError);
+    expect((r.error as Error).message).toContain('disconnected');
+  });
+
+  it('rejects with the final error at once when failed, publish and subscribe alike', async () => {
+    const t = new ScriptedConnection();
+    const bus = busOn(t);
+    await Promise.resolve();
+    const denied = new AuthenticationError('WRONGPASS invalid username-password pair');
+    t.cell.failed(denied);
+    expect((await outcome(bus.publish(Ping, { n: 1 }))).error).toBe(denied);
+    expect((await outcome(bus.subscribe(Ping, { group: 'g' }, async () => {}))).error).toBe(denied);
+    expect(t.published).toHaveLength(0);
+  });
+
+  it('waits during the first connection and sends once connected', async () => {
+    const t = new ScriptedConnection();
+    const bus = busOn(t);
+    const p = bus.publish(Ping, { n: 1 }, { timeoutMs: 5000 });
+    await new Promise((r) => setTimeout(r, 30));
+    expect(t.published).toHaveLength(0);
+    t.cell.set('connected');
+    await p;
+    expect(t.published).toHaveLength(1);
+  });
+
+  it('a publish never handed over during the first connection rejects with BrokerUnavailableError after its timeout, not PublishTimeoutError', async () => {
+    const t = new ScriptedConnection();
+    const bus = busOn(t);
+    const r = await outcome(bus.publish(Ping, { n: 1 }, { timeoutMs: 120 }));
+    expect(r.error).toBeInstanceOf(BrokerUnavailableError);
+    expect(r.error).not.toBeInstanceOf(PublishTimeoutError);
+    expect(r.ms).toBeGreaterThanOrEqual(110);
+    expect((r.error as Error).message).toContain(ENDPOINT);
+    expect((r.error as Error).message).toContain('not sent');
+    expect(t.published).toHaveLength(0);
+  });
+
+  it('a publish waiting for the first connection fails as soon as the attempt fails', async () => {
+    const t = new ScriptedConnection();
+    const bus = busOn(t);
+    const p = outcome(bus.publish(Ping, { n: 1 }, { timeoutMs: 5000 }));
+    await new Promise((r) => setTimeout(r, 20));
+    t.cell.set('reconnecting', 'connect ECONNREFUSED 127.0.0.1:5999');
+    const r = await p;
+    expect(r.error).toBeInstanceOf(BrokerUnavailableError);
+    expect(r.ms).toBeLessThan(1000);
+    expect((r.error as Error).message).toContain('ECONNREFUSED 127.0.0.1:5999');
+  });
+
+  it('publishes queued behind a call in flight fail with BrokerUnavailableError when the link drops, never handed over', async () => {
+    const t = new ScriptedConnection();
+    const bus = busOn(t);
+    t.cell.set('connected');
+    await bus.ready();
+    let release!: () => void;
+    t.hold = new Promise<void>((r) => {
+      release = r;
+    });
+    const first = outcome(bus.publish(Ping, { n: 0 }, { timeoutMs: 5000 }));
+    await new Promise((r) => setImmediate(r));
+    const queued = outcome(bus.publish(Ping, { n: 1 }, { timeoutMs: 5000 }));
+    await new Promise((r) => setImmediate(r));
+    expect(t.published).toHaveLength(1);
+    t.cell.set('reconnecting', 'ECONNRESET');
+    release();
+    expect((await first).ok).toBe(true); // it was confirmed
+    const r = await queued;
+    expect(r.error).toBeInstanceOf(BrokerUnavailableError);
+    expect((r.error as Error).message).toContain('ECONNRESET');
+    expect(t.published).toHaveLength(1);
+  });
+
+  it('still opens the breaker on real transport failures while connected', async () => {
+    const t = new ScriptedConnection();
+    const bus = busOn(t, { breaker: { failureThreshold: 2 } });
+    t.cell.set('connected');
+    await bus.ready();
+    t.publish = async () => {
+      throw new BrokerUnavailableError('channel closed');
+    };
+    for (let i = 0; i < 2; i++) expect((await outcome(bus.publish(Ping, { n: i }))).error).toBeInstanceOf(BrokerUnavailableError);
+    expect((await outcome(bus.publish(Ping, { n: 3 }))).error).toBeInstanceOf(CircuitOpenError);
+  });
+
+  it("wraps a raw error of the transport's subscribe as a retryable BrokerUnavailableError with cause", async () => {
+    const t = new ScriptedConnection();
+    const bus = busOn(t);
+    t.cell.set('connected');
+    const raw = new Error('Channel ended, no reply will be forthcoming');
+    t.subscribeWith = async () => {
+      throw raw;
+    };
+    const r = await outcome(bus.subscribe(Ping, { group: 'g' }, async () => {}));
+    expect(r.error).toBeInstanceOf(BrokerUnavailableError);
+    expect((r.error as BrokerUnavailableError).retryable).toBe(true);
+    expect((r.error as Error).cause).toBe(raw);
+    expect((r.error as Error).message).toContain('Channel ended');
+    expect((r.error as Error).message).toContain(ENDPOINT);
   });
 });
