@@ -15,6 +15,7 @@ import { namespaceFromEnv } from './from-env.js';
 import { HeaderNames } from './headers.js';
 import { redactingLogger, silentLogger } from './logger.js';
 import { validateGroup, validateNamespace } from './naming.js';
+import { checkBusOptions, checkEvent, checkNumber, checkSubscribeArguments } from './option-checks.js';
 import type { BusOptions, PublishOptions, RetryPolicy, SubscribeOptions } from './options.js';
 import { PublishBatcher } from './publish/batcher.js';
 import { MessageEncoder } from './publish/encode.js';
@@ -65,7 +66,9 @@ export class EventBus {
   #state: 'open' | 'closing' | 'closed' = 'open';
   #closing: Promise<void> | undefined;
 
+  /** @throws ConfigError naming the option a JavaScript caller got wrong (see `BusOptions`). */
   constructor(options: BusOptions) {
+    checkBusOptions(options);
     const transport = options.transport;
     this.transport = transport;
     const logger = redactingLogger(options.logger ?? silentLogger);
@@ -196,8 +199,11 @@ export class EventBus {
    * Subscribes `handler` to `event` as a member of `options.group`. Resolves once the group's
    * starting position is fixed: nothing published after it resolves is missed by the group.
    * @throws CapabilityError for `ordering: 'key'` / `startFrom: 'earliest'` the transport lacks.
+   * @throws ConfigError naming the option for a missing group, a mistyped option, a handler that is
+   *   not a function or a first argument that is not an event definition.
    */
   async subscribe<E extends EventDefinition>(event: E, options: SubscribeOptions, handler: Handler<E>): Promise<Subscription> {
+    checkSubscribeArguments(event, options, handler);
     if (this.#state !== 'open') throw new BusClosedError();
     validateGroup(options.group);
     const caps = this.transport.capabilities;
@@ -253,6 +259,7 @@ export class EventBus {
 
   /** The dead letters of `event` for `group`, to list and replay. */
   deadLetters(event: EventDefinition, group: string): DeadLetterQueue {
+    checkEvent(event, 'deadLetters(event, group)');
     validateGroup(group);
     const host = this.#host;
     return deadLetterQueue(
@@ -288,6 +295,7 @@ export class EventBus {
    */
   close(options: { timeoutMs?: number } = {}): Promise<void> {
     if (this.#closing) return this.#closing;
+    checkNumber(options.timeoutMs, 'close({ timeoutMs })', { min: 0 });
     this.#state = 'closing';
     this.#publisher.stop();
     this.#watch.close();

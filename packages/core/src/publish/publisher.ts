@@ -6,6 +6,7 @@
 import { BusClosedError } from '../errors.js';
 import type { EventDefinition, EventInput } from '../event.js';
 import { HeaderNames as Headers } from '../headers.js';
+import { checkEvent, checkPublishOptions } from '../option-checks.js';
 import type { PublishOptions } from '../options.js';
 import type { ConnectionWatch } from '../readiness.js';
 import type { CircuitBreaker } from '../resilience.js';
@@ -53,6 +54,9 @@ export class Publisher {
     let message: OutgoingMessage;
     try {
       if (this.stopped) throw new BusClosedError();
+      if (typeof (event as Partial<EventDefinition> | undefined)?.schema?.safeParse !== 'function')
+        checkEvent(event, 'publish(event, data)');
+      if (options !== NO_OPTIONS) checkPublishOptions(options);
       message = this.encoder.encode(event, data, options);
       this.assertConnectable(message);
       this.breaker?.assertNotOpen();
