@@ -1,6 +1,9 @@
 // `bus.ready()` means connected (issue 14, point 1): it resolves only on the transport's
 // `'connected'`, rejects at once on `'failed'`, and after `timeoutMs` with a
 // `BrokerUnavailableError` naming the transport, its endpoint and the last cause.
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { z } from 'zod';
 import {
@@ -385,5 +388,40 @@ describe('publishing while not connected (issue 14, points 1 and 7)', () => {
     expect((r.error as Error).cause).toBe(raw);
     expect((r.error as Error).message).toContain('Channel ended');
     expect((r.error as Error).message).toContain(ENDPOINT);
+  });
+});
+
+describe('after close() no handle of core is left (issue 14, point 3)', () => {
+  it('a process whose broker never answered exits once the bus closed, its ready() and publishes rejected', async () => {
+    const core = fileURLToPath(new URL('../dist/index.js', import.meta.url));
+    const script = `
+      const { EventBus, defineEvent } = await import(${JSON.stringify(core)});
+      const { z } = await import('zod');
+      const E = defineEvent({ type: 'e', schema: z.object({ n: z.number() }) });
+      const transport = {
+        name: 't', endpoint: 'nowhere:1', capabilities: { durability: 'memory', orderedByKey: false, newGroupFromEarliest: false,
+          balancedAssignment: false, leaseExtension: false, maxRetryDelayMs: 1, maxNameLength: 255, namePattern: /^[a-z.]+$/ },
+        async connect() {}, async publish() { throw new Error('never called'); },
+        async subscribe() { throw new Error('unused'); }, async processDeadLetters() { return []; },
+        health() { return { state: 'connecting', since: 0 }; }, async close() {},
+      };
+      const bus = new EventBus({ transport });
+      const seen = [];
+      const waits = [
+        bus.ready({ timeoutMs: 60000 }).catch((e) => seen.push('ready ' + e.name)),
+        bus.publish(E, { n: 1 }, { timeoutMs: 60000 }).catch((e) => seen.push('publish ' + e.name)),
+      ];
+      await new Promise((r) => setTimeout(r, 50));
+      await bus.close();
+      await Promise.all(waits);
+      process.stdout.write(seen.sort().join(','));
+    `;
+    const started = Date.now();
+    const { stdout } = await promisify(execFile)(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: fileURLToPath(new URL('..', import.meta.url)),
+      timeout: 30_000,
+    });
+    expect(stdout).toBe('publish BusClosedError,ready BusClosedError');
+    expect(Date.now() - started).toBeLessThan(10_000); // not the 60 s of the waits' timers
   });
 });
