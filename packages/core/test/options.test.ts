@@ -151,6 +151,21 @@ describe('publish: a ConfigError naming the option', () => {
   });
 });
 
+describe('dead letters: a ConfigError naming the option', () => {
+  it('refuses a mistyped limit, filter or dryRun, and a group that is not a string', async () => {
+    const { bus } = setup();
+    const dlq = bus.deadLetters(Ping, 'g');
+    expect((await configError(dlq.list({ limit: '5' } as never))).message).toContain('options.limit');
+    expect((await configError(dlq.list(null as never))).message).toContain('list options');
+    expect((await configError(dlq.replay({ limit: 0 }))).message).toContain('options.limit');
+    expect((await configError(dlq.replay({ filter: 'all' } as never))).message).toContain('options.filter');
+    expect((await configError(dlq.replay({ dryRun: 'yes' } as never))).message).toContain('options.dryRun');
+    expect(() => bus.deadLetters(Ping, undefined as never)).toThrow(ConfigError);
+    expect(() => bus.deadLetters('ping' as never, 'g')).toThrow(/defineEvent/);
+    expect(await dlq.list({ limit: 5 })).toEqual([]);
+  });
+});
+
 describe('EventBus options: a ConfigError naming the option', () => {
   const t = new RecordingTransport();
   const cases: [string, unknown, string][] = [
