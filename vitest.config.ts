@@ -15,6 +15,10 @@ export default defineConfig({
         test: { name: 'memory', include: ['packages/memory/test/**/*.test.ts'], environment: 'node' },
       },
       {
+        // Runs the built demo against dead ports (no broker needed): a failed start exits.
+        test: { name: 'demo', include: ['packages/demo/test/**/*.test.ts'], environment: 'node', testTimeout: 60_000 },
+      },
+      {
         test: {
           name: 'rabbitmq',
           include: ['integration/rabbitmq/**/*.test.ts'],

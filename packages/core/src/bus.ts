@@ -15,10 +15,12 @@ import { namespaceFromEnv } from './from-env.js';
 import { HeaderNames } from './headers.js';
 import { redactingLogger, silentLogger } from './logger.js';
 import { validateGroup, validateNamespace } from './naming.js';
+import { checkBusOptions, checkEvent, checkNumber, checkSubscribeArguments } from './option-checks.js';
 import type { BusOptions, PublishOptions, RetryPolicy, SubscribeOptions } from './options.js';
 import { PublishBatcher } from './publish/batcher.js';
 import { MessageEncoder } from './publish/encode.js';
 import { Publisher, type PublishReceipt, registerPublisher } from './publish/publisher.js';
+import { ConnectionWatch, type ReadyOptions } from './readiness.js';
 import { type BreakerState, CircuitBreaker, systemClock } from './resilience.js';
 import type { Transport, TransportHealth } from './spi.js';
 
@@ -60,10 +62,13 @@ export class EventBus {
   readonly #closeTimeoutMs: number;
   readonly #subscriptions = new Set<SubscriptionImpl>();
   readonly #connecting: Promise<void>;
+  readonly #watch: ConnectionWatch;
   #state: 'open' | 'closing' | 'closed' = 'open';
   #closing: Promise<void> | undefined;
 
+  /** @throws ConfigError naming the option a JavaScript caller got wrong (see `BusOptions`). */
   constructor(options: BusOptions) {
+    checkBusOptions(options);
     const transport = options.transport;
     this.transport = transport;
     const logger = redactingLogger(options.logger ?? silentLogger);
@@ -91,9 +96,12 @@ export class EventBus {
               if (options.breaker) options.breaker.onStateChange?.(s);
             },
           });
+    const watch = new ConnectionWatch(transport);
+    this.#watch = watch;
     const batcher = new PublishBatcher({
       transport,
       breaker: this.#breaker,
+      refuse: () => (watch.usable ? undefined : watch.refusal('publish not sent')),
       maxPending: positive(options.maxPendingPublishes ?? 10_000, 'maxPendingPublishes'),
       overflow: options.publishOverflow ?? 'wait',
       ...options.batching,
@@ -107,17 +115,21 @@ export class EventBus {
     this.#connecting = transport
       .connect({
         logger,
-        // Deferred: a transport may report its state before the constructor returned and
-        // before anyone could call bus.on('connection').
-        emit: (e) => queueMicrotask(() => events.emit('connection', e.state, e.detail)),
+        emit: (e) => {
+          watch.onEvent(e);
+          // Deferred: a transport may report its state before the constructor returned and
+          // before anyone could call bus.on('connection').
+          queueMicrotask(() => events.emit('connection', e.state, e.detail, e.cause));
+        },
       })
       .catch((error: unknown) => {
         logger.error({ err: describeError(error) }, 'transport failed to connect');
-        throw error;
+        throw watch.wrap(error, 'failed to connect');
       });
+    watch.follow(this.#connecting);
     // Avoid an unhandled rejection when nobody awaits `ready()`; errors surface on use.
     this.#connecting.catch(() => {});
-    this.#publisher = new Publisher(this.#encoder, batcher, this.#breaker, this.#connecting, publishTimeoutMs);
+    this.#publisher = new Publisher(this.#encoder, batcher, this.#breaker, watch, publishTimeoutMs);
     registerPublisher(this, this.#publisher);
     this.#host = Object.freeze({
       transport,
@@ -149,9 +161,22 @@ export class EventBus {
     return this;
   }
 
-  /** Resolves once the transport connected (or rejects with its configuration error). */
-  ready(): Promise<void> {
-    return this.#connecting;
+  /**
+   * Resolves once the transport has a **working** connection (state `'connected'`: RabbitMQ
+   * connection and channel open, Redis answering `PING`, Kafka metadata fetched).
+   *
+   * Rejects at once with the final error when the transport reports `'failed'` (e.g.
+   * `AuthenticationError` for refused credentials) or its configuration can never work
+   * (`ConfigError`); with `BrokerUnavailableError` when it is still not connected after
+   * `timeoutMs` — its message names the transport, its (redacted) endpoint and the last cause, e.g.
+   * `rabbitmq at amqp://guest:***@127.0.0.1:5999 did not connect within 10000 ms (state
+   * reconnecting); last error: … ECONNREFUSED 127.0.0.1:5999`; with `BusClosedError` once the bus
+   * is closing. The transport keeps trying after a timeout: a later `ready()` may resolve.
+   * @param options.timeoutMs - @defaultValue 10000
+   */
+  ready(options: ReadyOptions = {}): Promise<void> {
+    if (this.#state !== 'open') return Promise.reject(new BusClosedError());
+    return this.#watch.ready(options);
   }
 
   /** The broker-level name of an event's destination (namespace applied). */
@@ -174,8 +199,11 @@ export class EventBus {
    * Subscribes `handler` to `event` as a member of `options.group`. Resolves once the group's
    * starting position is fixed: nothing published after it resolves is missed by the group.
    * @throws CapabilityError for `ordering: 'key'` / `startFrom: 'earliest'` the transport lacks.
+   * @throws ConfigError naming the option for a missing group, a mistyped option, a handler that is
+   *   not a function or a first argument that is not an event definition.
    */
   async subscribe<E extends EventDefinition>(event: E, options: SubscribeOptions, handler: Handler<E>): Promise<Subscription> {
+    checkSubscribeArguments(event, options, handler);
     if (this.#state !== 'open') throw new BusClosedError();
     validateGroup(options.group);
     const caps = this.transport.capabilities;
@@ -198,7 +226,12 @@ export class EventBus {
     const maxAttempts = retry.maxAttempts ?? 5;
     if (!Number.isInteger(maxAttempts) || maxAttempts < 1) throw new ConfigError(`retry.maxAttempts must be an integer ≥ 1`);
     if (options.signal?.aborted) throw new BusClosedError('the subscription signal is already aborted');
-    await this.#connecting;
+    if (this.#watch.state === 'failed') throw this.#watch.refusal(`subscribe of group ${options.group}`);
+    try {
+      await this.#connecting;
+    } catch (error) {
+      throw this.#watch.wrap(error, 'failed to connect');
+    }
     const sub = new SubscriptionImpl(this.#host, event, options, handler as Handler<EventDefinition>, {
       topic: this.topicOf(event),
       concurrency,
@@ -208,7 +241,13 @@ export class EventBus {
       ordering,
       startFrom,
     });
-    await sub.start();
+    try {
+      await sub.start();
+    } catch (error) {
+      // Every error of a public method is a BusError: a raw client error (the link dropped during
+      // the broker's consume call …) is wrapped as a retryable BrokerUnavailableError with `cause`.
+      throw this.#watch.wrap(error, `could not subscribe group ${options.group}`);
+    }
     this.#subscriptions.add(sub);
     void sub.closed.then(() => this.#subscriptions.delete(sub));
     if (this.#state !== 'open') {
@@ -220,6 +259,7 @@ export class EventBus {
 
   /** The dead letters of `event` for `group`, to list and replay. */
   deadLetters(event: EventDefinition, group: string): DeadLetterQueue {
+    checkEvent(event, 'deadLetters(event, group)');
     validateGroup(group);
     const host = this.#host;
     return deadLetterQueue(
@@ -228,16 +268,20 @@ export class EventBus {
     );
   }
 
-  /** Health: transport connection state, breaker state, pending publishes. */
+  /**
+   * Health: the transport's connection (`{ state, since, cause?, detail? }`, see `TransportHealth`),
+   * the breaker's state, pending publishes and subscriptions. `status` is `'up'` when connected with
+   * the breaker closed, `'down'` when closed, disconnected or failed, else `'degraded'`.
+   */
   health(): BusHealth {
-    const transport = this.transport.health();
+    const transport = this.#watch.health();
     const breaker = this.#breaker?.state ?? 'disabled';
     const status =
       this.#state !== 'open' || transport.state === 'closed'
         ? 'down'
         : transport.state === 'connected' && breaker === 'closed'
           ? 'up'
-          : transport.state === 'disconnected'
+          : transport.state === 'disconnected' || transport.state === 'failed'
             ? 'down'
             : 'degraded';
     return { status, transport, breaker, pendingPublishes: this.#publisher.pendingCount, subscriptions: this.#subscriptions.size };
@@ -251,8 +295,10 @@ export class EventBus {
    */
   close(options: { timeoutMs?: number } = {}): Promise<void> {
     if (this.#closing) return this.#closing;
+    checkNumber(options.timeoutMs, 'close({ timeoutMs })', { min: 0 });
     this.#state = 'closing';
     this.#publisher.stop();
+    this.#watch.close();
     const timeoutMs = options.timeoutMs ?? this.#closeTimeoutMs;
     this.#closing = (async () => {
       await Promise.allSettled([...this.#subscriptions].map((s) => s.close({ timeoutMs })));

@@ -6,6 +6,7 @@
 import { brokerDeadLetterMetadata, replayHeaders } from './delivery/copy-headers.js';
 import type { DeadLetterReason, DeadLetterReasonKind } from './envelope.js';
 import { HeaderNames as Headers } from './headers.js';
+import { checkNumber, checkObject, checkType } from './option-checks.js';
 import type { DeadLetterTarget, StoredDeadLetter, Transport } from './spi.js';
 
 /** A dead letter as read back through {@link DeadLetterQueue}. */
@@ -105,6 +106,10 @@ export interface DeadLetterSource {
 /** The dead letters of `target` (topic and group already validated), to list and replay. */
 export function deadLetterQueue(source: DeadLetterSource, target: DeadLetterTarget): DeadLetterQueue {
   const scan = async (options: ReplayOptions, dryRun: boolean): Promise<DeadLetterView[]> => {
+    checkObject(options as unknown, 'replay options');
+    checkNumber(options.limit, 'options.limit', { integer: true, min: 1 });
+    checkType(options.filter, 'options.filter', 'function');
+    checkType(options.dryRun, 'options.dryRun', 'boolean');
     const chosen: DeadLetterView[] = [];
     const limit = options.limit ?? 1000;
     await source.connected();
@@ -122,7 +127,10 @@ export function deadLetterQueue(source: DeadLetterSource, target: DeadLetterTarg
     return chosen;
   };
   return {
-    list: (o = {}) => scan({ limit: o.limit ?? 1000 }, true),
+    list: async (o = {}) => {
+      checkObject(o as unknown, 'list options');
+      return scan({ limit: o.limit ?? 1000 }, true);
+    },
     replay: (o = {}) => scan(o, o.dryRun ?? false),
   };
 }

@@ -7,6 +7,7 @@ import { redact } from './logger.js';
 export type BusErrorCode =
   | 'PUBLISH_TIMEOUT'
   | 'BROKER_UNAVAILABLE'
+  | 'AUTHENTICATION'
   | 'CIRCUIT_OPEN'
   | 'VALIDATION'
   | 'PAYLOAD_TOO_LARGE'
@@ -72,6 +73,18 @@ export class BrokerUnavailableError extends BusError {
 }
 
 /**
+ * The broker refused the credentials or the permissions for good: RabbitMQ `ACCESS_REFUSED`
+ * (connection.open / vhost), Redis `WRONGPASS` / `NOAUTH` / `NOPERM`, Kafka SASL authentication
+ * or topic / group authorization failed. Never retryable: the transport stops reconnecting and
+ * reports the state `'failed'`; `bus.ready()`, publishes and subscribes reject with it at once.
+ */
+export class AuthenticationError extends BusError {
+  constructor(message: string, options: BusErrorOptions = {}) {
+    super('AUTHENTICATION', message, false, options);
+  }
+}
+
+/**
  * The circuit breaker in front of the broker is open after repeated failures: the call was
  * refused without any I/O. It half-opens after its recovery timeout.
  */
@@ -92,14 +105,30 @@ export interface ValidationIssue {
   message: string;
 }
 
-/** A payload failed its event schema, or an option / header / name is invalid. Never retryable. */
+/**
+ * A payload failed its event schema, or an option / header / name is invalid. Never retryable.
+ * The message names the first issue's path and message (`…: user.email: Invalid email (and 2 more
+ * issues)`); `issues` has them all.
+ */
 export class ValidationError extends BusError {
   /** The individual problems, when known. */
   readonly issues: readonly ValidationIssue[];
   constructor(message: string, issues: readonly ValidationIssue[] = [], options: BusErrorOptions = {}) {
-    super('VALIDATION', message, false, options);
+    super('VALIDATION', withFirstIssue(message, issues), false, options);
     this.issues = issues;
   }
+}
+
+/** `message: <path>: <issue>` for the first issue (`(root)` for an empty path), `(and N more issues)`. */
+function withFirstIssue(message: string, issues: readonly ValidationIssue[]): string {
+  const first = issues[0];
+  if (first === undefined) return message;
+  const path =
+    first.path.length === 0
+      ? '(root)'
+      : first.path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? String(p) : `.${String(p)}`)).join('');
+  const more = issues.length > 1 ? ` (and ${issues.length - 1} more issue${issues.length > 2 ? 's' : ''})` : '';
+  return `${message}: ${path}: ${first.message}${more}`;
 }
 
 /** An encoded payload is larger than `maxPayloadBytes`; rejected before any I/O. */

@@ -17,16 +17,23 @@ export const silentLogger: Logger = {
   error() {},
 };
 
-// scheme://user:password@host  → scheme://user:***@host ; also ?password=… query parameters.
-const URL_CREDENTIALS = /([a-z][a-z0-9+.-]*:\/\/)([^:@/\s]*):([^@/\s]*)@/gi;
+// scheme://user:password@host → scheme://user:***@host. The user may hold an unencoded `@` (lazy),
+// and so may the password (greedy, up to the last `@` before the host's `/` or the end): in
+// `amqp://user:p@ss@host` all of `p@ss` goes.
+const URL_CREDENTIALS = /([a-z][a-z0-9+.-]*:\/\/)([^:/\s]*?):([^/\s]*)@(?=[^@/\s]*(?:[/\s]|$))/gi;
+// ?password=… query parameters.
 const QUERY_SECRET = /([?&](?:password|pass|pwd|secret|token|sasl_password)=)[^&\s]*/gi;
+// password=…, password: …, "password":"…" outside a URL (connection strings, JSON, YAML, env lines).
+const KEY_SECRET = /\b((?:password|passwd|pwd|secret|token|sasl[._]?password)["']?\s*[:=]\s*["']?)[^"'\s&,;})]+/gi;
 
 /**
- * Removes credentials from a string: the password of every `scheme://user:pass@host` URL and
- * `password=` / `token=` query parameters. Used on every error message and log line Busbar writes.
+ * Removes credentials from a string: the password of every `scheme://user:pass@host` URL (also
+ * one holding an unencoded `@`), `password=` / `token=` query parameters, and `password=…` /
+ * `password: …` / `"password":"…"` (and `secret`, `token`, `pwd`) outside a URL. Used on every error
+ * message and log line Busbar writes.
  */
 export function redact(text: string): string {
-  return text.replace(URL_CREDENTIALS, '$1$2:***@').replace(QUERY_SECRET, '$1***');
+  return text.replace(URL_CREDENTIALS, '$1$2:***@').replace(QUERY_SECRET, '$1***').replace(KEY_SECRET, '$1***');
 }
 
 /** Deeply redacts the string values of a log object (depth-limited, cycle-safe). */

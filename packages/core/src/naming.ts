@@ -6,7 +6,7 @@ const NAMESPACE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 
 /** Validates a namespace prefix (`BusOptions.namespace`). @throws ConfigError */
 export function validateNamespace(namespace: string): string {
-  if (!NAMESPACE.test(namespace)) {
+  if (typeof namespace !== 'string' || !NAMESPACE.test(namespace)) {
     throw new ConfigError(`namespace "${namespace}" must match ${NAMESPACE.source}`);
   }
   return namespace;
@@ -14,6 +14,8 @@ export function validateNamespace(namespace: string): string {
 
 /** Validates a consumer group name. @throws ConfigError */
 export function validateGroup(group: string): string {
+  if (typeof group !== 'string')
+    throw new ConfigError(`group must be a string matching ${GROUP.source}, got ${group === null ? 'null' : typeof group}`);
   if (!GROUP.test(group)) throw new ConfigError(`group "${group}" must match ${GROUP.source}`);
   return group;
 }

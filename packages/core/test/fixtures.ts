@@ -1,5 +1,5 @@
 /** Shared pieces of the core unit tests' hand-written transports. */
-import type { TransportCapabilities } from '../src/index.js';
+import type { Transport, TransportCapabilities } from '../src/index.js';
 
 /** Capabilities of a minimal in-process test transport (nothing optional supported). */
 export const basicCapabilities: TransportCapabilities = {
@@ -12,3 +12,24 @@ export const basicCapabilities: TransportCapabilities = {
   maxNameLength: 255,
   namePattern: /^[\w.-]+$/,
 };
+
+/** A transport that is connected at once and accepts every publish (nothing is delivered). */
+export function connectedTransport(): Transport {
+  return {
+    name: 'connected',
+    endpoint: 'connected',
+    capabilities: basicCapabilities,
+    async connect() {},
+    async publish(batch) {
+      return batch.map(() => ({ ok: true as const }));
+    },
+    async subscribe() {
+      return { stop: async () => {}, close: async () => {} };
+    },
+    async processDeadLetters() {
+      return [];
+    },
+    health: () => ({ state: 'connected', since: 0 }),
+    async close() {},
+  };
+}

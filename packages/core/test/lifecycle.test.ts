@@ -62,7 +62,7 @@ class ScriptedTransport implements Transport {
     return out;
   }
   health() {
-    return { state: 'connected' as const };
+    return { state: 'connected' as const, since: 0 };
   }
   async close() {}
 
@@ -280,6 +280,53 @@ describe('EventBus delivery lifecycle', () => {
     await new Promise((r) => setImmediate(r));
     await new Promise((r) => setImmediate(r));
     expect(calls.map((c) => c.how)).toEqual(['release']);
+  });
+
+  it('close past its timeout logs which handlers it released: event type, group and message ids', async () => {
+    const t = new ScriptedTransport();
+    const lines: { level: string; obj: Record<string, unknown>; msg: string | undefined }[] = [];
+    const log = (level: string) => (obj: object, msg?: string) => lines.push({ level, obj: obj as Record<string, unknown>, msg });
+    const bus = new EventBus({ transport: t, logger: { debug: log('debug'), info: log('info'), warn: log('warn'), error: log('error') } });
+    const running = deferred();
+    const finish = deferred();
+    let started = 0;
+    await bus.subscribe(Ping, { group: 'billing', concurrency: 2 }, async () => {
+      if (++started === 2) running.resolve();
+      await finish.promise;
+    });
+    t.deliver(bus, { id: 'stuck-1' });
+    t.deliver(bus, { id: 'stuck-2', headers: { [H.attempt]: '2' } });
+    await running.promise;
+    await bus.close({ timeoutMs: 5 });
+    const released = lines.filter((l) => l.level === 'warn' && l.msg?.includes('released'));
+    expect(released).toHaveLength(1);
+    const [line] = released;
+    expect(line?.msg).toContain('2 handler(s) of ping in group billing');
+    expect(line?.msg).toContain('stuck-1, stuck-2');
+    expect(line?.obj).toMatchObject({
+      type: 'ping',
+      group: 'billing',
+      timeoutMs: 5,
+      released: [
+        { id: 'stuck-1', attempt: 1, position: 'p@1' },
+        { id: 'stuck-2', attempt: 2, position: 'p@1' },
+      ],
+    });
+    finish.resolve();
+  });
+
+  it('close within its timeout logs no release', async () => {
+    const t = new ScriptedTransport();
+    const warnings: string[] = [];
+    const bus = new EventBus({
+      transport: t,
+      logger: { debug() {}, info() {}, warn: (_o, m) => warnings.push(m ?? ''), error() {} },
+    });
+    await bus.subscribe(Ping, { group: 'g' }, async () => {});
+    const calls = t.deliver(bus, {});
+    await settled(calls);
+    await bus.close({ timeoutMs: 1000 });
+    expect(warnings.filter((w) => w.includes('released'))).toEqual([]);
   });
 
   it('holds a returning retry copy until the retry of the attempt before it settled', async () => {

@@ -1,22 +1,75 @@
 import { describe, expect, it } from 'vitest';
+import { z } from 'zod';
 import {
   ConfigError,
+  defineEvent,
+  EventBus,
   LeaseLostError,
   MemoryIdempotencyStore,
   readBusbarEnv,
   redact,
   redactingLogger,
   topicName,
+  ValidationError,
   validateGroup,
   validateNamespace,
 } from '../src/index.js';
 import { checkBrokerName } from '../src/transport/index.js';
+import { connectedTransport as memoryLike } from './fixtures.js';
+
+describe('ValidationError', () => {
+  it('names the first issue path and message in its message', () => {
+    const e = new ValidationError('payload for "ping" does not match its schema', [
+      { path: ['user', 'emails', 0], message: 'Invalid email' },
+      { path: ['n'], message: 'Required' },
+      { path: [], message: 'x' },
+    ]);
+    expect(e.message).toBe('payload for "ping" does not match its schema: user.emails[0]: Invalid email (and 2 more issues)');
+    expect(e.issues).toHaveLength(3);
+    expect(new ValidationError('bad', [{ path: [], message: 'Expected object' }]).message).toBe('bad: (root): Expected object');
+    expect(new ValidationError('bad').message).toBe('bad');
+  });
+
+  it('is what publish rejects with for a payload off its schema, naming the field', async () => {
+    const Order = defineEvent({ type: 'order', schema: z.object({ id: z.string(), qty: z.number() }) });
+    const bus = new EventBus({ transport: memoryLike() });
+    const error = await bus.publish(Order, { id: 'a', qty: 'two' } as never).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ValidationError);
+    expect((error as Error).message).toMatch(/^payload for "order" does not match its schema: qty: .*number/i);
+    await bus.close();
+  });
+});
 
 describe('redaction', () => {
   it('removes URL passwords and secret query parameters', () => {
     expect(redact('amqps://user:p%40ss@mq.example.com:5671/vhost')).toBe('amqps://user:***@mq.example.com:5671/vhost');
     expect(redact('redis://:hunter2@redis.cache.svc.cluster.local:6379')).toBe('redis://:***@redis.cache.svc.cluster.local:6379');
     expect(redact('http://h/x?password=abc&user=u')).toBe('http://h/x?password=***&user=u');
+  });
+
+  it('removes a password holding an unencoded @, and a user holding one', () => {
+    expect(redact('amqp://user:p@ss@host:5672/vhost')).toBe('amqp://user:***@host:5672/vhost');
+    expect(redact('connect to amqp://user:p@ss@host failed')).toBe('connect to amqp://user:***@host failed');
+    expect(redact('amqp://me@example.com:pw@host')).toBe('amqp://me@example.com:***@host');
+    expect(redact('amqp://u:p@h1 and redis://u2:p@2@h2/0')).toBe('amqp://u:***@h1 and redis://u2:***@h2/0');
+    // No credentials: nothing changes.
+    for (const plain of [
+      'amqp://host:5672/vhost',
+      'amqp://user@host:5672',
+      'redis://127.0.0.1:6999',
+      'kafka 127.0.0.1:9092,127.0.0.1:9093',
+    ]) {
+      expect(redact(plain)).toBe(plain);
+    }
+  });
+
+  it('removes password=… outside a URL: key=value, key: value and JSON forms', () => {
+    expect(redact('login failed: password=secret user=u')).toBe('login failed: password=*** user=u');
+    expect(redact('{"user":"u","password":"x"}')).toBe('{"user":"u","password":"***"}');
+    expect(redact("{ password: 'hunter2' }")).toBe("{ password: '***' }");
+    expect(redact('PASSWORD=abc; sasl.password=zz, token: t0k')).toBe('PASSWORD=***; sasl.password=***, token: ***');
+    expect(redact('password must be a string')).toBe('password must be a string');
+    expect(redact(redact('password=secret'))).toBe('password=***');
   });
 
   it('redacting logger cleans messages, nested strings, errors and secret-named fields', () => {

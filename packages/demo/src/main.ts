@@ -11,13 +11,16 @@
  */
 import { randomUUID } from 'node:crypto';
 import {
+  type BusbarEnv,
   type DeliveryOutcome,
   defineEvent,
+  describeError,
   EventBus,
   MemoryIdempotencyStore,
   namespaceFromEnv,
   OutcomeSpy,
   readBusbarEnv,
+  redact,
   transportFromEnv,
 } from '@busbar/core';
 import { z } from 'zod';
@@ -34,6 +37,17 @@ const USAGE = `usage: pnpm demo [--keep]
   --keep   leave the run's queues / topics / streams on the broker (they are deleted by default)
 environment: BUSBAR_TRANSPORT=memory|rabbitmq|kafka|redis-streams, BUSBAR_RABBITMQ_URL,
   BUSBAR_KAFKA_BROKERS, BUSBAR_REDIS_URL, BUSBAR_NAMESPACE (prefix of the run's namespace), NO_COLOR`;
+
+/** How long the demo waits for its broker before giving up (it then exits with code 1). */
+const READY_TIMEOUT_MS = 10_000;
+
+/** The broker each transport talks to, for the "is … running?" line. */
+const BROKERS: Record<BusbarEnv['transport'], string> = {
+  memory: 'the in-memory broker',
+  rabbitmq: 'RabbitMQ',
+  kafka: 'Kafka',
+  'redis-streams': 'Redis',
+};
 
 async function main(args: readonly string[]): Promise<void> {
   const unknown = args.filter((a) => a !== '--keep');
@@ -57,15 +71,30 @@ async function main(args: readonly string[]): Promise<void> {
     retry: { maxAttempts: 4, backoff: { initialMs: 150, multiplier: 2, maxMs: 2000, jitter: 'none' } },
   });
   let ok = false;
+  let connected = false;
   try {
+    // ready() resolves only once the broker answered; when it cannot be reached it rejects after
+    // READY_TIMEOUT_MS (at once for refused credentials), naming the endpoint and the cause.
+    try {
+      await bus.ready({ timeoutMs: READY_TIMEOUT_MS });
+      connected = true;
+    } catch (error) {
+      const endpoint = transport.endpoint ?? endpointFromEnv(env);
+      console.error(`${c.red}cannot start: is ${BROKERS[env.transport]} running at ${endpoint}?${c.reset}`);
+      console.error(`${c.dim}${describeError(error)}${c.reset}`);
+      process.exitCode = 1;
+      return;
+    }
     ok = await scenario(bus, transport.name, namespace);
   } finally {
     // close() waits for running handlers and pending publishes (up to closeTimeoutMs), then closes
-    // the transport; only then are the run's objects deleted.
+    // the transport; only then are the run's objects deleted. After it, nothing keeps the process
+    // alive: a demo that could not connect exits too.
     await bus.close();
-    if (keep) {
+    // Nothing was declared on a broker the demo never reached.
+    if (connected && keep) {
       console.log(`${c.dim}--keep: the run's broker objects stay, all named under "${namespace}"${c.reset}`);
-    } else if (env.transport !== 'memory') {
+    } else if (connected && env.transport !== 'memory') {
       const deleted = await deleteDemoObjects(env, transport, namespace);
       console.log(`${c.dim}cleaned up: deleted ${deleted} (run with --keep to leave them)${c.reset}`);
     }
@@ -74,10 +103,23 @@ async function main(args: readonly string[]): Promise<void> {
   process.exitCode = ok ? 0 : 1;
 }
 
+/** Where the environment points the transport (redacted), for a transport that does not say. */
+function endpointFromEnv(env: BusbarEnv): string {
+  switch (env.transport) {
+    case 'memory':
+      return 'memory';
+    case 'rabbitmq':
+      return redact(env.rabbitmqUrl);
+    case 'kafka':
+      return `kafka ${env.kafkaBrokers.join(',')}`;
+    case 'redis-streams':
+      return redact(env.redisUrl);
+  }
+}
+
 /** The four scenes; resolves whether every check held. */
 async function scenario(bus: EventBus, transportName: string, namespace: string): Promise<boolean> {
   const spy = new OutcomeSpy(bus);
-  await bus.ready();
   console.log(`${c.dim}transport: ${transportName} · namespace: ${namespace}${c.reset}\n`);
 
   let billingBroken = true;

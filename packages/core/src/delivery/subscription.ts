@@ -197,11 +197,14 @@ export class SubscriptionImpl implements Subscription, ContextOwner {
         ]);
         clearTimeout(timer);
         if (timedOut) {
+          const released: { id: string; attempt: number; position: string }[] = [];
           for (const r of this.runningNow()) {
+            released.push({ id: r.delivery.headers[Headers.id] ?? '', attempt: r.attempt, position: r.delivery.position });
             r.controller ??= new AbortController();
             r.controller.abort(new BusClosedError('subscription closed before the handler finished'));
             await this.settle(r, { status: 'released' }, (d) => d.release(releaseHeaders(d.headers, r.attempt)), undefined);
           }
+          if (released.length > 0) this.logReleased(released, timeoutMs);
         }
         await this.transportSub?.close();
       } finally {
@@ -209,6 +212,16 @@ export class SubscriptionImpl implements Subscription, ContextOwner {
       }
     })();
     return this.closing;
+  }
+
+  /** Says which handlers `close` aborted past its timeout (their messages go back for redelivery). */
+  private logReleased(released: readonly { id: string; attempt: number; position: string }[], timeoutMs: number): void {
+    const ids = released.slice(0, 10).map((r) => r.id);
+    const more = released.length > ids.length ? ` and ${released.length - ids.length} more` : '';
+    this.host.logger.warn(
+      { type: this.event.type, group: this.options.group, topic: this.resolved.topic, timeoutMs, released: released.slice(0, 100) },
+      `close: ${released.length} handler(s) of ${this.event.type} in group ${this.options.group} still running after ${timeoutMs} ms were aborted and their messages released for redelivery: ${ids.join(', ')}${more}`,
+    );
   }
 
   private info(r: Running, idempotencyKey?: string): DeliveryInfo {

@@ -73,6 +73,13 @@ export interface BatcherOptions extends BatchingOptions {
   /** What happens past `maxPending`. */
   readonly overflow: 'wait' | 'reject';
   readonly onSent?: (message: OutgoingMessage) => void;
+  /**
+   * Why nothing may be handed to the transport now (it is not connected), or `undefined`. Asked
+   * before each transport call — a refused batch fails with this error, and the breaker does not
+   * count it (no I/O was made) — and for a queued publish whose deadline passed (it was never sent,
+   * so its outcome is known: this error rather than `PublishTimeoutError`).
+   */
+  readonly refuse?: () => Error | undefined;
 }
 
 /**
@@ -257,19 +264,21 @@ export class PublishBatcher {
     this.timerIdle = false;
     const now = Date.now();
     let next = Number.POSITIVE_INFINITY;
-    const expire = (entry: Entry): void => {
+    const expire = (entry: Entry, refusal?: Error): void => {
       if (entry.settled) return;
       if (entry.deadline <= now) {
         this.settle(
           entry,
-          new PublishTimeoutError(
-            `publish of ${entry.message.id} to ${entry.message.topic} did not settle within ${entry.timeoutMs} ms; its outcome is unknown`,
-          ),
+          refusal ??
+            new PublishTimeoutError(
+              `publish of ${entry.message.id} to ${entry.message.topic} did not settle within ${entry.timeoutMs} ms; its outcome is unknown`,
+            ),
         );
       } else if (entry.deadline < next) next = entry.deadline;
     };
     for (const call of this.calls) for (const entry of call.batch) expire(entry);
-    for (const entry of this.queue) expire(entry);
+    const refusal = this.queue.length > 0 ? this.options.refuse?.() : undefined;
+    for (const entry of this.queue) expire(entry, refusal);
     for (const call of this.calls) {
       if (call.deadline <= now) {
         this.calls.delete(call);
@@ -301,6 +310,11 @@ export class PublishBatcher {
   private async send(batch: Entry[]): Promise<void> {
     try {
       const breaker = this.options.breaker;
+      const refusal = this.options.refuse?.();
+      if (refusal !== undefined) {
+        for (const e of batch) this.settle(e, refusal);
+        return;
+      }
       try {
         breaker?.admit();
       } catch (error) {

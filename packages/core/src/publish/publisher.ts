@@ -6,7 +6,9 @@
 import { BusClosedError } from '../errors.js';
 import type { EventDefinition, EventInput } from '../event.js';
 import { HeaderNames as Headers } from '../headers.js';
+import { checkEvent, checkPublishOptions } from '../option-checks.js';
 import type { PublishOptions } from '../options.js';
+import type { ConnectionWatch } from '../readiness.js';
 import type { CircuitBreaker } from '../resilience.js';
 import type { OutgoingMessage } from '../spi.js';
 import type { PublishBatcher } from './batcher.js';
@@ -24,25 +26,21 @@ const NO_OPTIONS: PublishOptions = Object.freeze({});
 
 /** Publishes the messages of one bus. */
 export class Publisher {
-  /** `connecting` resolved: publishes need not wait a microtask for it. */
-  private connected = false;
   /** Publishes are refused (the bus is closing or closed). */
   private stopped = false;
 
+  /**
+   * @param connection - the transport's connection as the bus sees it: a publish is handed to the
+   *   transport only while it is usable, waits (within its timeout) during the first connection, and
+   *   fails fast otherwise (see `send`).
+   */
   constructor(
     readonly encoder: MessageEncoder,
     private readonly batcher: PublishBatcher,
     private readonly breaker: CircuitBreaker | undefined,
-    private readonly connecting: Promise<void>,
+    private readonly connection: ConnectionWatch,
     private readonly publishTimeoutMs: number,
-  ) {
-    connecting.then(
-      () => {
-        this.connected = true;
-      },
-      () => {},
-    );
-  }
+  ) {}
 
   /** Publishes waiting for the transport. */
   get pendingCount(): number {
@@ -56,7 +54,11 @@ export class Publisher {
     let message: OutgoingMessage;
     try {
       if (this.stopped) throw new BusClosedError();
+      if (typeof (event as Partial<EventDefinition> | undefined)?.schema?.safeParse !== 'function')
+        checkEvent(event, 'publish(event, data)');
+      if (options !== NO_OPTIONS) checkPublishOptions(options);
       message = this.encoder.encode(event, data, options);
+      this.assertConnectable(message);
       this.breaker?.assertNotOpen();
     } catch (error) {
       return Promise.reject(error);
@@ -68,6 +70,7 @@ export class Publisher {
   publishEncoded(message: OutgoingMessage, timeoutMs = this.publishTimeoutMs): Promise<PublishReceipt> {
     try {
       if (this.stopped) throw new BusClosedError();
+      this.assertConnectable(message);
       this.breaker?.assertNotOpen();
     } catch (error) {
       return Promise.reject(error);
@@ -85,13 +88,30 @@ export class Publisher {
     return this.batcher.drain();
   }
 
+  /**
+   * Fails fast (throws) unless the transport is connected or still making its first connection:
+   * `'reconnecting'` / `'disconnected'` / `'closed'` → `BrokerUnavailableError` naming the endpoint
+   * and the last cause; `'failed'` → its final error. No I/O was made, so the breaker does not count
+   * it (a disconnection must not leave the breaker open after the reconnect).
+   */
+  private assertConnectable(message: OutgoingMessage): void {
+    const connection = this.connection;
+    if (connection.usable || connection.firstConnecting) return;
+    const refusal = connection.refusal(`publish of ${message.id} to ${message.topic} not sent`);
+    if (refusal !== undefined) throw refusal;
+  }
+
   private send(message: OutgoingMessage, timeoutMs: number): Promise<PublishReceipt> {
     const receipt: PublishReceipt = { id: message.id, idempotencyKey: message.headers[Headers.idempotencyKey] as string };
     // The batcher's promise resolves with the receipt itself: no `.then(() => receipt)` (a closure,
     // a promise and a reaction) per publish.
-    return this.connected
-      ? this.batcher.publish(message, timeoutMs, receipt)
-      : this.connecting.then(() => this.batcher.publish(message, timeoutMs, receipt));
+    if (this.connection.usable) return this.batcher.publish(message, timeoutMs, receipt);
+    // The first connection is being made: wait for it within the publish's own timeout. A publish
+    // never handed over fails with BrokerUnavailableError, never PublishTimeoutError.
+    const deadline = Date.now() + timeoutMs;
+    return this.connection
+      .whenUsable(`publish of ${message.id} to ${message.topic} not sent`, timeoutMs)
+      .then(() => this.batcher.publish(message, Math.max(1, deadline - Date.now()), receipt));
   }
 }
 
