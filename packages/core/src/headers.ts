@@ -7,7 +7,7 @@
  * (`content-type` {@link STRUCTURED_CONTENT_TYPE}); consumers read both modes, and a structured
  * event's envelope wins over the headers it may also carry. Core uses the Kafka protocol binding's naming
  * (`ce_<attribute>`, `content-type` for `datacontenttype`) as its canonical form; a transport whose
- * broker has its own binding (AMQP: `cloudEvents:` application properties) maps these names at
+ * broker has its own binding (AMQP: `cloudEvents_` application properties) maps these names at
  * its edge and back.
  *
  * Extension attribute names follow the CloudEvents rules (lower-case letters and digits).

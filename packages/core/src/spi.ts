@@ -261,8 +261,8 @@ export interface Transport {
    * How this transport's protocol binding spells a CloudEvents attribute carried as a header in
    * binary content mode: the prefix before the attribute name. Core uses it only to name
    * attributes in dead-letter reasons as they appear on this broker (`missing attribute
-   * cloudEvents:id`). Optional: absent means `'ce_'` (the Kafka binding, core's canonical form).
-   * The AMQP binding: `'cloudEvents:'`.
+   * cloudEvents_id`): the prefix the transport writes. Optional: absent means `'ce_'` (the Kafka
+   * binding, core's canonical form). The AMQP binding (v1.0.2+): `'cloudEvents_'`.
    */
   readonly attributePrefix?: string;
   /**

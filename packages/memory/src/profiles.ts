@@ -83,7 +83,7 @@ const RABBITMQ: MemoryProfile = {
       [`${queue}:delay:${maxDelay}`, 'RabbitMQ delay queue name'],
     ];
   },
-  attributePrefix: 'cloudEvents:',
+  attributePrefix: 'cloudEvents_',
 };
 
 const REDIS_STREAMS: MemoryProfile = {

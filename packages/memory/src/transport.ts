@@ -87,7 +87,7 @@ export class MemoryTransport implements Transport {
   private readonly checkedTopics = new Set<string>();
   private readonly profile: MemoryProfile;
   private readonly delayTiersMs: readonly number[] | undefined;
-  /** `'cloudEvents:'` with `like: 'rabbitmq'` (see `Transport.attributePrefix`). */
+  /** `'cloudEvents_'` with `like: 'rabbitmq'` (see `Transport.attributePrefix`). */
   readonly attributePrefix: string | undefined;
 
   /** @param options - see {@link MemoryTransportOptions}; all optional. */

@@ -17,7 +17,7 @@ import {
   MemoryTransport,
   RABBITMQ_DELAY_TIERS_MS,
 } from '@busbar/memory';
-import { DEFAULT_DELAY_TIERS_MS, RabbitMqTransport } from '@busbar/rabbitmq';
+import { AMQP_CE_PREFIX, DEFAULT_DELAY_TIERS_MS, RabbitMqTransport } from '@busbar/rabbitmq';
 import { REDIS_STREAMS_CAPABILITIES } from '@busbar/redis-streams';
 import { afterEach, describe, expect, it } from 'vitest';
 import { z } from 'zod';
@@ -58,7 +58,7 @@ describe('memory broker profiles', () => {
     expect(declared(new MemoryTransport({ like: 'kafka' }).capabilities)).toEqual(declared(kafka.capabilities));
     expect(declared(new MemoryTransport({ like: 'redis-streams' }).capabilities)).toEqual(declared(REDIS_STREAMS_CAPABILITIES));
     expect(RABBITMQ_DELAY_TIERS_MS).toEqual(DEFAULT_DELAY_TIERS_MS);
-    expect(new MemoryTransport({ like: 'rabbitmq' }).attributePrefix).toBe('cloudEvents:');
+    expect(new MemoryTransport({ like: 'rabbitmq' }).attributePrefix).toBe(AMQP_CE_PREFIX);
     await Promise.all([rabbit.close(), kafka.close()]);
   });
 

@@ -24,7 +24,7 @@ function invalid(detail: string): DeadLetterReason {
 
 /**
  * How a dead-letter reason names attribute `attr`: as the transport's binding spells its header
- * (`prefix` + name: `ce_id`, `cloudEvents:id` …), or, for a structured event (`prefix`
+ * (`prefix` + name: `ce_id`, `cloudEvents_id` …), or, for a structured event (`prefix`
  * undefined), as the member of its JSON envelope.
  */
 function named(prefix: string | undefined, attr: string): string {
