@@ -9,6 +9,7 @@ import { basicCases } from './cases/basic.js';
 import { failureCases } from './cases/failures.js';
 import { groupCases } from './cases/groups.js';
 import { lifecycleCases } from './cases/lifecycle.js';
+import { structuredCases } from './cases/structured.js';
 import { createSuite } from './helpers.js';
 import type { ConformanceTarget } from './target.js';
 
@@ -27,5 +28,6 @@ export function runConformance(target: ConformanceTarget): void {
     describe('consumer groups', () => groupCases(suite));
     describe('retries, dead letters and idempotency', () => failureCases(suite));
     describe('lifecycle and validation', () => lifecycleCases(suite));
+    describe('CloudEvents structured mode', () => structuredCases(suite));
   });
 }

@@ -83,6 +83,7 @@ export class EventBus {
       namespace: options.namespace === undefined ? namespaceFromEnv() : validateNamespace(options.namespace),
       maxPayloadBytes,
       maxHeaderBytes,
+      structured: contentMode(options.contentMode),
     });
     this.#breaker =
       options.breaker === false
@@ -316,4 +317,11 @@ export class EventBus {
 function positive(n: number, name: string): number {
   if (!Number.isFinite(n) || n <= 0) throw new ConfigError(`${name} must be a positive number, got ${n}`);
   return n;
+}
+
+/** Whether `BusOptions.contentMode` asks for structured mode (a `ConfigError` for anything unknown). */
+function contentMode(mode: unknown): boolean {
+  if (mode === undefined || mode === 'binary') return false;
+  if (mode === 'structured') return true;
+  throw new ConfigError(`contentMode must be 'binary' or 'structured', got ${JSON.stringify(mode)}`);
 }

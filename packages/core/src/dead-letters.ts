@@ -4,6 +4,7 @@
  */
 
 import { brokerDeadLetterMetadata, replayHeaders } from './delivery/copy-headers.js';
+import { messageIdOf } from './delivery/decode.js';
 import type { DeadLetterReason, DeadLetterReasonKind } from './envelope.js';
 import { HeaderNames as Headers } from './headers.js';
 import { checkNumber, checkObject, checkType } from './option-checks.js';
@@ -77,7 +78,7 @@ export function toDeadLetterView(stored: StoredDeadLetter, target: DeadLetterTar
   const kind = h[Headers.deadLetterReason] ?? '';
   const error = h[Headers.deadLetterError] ?? '';
   return {
-    id: h[Headers.id] ?? '',
+    id: messageIdOf(stored) ?? '',
     reason: (REASON_KINDS.has(kind)
       ? { kind, detail: error }
       : { kind: 'unknown', detail: `unknown reason "${kind}": ${error}` }) as DeadLetterReason,

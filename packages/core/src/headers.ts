@@ -1,10 +1,13 @@
 /**
  * Header keys of the Busbar wire format.
  *
- * Every message is a CloudEvents 1.0 event in **binary content mode**: the body is the event data
- * byte-for-byte, the attributes travel as headers. Core uses the Kafka protocol binding's naming
+ * Every message Busbar writes is a CloudEvents 1.0 event, by default in **binary content mode**:
+ * the body is the event data byte-for-byte, the attributes travel as headers. With
+ * `BusOptions.contentMode: 'structured'` the body is the JSON event envelope instead
+ * (`content-type` {@link STRUCTURED_CONTENT_TYPE}); consumers read both modes, and a structured
+ * event's envelope wins over the headers it may also carry. Core uses the Kafka protocol binding's naming
  * (`ce_<attribute>`, `content-type` for `datacontenttype`) as its canonical form; a transport whose
- * broker has its own binding (AMQP: `cloudEvents:` application properties) maps these names at
+ * broker has its own binding (AMQP: `cloudEvents_` application properties) maps these names at
  * its edge and back.
  *
  * Extension attribute names follow the CloudEvents rules (lower-case letters and digits).
@@ -69,6 +72,12 @@ export type HeaderKey = (typeof HeaderNames)[keyof typeof HeaderNames];
 
 /** Content type Busbar writes (`datacontenttype`). */
 export const JSON_CONTENT_TYPE = 'application/json';
+
+/**
+ * Content type Busbar writes for a structured event (CloudEvents JSON event format). Any
+ * `application/cloudevents+json` (any parameters, any case) is read as structured.
+ */
+export const STRUCTURED_CONTENT_TYPE = 'application/cloudevents+json; charset=utf-8';
 
 /** CloudEvents spec version Busbar writes and accepts. */
 export const SPEC_VERSION = '1.0';

@@ -17,7 +17,15 @@ export * from './envelope.js';
 export * from './errors.js';
 export * from './event.js';
 export * from './from-env.js';
-export { type HeaderKey, HeaderNames, Headers, JSON_CONTENT_TYPE, RESERVED_HEADER_PREFIX, SPEC_VERSION } from './headers.js';
+export {
+  type HeaderKey,
+  HeaderNames,
+  Headers,
+  JSON_CONTENT_TYPE,
+  RESERVED_HEADER_PREFIX,
+  SPEC_VERSION,
+  STRUCTURED_CONTENT_TYPE,
+} from './headers.js';
 export * from './idempotency.js';
 export * from './logger.js';
 export { topicName, validateGroup, validateNamespace } from './naming.js';

@@ -65,6 +65,14 @@ export interface BusOptions {
   retry?: RetryPolicy;
   /** How long `close()` waits for in-flight handlers before aborting them, ms. @defaultValue 10000 */
   closeTimeoutMs?: number;
+  /**
+   * CloudEvents content mode of published messages. `'binary'`: the body is the data, the
+   * attributes travel as `ce_*` headers. `'structured'`: the body is the JSON event envelope
+   * (`content-type: application/cloudevents+json`), for consumers that read only that form; the
+   * `ce_*` headers are written too. Consumers read both modes whatever this says; turn structured
+   * on only once every consumer runs a version that reads it. @defaultValue 'binary'
+   */
+  contentMode?: 'binary' | 'structured';
 }
 
 /** Options of {@link EventBus.publish}. */

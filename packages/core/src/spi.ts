@@ -295,6 +295,14 @@ export interface Transport {
   /** What the broker can do natively. */
   readonly capabilities: TransportCapabilities;
   /**
+   * How this transport's protocol binding spells a CloudEvents attribute carried as a header in
+   * binary content mode: the prefix before the attribute name. Core uses it only to name
+   * attributes in dead-letter reasons as they appear on this broker (`missing attribute
+   * cloudEvents_id`): the prefix the transport writes. Optional: absent means `'ce_'` (the Kafka
+   * binding, core's canonical form). The AMQP binding (v1.0.2+): `'cloudEvents_'`.
+   */
+  readonly attributePrefix?: string;
+  /**
    * Connect (or start connecting). Must not throw when the broker is merely down: the transport
    * keeps reconnecting with backoff and fails publishes with `BrokerUnavailableError` meanwhile.
    * Throws `ConfigError` for configuration that can never work.

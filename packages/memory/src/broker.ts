@@ -269,6 +269,8 @@ export class MemoryBroker {
   /** See {@link MemoryBrokerOptions.retention}. */
   readonly retention: MemoryRetention;
   private readonly topics = new Map<string, Topic>();
+  /** Open raw probes per topic (on RabbitMQ each is a queue bound to the exchange). */
+  private readonly probes = new Map<string, number>();
   private readonly appends = new EventEmitter<{ append: [topic: string, entry: Entry] }>();
   private readonly idleWaiters = new Set<{ includeDelayed: boolean; resolve: () => void }>();
   private readonly settler: Settler = { settle: (d, how, delayMs, headers) => this.settle(d, how, delayMs, headers) };
@@ -316,6 +318,11 @@ export class MemoryBroker {
   /** Messages each topic's log holds now (see {@link MemoryBrokerOptions.retention}), for tests and diagnostics. */
   logLength(topic: string): number {
     return this.topics.get(topic)?.log.length ?? 0;
+  }
+
+  /** @internal Queues a publish to `topic` reaches: its groups (from their first subscribe on) and open raw probes. */
+  routes(topic: string): number {
+    return (this.topics.get(topic)?.groups.size ?? 0) + (this.probes.get(topic) ?? 0);
   }
 
   /** Deletes every topic whose name starts with `prefix`, with its groups, retries and dead letters. Returns how many. */
@@ -464,6 +471,8 @@ export class MemoryBroker {
       waiters.delete(id);
     };
     this.appends.on('append', listener);
+    this.probes.set(topic, (this.probes.get(topic) ?? 0) + 1);
+    let open = true;
     return {
       waitFor: (id, timeoutMs) => {
         const hit = seen.get(id);
@@ -490,6 +499,8 @@ export class MemoryBroker {
       },
       close: async () => {
         this.appends.off('append', listener);
+        if (open) this.probes.set(topic, (this.probes.get(topic) ?? 1) - 1);
+        open = false;
         for (const set of waiters.values()) for (const w of set) w.reject(new Error(`raw probe on ${topic} closed`));
         waiters.clear();
         onClose();

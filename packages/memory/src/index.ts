@@ -14,4 +14,5 @@ export {
   type RawMessage,
 } from './broker.js';
 export { ManualClock } from './clock.js';
+export { MEMORY_PROFILES, type MemoryProfile, type MemoryProfileName, RABBITMQ_DELAY_TIERS_MS } from './profiles.js';
 export { MemoryTransport, type MemoryTransportOptions, memoryTransport } from './transport.js';

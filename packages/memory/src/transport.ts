@@ -19,6 +19,7 @@ import {
   type TransportSubscription,
 } from '@busbar/core/transport';
 import { type IdleOptions, MemoryBroker, type MemoryMember, type MemoryRawClient, type MemoryRetention } from './broker.js';
+import { MEMORY_PROFILES, type MemoryProfile, type MemoryProfileName, messageBytes, retryClock, tooLarge, unroutable } from './profiles.js';
 
 /** Options of {@link MemoryTransport}. */
 export interface MemoryTransportOptions {
@@ -40,8 +41,16 @@ export interface MemoryTransportOptions {
    * `clock.advance(ms)`. @defaultValue `systemClock` (real, unref'd timers)
    */
   clock?: Clock;
-  /** Longest retry delay held, ms (core caps delays to it). @defaultValue 86400000 (24 h) */
+  /** Longest retry delay held, ms (core caps delays to it). @defaultValue the profile's: 86400000 (24 h) for `'memory'` */
   maxRetryDelayMs?: number;
+  /**
+   * Behave like this broker's transport: its capabilities, what it refuses at publish (RabbitMQ:
+   * a topic no group subscribed to yet), its retry delay tiers, maximum retry delay, size and name
+   * limits (see the README's table). @defaultValue 'memory' (no broker's limits)
+   */
+  like?: MemoryProfileName;
+  /** With `like: 'rabbitmq'`: the retry delay tiers, ms, ascending (as `RabbitMqOptions.delayTiersMs`). @defaultValue the RabbitMQ transport's */
+  delayTiersMs?: readonly number[];
 }
 
 const OK: PublishOutcome = Object.freeze({ ok: true });
@@ -78,6 +87,10 @@ export class MemoryTransport implements Transport {
   private rawClient: MemoryRawClient | undefined;
   /** Topic names already checked against the naming rules (a topic is checked once, not per message). */
   private readonly checkedTopics = new Set<string>();
+  private readonly profile: MemoryProfile;
+  private readonly delayTiersMs: readonly number[] | undefined;
+  /** `'cloudEvents_'` with `like: 'rabbitmq'` (see `Transport.attributePrefix`). */
+  readonly attributePrefix: string | undefined;
 
   /** @param options - see {@link MemoryTransportOptions}; all optional. */
   constructor(options: MemoryTransportOptions = {}) {
@@ -86,15 +99,20 @@ export class MemoryTransport implements Transport {
     }
     this.broker = options.broker ?? new MemoryBroker({ retention: options.retention });
     this.clock = options.clock ?? systemClock;
+    const like = options.like ?? 'memory';
+    const profile = Object.hasOwn(MEMORY_PROFILES, like) ? MEMORY_PROFILES[like] : undefined;
+    if (profile === undefined) throw new ConfigError(`MemoryTransport: like must be one of ${Object.keys(MEMORY_PROFILES).join(', ')}`);
+    if (options.delayTiersMs !== undefined && profile.delayTiersMs === undefined) {
+      throw new ConfigError(`MemoryTransport: delayTiersMs applies to like: 'rabbitmq' only`);
+    }
+    this.profile = profile;
+    this.delayTiersMs = options.delayTiersMs ?? profile.delayTiersMs;
+    this.attributePrefix = profile.attributePrefix;
+    const tiers = this.delayTiersMs;
     this.capabilities = Object.freeze({
       durability: 'memory',
-      orderedByKey: true,
-      newGroupFromEarliest: true,
-      balancedAssignment: true,
-      leaseExtension: false,
-      maxRetryDelayMs: options.maxRetryDelayMs ?? 86_400_000,
-      maxNameLength: 255,
-      namePattern: /^[\w.\-:|]+$/,
+      ...profile.capabilities,
+      maxRetryDelayMs: options.maxRetryDelayMs ?? (tiers ? (tiers[tiers.length - 1] as number) : profile.maxRetryDelayMs),
     });
   }
 
@@ -126,6 +144,7 @@ export class MemoryTransport implements Transport {
         checkBrokerName(m.topic, this.capabilities, 'topic');
         if (this.checkedTopics.size < 10_000) this.checkedTopics.add(m.topic);
       }
+      if (this.profile.refusesUnroutable || this.profile.maxMessageBytes) return Promise.resolve(this.appendRefusing(batch));
       for (const m of batch) this.broker.append(m.topic, m);
     } catch (error) {
       return Promise.reject(error);
@@ -136,8 +155,16 @@ export class MemoryTransport implements Transport {
   /** Joins `spec.group` on `spec.topic`; the group's position is fixed when this resolves. */
   async subscribe(spec: SubscriptionSpec, onDelivery: (delivery: Delivery) => void): Promise<TransportSubscription> {
     this.assertConnected();
-    checkBrokerName(`${spec.topic}.${spec.group}`, this.capabilities, 'group queue');
-    const member = this.broker.join(spec, onDelivery, this.clock);
+    for (const [name, what] of this.profile.groupObjects(spec.topic, spec.group, this.capabilities.maxRetryDelayMs)) {
+      checkBrokerName(name, this.capabilities, what);
+    }
+    const clock =
+      this.delayTiersMs === undefined && this.capabilities.maxRetryDelayMs <= 2 ** 31 - 1
+        ? this.clock
+        : retryClock(this.clock, this.delayTiersMs);
+    // A message stays with its member until settled, so a lease never runs out: extending one is a no-op.
+    const deliver = this.capabilities.leaseExtension ? (d: Delivery) => onDelivery(withLease(d)) : onDelivery;
+    const member = this.broker.join(spec, deliver, clock);
     this.members.add(member);
     return {
       stop: async () => member.stop(),
@@ -173,10 +200,29 @@ export class MemoryTransport implements Transport {
     return this.broker.idle(options);
   }
 
+  /** Appends what the profile's broker accepts; a refused message gets the broker's error as its outcome. */
+  private appendRefusing(batch: readonly OutgoingMessage[]): PublishOutcome[] {
+    const limit = this.profile.maxMessageBytes;
+    return batch.map((m): PublishOutcome => {
+      if (this.profile.refusesUnroutable && this.broker.routes(m.topic) === 0) return { ok: false, error: unroutable(m.topic) };
+      const bytes = limit ? messageBytes(m.headers, m.body) : 0;
+      if (limit && bytes > limit.bytes) return { ok: false, error: tooLarge(bytes, limit) };
+      this.broker.append(m.topic, m);
+      return OK;
+    });
+  }
+
   private assertConnected(): void {
     const state = this.connection.state;
     if (state !== 'connected') throw new BrokerUnavailableError(`memory transport is ${state}`);
   }
+}
+
+const extended = (): Promise<void> => Promise.resolve();
+
+function withLease(d: Delivery): Delivery {
+  (d as { extendLease?: (ms: number) => Promise<void> }).extendLease = extended;
+  return d;
 }
 
 /** Creates a {@link MemoryTransport}. */

@@ -103,11 +103,11 @@ export class DeliveryContext implements HandlerContext {
   }
 
   /**
-   * Made on first read, from the delivery's headers (as decoding had them): an object of 12
+   * Made on first read, from the delivery (as decoding read it): an object of 12
    * fields, the largest part of a context, that most handlers never read.
    */
   get attributes(): EnvelopeAttributes {
-    this.#attributes ??= attributesOf(this.#running.delivery.headers);
+    this.#attributes ??= attributesOf(this.#running.delivery);
     return this.#attributes;
   }
 

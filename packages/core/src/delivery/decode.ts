@@ -3,15 +3,14 @@
  * path (bus.ts) share. Not exported from the package: {@link decodeInto} writes into a caller's
  * object instead of allocating a result, which is an internal contract.
  */
-import sjson from 'secure-json-parse';
 import type { DeadLetterReason, DecodeLimits, EnvelopeAttributes } from '../envelope.js';
 import type { EventDefinition, Upcasters } from '../event.js';
 import { HeaderNames, JSON_CONTENT_TYPE, RESERVED_HEADER_PREFIX, SPEC_VERSION } from '../headers.js';
 import type { WireMessage } from '../spi.js';
+import { contentModeOf, parseUntrustedJson, readStructured, type StructuredAttributes, structuredId } from './structured.js';
 
 const hasOwn = Object.prototype.hasOwnProperty;
 const textDecoder = new TextDecoder('utf-8', { fatal: true });
-const JSON_PARSE_OPTIONS = { protoAction: 'error', constructorAction: 'error' } as const;
 const JSON_CONTENT = /^application\/(?:[\w.+-]+\+)?json(?:\s*;.*)?$/i;
 
 /** `urn:busbar:<type>:v<version>` — the `dataschema` Busbar writes. */
@@ -19,17 +18,17 @@ export function dataSchemaUri(type: string, version: number): string {
   return `urn:busbar:${type}:v${version}`;
 }
 
-/**
- * Whether secure-json-parse has anything to look for: its checks match a `__proto__` or
- * `constructor` key spelled out or with `\u` escapes (and it strips a leading BOM). Text with none
- * of these parses identically with plain `JSON.parse`, without its two regular-expression scans.
- */
-function mayHoldForbiddenKeys(text: string): boolean {
-  return text.charCodeAt(0) === 0xfeff || text.includes('\\u') || text.includes('__proto__') || text.includes('constructor');
-}
-
 function invalid(detail: string): DeadLetterReason {
   return { kind: 'invalid-envelope', detail };
+}
+
+/**
+ * How a dead-letter reason names attribute `attr`: as the transport's binding spells its header
+ * (`prefix` + name: `ce_id`, `cloudEvents_id` …), or, for a structured event (`prefix`
+ * undefined), as the member of its JSON envelope.
+ */
+function named(prefix: string | undefined, attr: string): string {
+  return prefix === undefined ? `"${attr}" of the structured CloudEvent` : prefix + attr;
 }
 
 /** User headers of a message that has none: one shared, frozen, prototype-less empty object. */
@@ -78,6 +77,22 @@ class HeaderScan {
       }
     }
     return this;
+  }
+
+  /** A structured event's attributes replace whatever the headers said (the envelope wins). */
+  adopt(a: StructuredAttributes): void {
+    this.id = a.id;
+    this.source = a.source;
+    this.type = a.type;
+    this.specversion = a.specversion;
+    this.time = a.time;
+    this.contentType = a.contentType;
+    this.dataschema = a.dataschema;
+    this.eventVersion = a.eventVersion;
+    this.idempotencyKey = a.idempotencyKey;
+    this.partitionKey = a.partitionKey;
+    this.traceparent = a.traceparent;
+    this.tracestate = a.tracestate;
   }
 
   private header(k: string, v: unknown): void {
@@ -154,6 +169,13 @@ export interface DecodedMessage {
  * attributes, parses JSON refusing prototype-polluting keys, upcasts older versions and validates
  * against the schema. On success fills `out` and returns `undefined`; otherwise returns why (and
  * leaves `out` as it was). Never throws.
+ *
+ * Both CloudEvents content modes are read: **binary** (attributes in headers, the body is the
+ * data — what Busbar writes by default) and **structured** (`content-type:
+ * application/cloudevents+json`, any parameters and case: attributes and data in a JSON envelope,
+ * the data in `data` or as bytes in `data_base64`). A structured event's envelope wins over any
+ * `ce_*` headers it also carries. `prefix` is how the transport's binding spells an attribute
+ * header (`Transport.attributePrefix`), used to name attributes in dead-letter reasons.
  */
 export function decodeInto(
   message: WireMessage,
@@ -162,6 +184,7 @@ export function decodeInto(
   extraUpcasters: Upcasters,
   out: DecodedMessage,
   withAttributes: boolean,
+  prefix: string = RESERVED_HEADER_PREFIX,
 ): DeadLetterReason | undefined {
   try {
     if (message.body.byteLength > limits.maxPayloadBytes) {
@@ -169,39 +192,63 @@ export function decodeInto(
     }
     const h = scanner.scan(message.headers);
     if (h.bytes > limits.maxHeaderBytes) return invalid(`headers exceed ${limits.maxHeaderBytes} bytes`);
+    /** The bytes holding the data as JSON text; `undefined` when `data` is already the value. */
+    let bytes: Uint8Array | undefined = message.body;
+    let data: unknown;
+    let p: string | undefined = prefix;
+    const ct = h.contentType;
+    if (ct !== undefined && ct !== JSON_CONTENT_TYPE) {
+      const mode = contentModeOf(ct);
+      if (mode !== 'binary') {
+        if (mode === 'unsupported') {
+          return invalid(
+            `content-type "${ct.slice(0, 100)}" is a CloudEvents format this version does not read (only application/cloudevents+json)`,
+          );
+        }
+        const structured = readStructured(message.body);
+        if (typeof structured === 'string') return invalid(structured);
+        h.adopt(structured.attributes);
+        p = undefined;
+        bytes = structured.bytes;
+        data = structured.value;
+      }
+    }
     // Everything read from the shared scanner is copied out before any user code (upcasters, the
     // schema) runs, which might decode another message.
     const { id, type, specversion, source, time, dataschema, idempotencyKey, partitionKey, traceparent, tracestate } = h;
     const userHeaders = h.user ?? NO_USER_HEADERS;
     const eventVersion = h.eventVersion;
-    if (!id) return invalid(`missing attribute ${HeaderNames.id}`);
-    if (!source) return invalid(`missing attribute ${HeaderNames.source}`);
+    if (!id) return invalid(`missing attribute ${named(p, 'id')}`);
+    if (!source) return invalid(`missing attribute ${named(p, 'source')}`);
     if (specversion !== SPEC_VERSION)
-      return invalid(`${HeaderNames.specversion} must be ${SPEC_VERSION}, got ${JSON.stringify(specversion ?? null)}`);
-    if (!type) return invalid(`missing attribute ${HeaderNames.type}`);
-    if (type !== event.type) return invalid(`${HeaderNames.type} is "${type.slice(0, 200)}", this subscription handles "${event.type}"`);
+      return invalid(`${named(p, 'specversion')} must be ${SPEC_VERSION}, got ${JSON.stringify(specversion ?? null)}`);
+    if (!type) return invalid(`missing attribute ${named(p, 'type')}`);
+    if (type !== event.type) return invalid(`${named(p, 'type')} is "${type.slice(0, 200)}", this subscription handles "${event.type}"`);
     const contentType = h.contentType ?? JSON_CONTENT_TYPE;
     h.user = undefined;
     if (contentType !== JSON_CONTENT_TYPE && !JSON_CONTENT.test(contentType)) {
-      return invalid(`content-type "${contentType.slice(0, 100)}" is not JSON`);
+      return invalid(
+        `${p === undefined ? named(p, 'datacontenttype') : HeaderNames.contentType} "${contentType.slice(0, 100)}" is not JSON`,
+      );
     }
     const versionText = eventVersion ?? '1';
     const version = Number(versionText);
     if (!Number.isInteger(version) || version < 1)
-      return invalid(`${HeaderNames.eventVersion} "${versionText.slice(0, 50)}" is not an integer ≥ 1`);
+      return invalid(`${named(p, 'eventversion')} "${versionText.slice(0, 50)}" is not an integer ≥ 1`);
 
-    let text: string;
-    try {
-      text = textDecoder.decode(message.body);
-    } catch {
-      return { kind: 'undecodable', detail: 'body is not valid UTF-8' };
-    }
-    let data: unknown;
-    try {
-      data = mayHoldForbiddenKeys(text) ? sjson.parse(text, undefined, JSON_PARSE_OPTIONS) : JSON.parse(text);
-    } catch (e) {
-      const msg = e instanceof Error ? e.message : String(e);
-      return { kind: 'undecodable', detail: `body is not acceptable JSON: ${msg.slice(0, 200)}` };
+    if (bytes !== undefined) {
+      let text: string;
+      try {
+        text = textDecoder.decode(bytes);
+      } catch {
+        return { kind: 'undecodable', detail: p === undefined ? 'data_base64 is not valid UTF-8' : 'body is not valid UTF-8' };
+      }
+      try {
+        data = parseUntrustedJson(text);
+      } catch (e) {
+        const msg = e instanceof Error ? e.message : String(e);
+        return { kind: 'undecodable', detail: `${p === undefined ? 'data_base64' : 'body'} is not acceptable JSON: ${msg.slice(0, 200)}` };
+      }
     }
 
     if (version > event.version) {
@@ -267,13 +314,24 @@ function buildAttributes(
   };
 }
 
+/** Whether `headers` mark a structured CloudEvent (see {@link decodeInto}). */
+function isStructured(headers: Readonly<Record<string, string>>): boolean {
+  const ct = headers[HeaderNames.contentType];
+  return typeof ct === 'string' && ct !== JSON_CONTENT_TYPE && contentModeOf(ct) === 'structured';
+}
+
 /**
- * The attributes of a message {@link decodeInto} accepted, read again from its headers (the bus
- * makes them only when a handler reads `ctx.attributes`): what `decodeInto` would have made.
+ * The attributes of a message {@link decodeInto} accepted, read again from its headers — or from
+ * its envelope, for a structured event (the bus makes them only when a handler reads
+ * `ctx.attributes`): what `decodeInto` would have made.
  */
-export function attributesOf(headers: Readonly<Record<string, string>>): EnvelopeAttributes {
-  const h = scanner.scan(headers);
+export function attributesOf(message: WireMessage): EnvelopeAttributes {
+  const h = scanner.scan(message.headers);
   h.user = undefined;
+  if (isStructured(message.headers)) {
+    const structured = readStructured(message.body);
+    if (typeof structured !== 'string') h.adopt(structured.attributes);
+  }
   const id = h.id ?? '';
   const type = h.type ?? '';
   return buildAttributes(
@@ -289,4 +347,14 @@ export function attributesOf(headers: Readonly<Record<string, string>>): Envelop
     h.traceparent,
     h.tracestate,
   );
+}
+
+/**
+ * The CloudEvents id of a message, without decoding it: the `ce_id` header, or for a structured
+ * event the `id` of its envelope (parsed only then). For reports and the causal hold of retry
+ * copies, before (or without) a successful decode.
+ */
+export function messageIdOf(message: WireMessage): string | undefined {
+  if (isStructured(message.headers)) return structuredId(message.body);
+  return message.headers[HeaderNames.id];
 }

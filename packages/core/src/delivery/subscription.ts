@@ -8,7 +8,7 @@ import type { BusEvents, DeliveryInfo, DeliveryOutcome } from '../bus-events.js'
 import type { DeadLetterReason, DecodeLimits } from '../envelope.js';
 import { BusClosedError, CapabilityError, ConfigError, DeadLetterFailedError, describeError } from '../errors.js';
 import type { EventDefinition, Upcasters } from '../event.js';
-import { HeaderNames as Headers } from '../headers.js';
+import { RESERVED_HEADER_PREFIX } from '../headers.js';
 import type { Logger } from '../logger.js';
 import type { IdempotencyOptions, SubscribeOptions } from '../options.js';
 import type { BackoffOptions, Clock, RandomSource } from '../resilience.js';
@@ -17,7 +17,7 @@ import { attemptOf } from './attempt.js';
 import { RetryHolds } from './causal-hold.js';
 import { type ContextOwner, DeliveryContext, type Handler } from './context.js';
 import { deadLetterHeaders, releaseHeaders, retryHeaders } from './copy-headers.js';
-import { type DecodedMessage, decodeInto, NO_UPCASTERS, NO_USER_HEADERS } from './decode.js';
+import { type DecodedMessage, decodeInto, messageIdOf, NO_UPCASTERS, NO_USER_HEADERS } from './decode.js';
 import { type ClaimDecision, claimDecision, classifyFailure, decide, type Failure, type RetrySettings } from './policy.js';
 import { type Continuation, running as newRunning, type Running } from './running.js';
 
@@ -103,6 +103,8 @@ export class SubscriptionImpl implements Subscription, ContextOwner {
   private readonly retry: RetrySettings;
   private readonly scope: string;
   private readonly limits: DecodeLimits;
+  /** How the transport's binding spells an attribute header, for dead-letter reasons. */
+  private readonly attributePrefix: string;
   /**
    * Common path: deliveries whose handlers are due, oldest first, linked through
    * `Running.nextStart`. The first one of a synchronous burst of deliveries queues one microtask
@@ -143,6 +145,7 @@ export class SubscriptionImpl implements Subscription, ContextOwner {
     this.store = options.idempotent === false ? undefined : host.idempotency;
     this.scope = `${resolved.topic}|${options.group}`;
     this.limits = host.limits;
+    this.attributePrefix = host.transport.attributePrefix ?? RESERVED_HEADER_PREFIX;
     this.retry = {
       maxAttempts: resolved.maxAttempts,
       backoff: resolved.backoff,
@@ -226,7 +229,7 @@ export class SubscriptionImpl implements Subscription, ContextOwner {
 
   private info(r: Running, idempotencyKey?: string): DeliveryInfo {
     return {
-      id: r.delivery.headers[Headers.id] ?? '',
+      id: r.ctx?.id ?? messageIdOf(r.delivery) ?? '',
       type: this.event.type,
       topic: this.resolved.topic,
       group: this.options.group,
@@ -241,7 +244,7 @@ export class SubscriptionImpl implements Subscription, ContextOwner {
     else this.first = running;
     this.last = running;
     this.runningCount++;
-    const hold = running.attempt > 1 ? this.holds.holdFor(delivery.headers[Headers.id], running.attempt) : undefined;
+    const hold = running.attempt > 1 && this.holds.size > 0 ? this.holds.holdFor(messageIdOf(delivery), running.attempt) : undefined;
     if (hold === undefined) this.process(running);
     else void hold.then(() => this.processHeld(running));
   }
@@ -380,7 +383,7 @@ export class SubscriptionImpl implements Subscription, ContextOwner {
     let failure: DeadLetterReason | undefined;
     try {
       if (bus.listenerCount('delivered') > 0) bus.emit('delivered', this.info(r));
-      failure = decodeInto(d, this.event, this.limits, this.upcasters, decoded, false);
+      failure = decodeInto(d, this.event, this.limits, this.upcasters, decoded, false, this.attributePrefix);
     } catch (error) {
       this.crashed(r, error);
       return;
@@ -658,7 +661,7 @@ export class SubscriptionImpl implements Subscription, ContextOwner {
     const settled = this.settle(r, { status: 'retried', delayMs, error: detail }, () => d.retry(delayMs, headers), key);
     // Registered before the transport can have written the copy (its write is asynchronous): the
     // copy (same id, next attempt) waits in `onDelivery` until this retry settled.
-    this.holds.retrying(d.headers[Headers.id], r.attempt + 1, settled);
+    this.holds.retrying(r.ctx?.id ?? messageIdOf(d), r.attempt + 1, settled);
     await settled;
   }
 }

@@ -4,6 +4,7 @@
  * all before any I/O.
  */
 import { randomFillSync } from 'node:crypto';
+import { toStructured } from '../delivery/structured.js';
 import { dataSchemaUri, encodeJson } from '../envelope.js';
 import { PayloadTooLargeError, ValidationError } from '../errors.js';
 import type { EventDefinition, EventInput } from '../event.js';
@@ -25,6 +26,8 @@ export interface EncoderSettings {
   readonly maxPayloadBytes: number;
   /** Largest total size of headers, bytes (user headers get half of it). */
   readonly maxHeaderBytes: number;
+  /** Write CloudEvents structured mode (`BusOptions.contentMode`). @defaultValue false */
+  readonly structured?: boolean;
 }
 
 /** Encodes messages of a bus (one per bus: it caches per-event metadata). */
@@ -33,6 +36,7 @@ export class MessageEncoder {
   private readonly namespace: string | undefined;
   private readonly maxPayloadBytes: number;
   private readonly maxHeaderBytes: number;
+  private readonly structured: boolean;
   /** Per event definition: its topic, `dataschema` and version header (computed once, not per publish). */
   private readonly eventMeta = new WeakMap<EventDefinition, EventMeta>();
 
@@ -41,6 +45,7 @@ export class MessageEncoder {
     this.namespace = settings.namespace;
     this.maxPayloadBytes = settings.maxPayloadBytes;
     this.maxHeaderBytes = settings.maxHeaderBytes;
+    this.structured = settings.structured === true;
   }
 
   /** The broker-level name of an event's destination (namespace applied). */
@@ -114,7 +119,8 @@ export class MessageEncoder {
     if (options.key !== undefined) headers[Headers.partitionKey] = options.key;
     if (options.traceparent) headers[Headers.traceparent] = options.traceparent;
     if (options.tracestate) headers[Headers.tracestate] = options.tracestate;
-    return { topic: meta.topic, id, key: options.key, headers, body };
+    const message: OutgoingMessage = { topic: meta.topic, id, key: options.key, headers, body };
+    return this.structured ? toStructured(message, this.maxPayloadBytes) : message;
   }
 
   /** Topic, `dataschema` and version header of `event`, computed on its first publish. */

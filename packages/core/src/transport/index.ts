@@ -40,6 +40,7 @@ export {
   JSON_CONTENT_TYPE,
   RESERVED_HEADER_PREFIX,
   SPEC_VERSION,
+  STRUCTURED_CONTENT_TYPE,
 } from '../headers.js';
 export { type Logger, redact, redactingLogger, silentLogger } from '../logger.js';
 export { checkBrokerName } from '../naming.js';
