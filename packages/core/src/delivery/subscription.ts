@@ -202,7 +202,7 @@ export class SubscriptionImpl implements Subscription, ContextOwner {
         if (timedOut) {
           const released: { id: string; attempt: number; position: string }[] = [];
           for (const r of this.runningNow()) {
-            released.push({ id: r.delivery.headers[Headers.id] ?? '', attempt: r.attempt, position: r.delivery.position });
+            released.push({ id: r.ctx?.id ?? messageIdOf(r.delivery) ?? '', attempt: r.attempt, position: r.delivery.position });
             r.controller ??= new AbortController();
             r.controller.abort(new BusClosedError('subscription closed before the handler finished'));
             await this.settle(r, { status: 'released' }, (d) => d.release(releaseHeaders(d.headers, r.attempt)), undefined);
