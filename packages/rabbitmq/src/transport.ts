@@ -22,6 +22,7 @@ import { type RabbitMqOptions, type ResolvedOptions, resolveOptions } from './op
 import { ORDERED_PUBLISH_CALLS, Publisher } from './publish.js';
 import { type ConsumerHost, RabbitSubscription } from './subscription.js';
 import { type DeclaredObjects, Topology } from './topology.js';
+import { AMQP_CE_PREFIX } from './wire.js';
 
 /** RabbitMQ names: up to 255 bytes; we never derive names starting with the reserved `amq.`. */
 const NAME_PATTERN = /^(?!amq\.)[A-Za-z0-9._:-]+$/;
@@ -51,6 +52,13 @@ export class RabbitMqTransport implements Transport {
   readonly name = 'rabbitmq';
   /** @inheritDoc — `amqp://user:***@host:port[/vhost]`, built from the URL's parts (no password). */
   readonly endpoint: string;
+  /**
+   * How the CloudEvents AMQP binding spells an attribute header on this broker: `cloudEvents_`
+   * (what this transport writes; `cloudEvents:` is accepted on consume). Core names attributes in
+   * dead-letter reasons with it (`missing attribute cloudEvents_id`) — `Transport.attributePrefix`
+   * once core has it (issue 14 point 8).
+   */
+  readonly attributePrefix = AMQP_CE_PREFIX;
   /** @inheritDoc */
   readonly capabilities: TransportCapabilities;
   private readonly options: ResolvedOptions;
