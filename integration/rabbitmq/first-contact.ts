@@ -10,7 +10,15 @@ import { execFile } from 'node:child_process';
 import { createServer, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { AuthenticationError, BrokerUnavailableError, type BusOptions, defineEvent, EventBus, withTimeout } from '@busbar/core';
+import {
+  AuthenticationError,
+  BrokerUnavailableError,
+  type BusOptions,
+  defineEvent,
+  EventBus,
+  type Subscription,
+  withTimeout,
+} from '@busbar/core';
 import type { RabbitMqOptions } from '@busbar/rabbitmq';
 import { afterEach, describe, expect, it } from 'vitest';
 import { z } from 'zod';
@@ -215,14 +223,21 @@ export function firstContactTests(url: string, registry: TransportRegistry): voi
         });
       });
       const outcomes: unknown[] = [];
+      /** Subscriptions of the loop still open; the oldest are closed (not awaited) beyond 50. */
+      const open: Subscription[] = [];
+      const closing: Promise<void>[] = [];
       let stopAt = Number.POSITIVE_INFINITY;
-      // Subscribes back to back, so one is always in flight, until a few resolved after the reconnect.
+      let stopped = false;
+      // Subscribes back to back, so one is always in flight, until a few resolved after the
+      // reconnect. Only the last 50 stay open: a connection has at most 2047 channels, and this
+      // loop makes a subscribe every few ms.
       const subscribing = (async () => {
-        while (outcomes.length < stopAt && outcomes.length < 2000) {
+        while (!stopped && outcomes.length < stopAt) {
           inFlight++;
           try {
-            await b.subscribe(Ping, { group: 'g' }, handler);
+            open.push(await b.subscribe(Ping, { group: 'g' }, handler));
             outcomes.push('ok');
+            if (open.length > 50) closing.push((open.shift() as Subscription).close());
           } catch (e) {
             outcomes.push(e);
           } finally {
@@ -230,15 +245,20 @@ export function firstContactTests(url: string, registry: TransportRegistry): voi
           }
         }
       })();
-      await rabbitmqctl('close_connection', pids[0] as string, 'busbar test: dropped during subscribe');
-      await back;
-      stopAt = outcomes.length + 3;
-      await withTimeout(() => subscribing, { ms: T, label: 'the subscribes after the reconnect' });
+      try {
+        await rabbitmqctl('close_connection', pids[0] as string, 'busbar test: dropped during subscribe');
+        await back;
+        stopAt = outcomes.length + 3;
+        await withTimeout(() => subscribing, { ms: T, label: 'the subscribes after the reconnect' });
+      } finally {
+        stopped = true;
+      }
+      await Promise.all(closing);
       const failures = outcomes.filter((o) => o !== 'ok');
       expect(failures.map((e) => (e instanceof Error ? `${e.name}: ${e.message}` : String(e)))).toEqual([]);
       expect(droppedDuringSubscribe).toBe(true);
-      const subscriptions = outcomes.length + 1;
-      console.info(`[rabbitmq] dropped during subscribe: ${subscriptions} subscriptions, all resolved`);
+      const subscriptions = open.length + 1;
+      console.info(`[rabbitmq] dropped during subscribe: ${outcomes.length} subscribes, all resolved; ${subscriptions} left open`);
       // Every subscription consumes again: the broker counts each as a consumer of the group queue
       // (no event tells the test when the broker has registered them: poll, bounded).
       await withTimeout(
