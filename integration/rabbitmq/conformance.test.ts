@@ -1,12 +1,13 @@
 /**
  * The shared conformance suite on a real RabbitMQ (found by `brokerForTests('rabbitmq')`), then the
- * RabbitMQ-specific tests — in one file so they run after the suite, never beside it (one of them
- * force-closes connections). The raw client is plain amqplib speaking the CloudEvents AMQP binding;
+ * RabbitMQ-specific tests and the first-contact tests of issue 14 (first-contact.ts) — in one file
+ * so they run after the suite, never beside it (some of them force-close connections). The raw client is plain amqplib speaking the CloudEvents AMQP binding;
  * cleanup deletes the queues and exchanges the case's transports (and raw clients) declared.
  */
 import { runConformance } from '@busbar/conformance';
 import { afterAll, describe, expect, it } from 'vitest';
 import { brokerForTests } from '../brokers/resolve.js';
+import { firstContactTests } from './first-contact.js';
 import { createRawClient, TransportRegistry } from './kit.js';
 import { rabbitmqSpecificTests } from './rabbitmq-specific.js';
 
@@ -31,6 +32,7 @@ describe.skipIf(!broker)('rabbitmq', () => {
   });
 
   rabbitmqSpecificTests(url, registry);
+  firstContactTests(url, registry);
 
   it('hygiene: no queue or exchange declared by this file is left on the broker', async () => {
     expect(await registry.leftovers('')).toEqual([]);

@@ -230,3 +230,19 @@ export async function listQueues(prefix: string): Promise<{ name: string; durabl
       return { name, durable: durable === 'true', type, arguments: args };
     });
 }
+
+/** Open channels of each connection whose `connection_name` is `name`. */
+export async function channelsOfConnections(name: string): Promise<number[]> {
+  const out = await rabbitmqctl('list_connections', 'client_properties', 'channels', '-q', '--no-table-headers');
+  return out
+    .split('\n')
+    .filter((line) => line.includes(`{"connection_name","${name}"}`))
+    .map((line) => Number(line.split('\t').at(-1)));
+}
+
+/** Consumers of `queue` as the broker counts them (`undefined` when the queue does not exist). */
+export async function consumersOf(queue: string): Promise<number | undefined> {
+  const out = await rabbitmqctl('list_queues', 'name', 'consumers', '-q', '--no-table-headers');
+  const row = out.split('\n').find((line) => line.split('\t')[0] === queue);
+  return row === undefined ? undefined : Number(row.split('\t')[1]);
+}

@@ -543,10 +543,11 @@ export function rabbitmqSpecificTests(url: string, registry: TransportRegistry):
         breaker: false,
       });
       buses.push(b);
-      await b.ready();
+      const notReady = await b.ready({ timeoutMs: 300 }).catch((e: unknown) => e);
+      expect(notReady).toBeInstanceOf(BrokerUnavailableError);
       const err = await b.publish(Ping, { n: 1 }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(BrokerUnavailableError);
-      expect(JSON.stringify({ m: (err as Error).message, h: b.health() })).not.toContain('s3cr3t-pw');
+      expect(JSON.stringify({ r: (notReady as Error).message, m: (err as Error).message, h: b.health() })).not.toContain('s3cr3t-pw');
       expect(b.health().transport.state).not.toBe('connected');
     });
 

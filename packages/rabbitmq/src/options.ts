@@ -27,8 +27,20 @@ export interface RabbitMqOptions {
   url?: string;
   /** Socket / TLS options passed to amqplib as is (CA, client certificate, `servername` …). @defaultValue none */
   socketOptions?: SocketOptions;
-  /** AMQP heartbeat interval, seconds (`0` disables). Ignored when the URL sets `heartbeat`. @defaultValue 30 */
+  /**
+   * AMQP heartbeat interval, seconds (`0` disables). Ignored when the URL sets `heartbeat`. A link
+   * that goes silent (black-holed, half-open) is noticed after two missed intervals — between 2 and
+   * 3 intervals (8–12 s with the default) — and the transport leaves `connected`. RabbitMQ takes the
+   * smaller of this and its own `heartbeat` setting.
+   * @defaultValue 4
+   */
   heartbeatSeconds?: number;
+  /**
+   * How long one connection attempt may take, TCP connect and AMQP handshake together (amqplib's
+   * socket `timeout`; `socketOptions.timeout` wins). Bounds an attempt against a host that accepts
+   * the connection and then never answers. @defaultValue 5000
+   */
+  connectTimeoutMs?: number;
   /** Type of every queue this transport declares. @defaultValue 'quorum' */
   queueType?: 'quorum' | 'classic';
   /**
@@ -62,10 +74,16 @@ export const DEFAULT_DELAY_TIERS_MS: readonly number[] = [
   10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 300_000, 900_000, 3_600_000,
 ];
 
+/** Default AMQP heartbeat, seconds: a silent link is noticed within 8–12 s. */
+export const DEFAULT_HEARTBEAT_SECONDS = 4;
+
 /** Options after defaults and validation. */
 export interface ResolvedOptions {
   readonly url: string;
-  readonly safeUrl: string;
+  /** Where the transport connects, credential-free: `amqp://user:***@host:port[/vhost]`. */
+  readonly endpoint: string;
+  /** The vhost the URL names (`/` by default), for messages. */
+  readonly vhost: string;
   readonly socketOptions: SocketOptions;
   readonly queueType: 'quorum' | 'classic';
   readonly topology: 'declare' | 'verify';
@@ -73,6 +91,18 @@ export interface ResolvedOptions {
   readonly deliveryLimit: number | undefined;
   readonly backoff: BackoffOptions;
   readonly waitForConnectionMs: number;
+}
+
+/**
+ * The credential-free form of a parsed URL: scheme, user (password as `***`), host, port (the
+ * default one spelled out), vhost unless it is the default `/`. Built from the parts rather than by
+ * redacting the text, so no spelling of a password (an unencoded `@`, a query parameter) can leak.
+ */
+export function endpointOf(url: URL): string {
+  const port = url.port || (url.protocol === 'amqps:' ? '5671' : '5672');
+  const user = url.username !== '' || url.password !== '' ? `${url.username}:***@` : '';
+  const vhost = url.pathname.length > 1 ? url.pathname : '';
+  return `${url.protocol}//${user}${url.hostname}:${port}${vhost}`;
 }
 
 /** Applies defaults and validates. @throws ConfigError */
@@ -87,7 +117,7 @@ export function resolveOptions(options: RabbitMqOptions): ResolvedOptions {
   if (parsed.protocol !== 'amqp:' && parsed.protocol !== 'amqps:') {
     throw new ConfigError(`RabbitMQ url must start with amqp:// or amqps://, got "${parsed.protocol}//"`);
   }
-  const heartbeat = options.heartbeatSeconds ?? 30;
+  const heartbeat = options.heartbeatSeconds ?? DEFAULT_HEARTBEAT_SECONDS;
   if (!Number.isInteger(heartbeat) || heartbeat < 0) throw new ConfigError(`heartbeatSeconds must be an integer ≥ 0, got ${heartbeat}`);
   if (!parsed.searchParams.has('heartbeat')) parsed.searchParams.set('heartbeat', String(heartbeat));
   const tiers = [...(options.delayTiersMs ?? DEFAULT_DELAY_TIERS_MS)];
@@ -106,11 +136,15 @@ export function resolveOptions(options: RabbitMqOptions): ResolvedOptions {
   if (limit !== false && (!Number.isInteger(limit) || limit < 1)) throw new ConfigError(`deliveryLimit must be an integer ≥ 1 or false`);
   const waitForConnectionMs = options.reconnect?.waitForConnectionMs ?? 5000;
   if (!Number.isFinite(waitForConnectionMs) || waitForConnectionMs < 0) throw new ConfigError('reconnect.waitForConnectionMs must be ≥ 0');
-  const url = parsed.toString();
+  const connectTimeoutMs = options.connectTimeoutMs ?? 5000;
+  if (!Number.isInteger(connectTimeoutMs) || connectTimeoutMs < 1)
+    throw new ConfigError(`connectTimeoutMs must be an integer ≥ 1, got ${connectTimeoutMs}`);
   return {
-    url,
-    safeUrl: redact(url.replace(/\?.*$/, '')),
+    url: parsed.toString(),
+    endpoint: endpointOf(parsed),
+    vhost: parsed.pathname.length > 1 ? decodeURIComponent(parsed.pathname.slice(1)) : '/',
     socketOptions: {
+      timeout: connectTimeoutMs,
       ...options.socketOptions,
       clientProperties: { connection_name: options.connectionName ?? 'busbar', ...options.socketOptions?.clientProperties },
     },

@@ -37,6 +37,8 @@ interface PublishLink {
   readonly returned: Map<string, number>;
   /** Socket write coalescing of the connection the channel belongs to. */
   readonly writes: WriteCoalescer;
+  /** The channel closed (possibly before it became the current link). */
+  closed: boolean;
 }
 
 function returnKey(exchange: string, routingKey: string, messageId: unknown): string {
@@ -151,41 +153,67 @@ export class Publisher {
     if (pub) await pub.then((link) => link.ch.close()).catch(() => {});
   }
 
+  /**
+   * Opens the publish channel on a new connection, before the transport reports `connected`: a
+   * connection counts as working only once a channel on it opened.
+   */
+  async prepare(conn: ChannelModel): Promise<void> {
+    this.reset();
+    const opening = this.openLink(conn);
+    this.track(opening);
+    await opening;
+  }
+
   private getPublishChannel(signal?: AbortSignal): Promise<PublishLink> {
     if (this.publishChannel) return this.publishChannel;
-    const created = (async () => {
-      const conn: ChannelModel = await this.connection.live(signal);
-      const ch = await conn.createConfirmChannel();
-      const link: PublishLink = { ch, returned: new Map(), writes: writesOf(conn) };
-      ch.on('error', (error: unknown) => {
-        this.connection.logger.warn({ err: describeError(error) }, 'RabbitMQ publish channel error');
-        // A 404 (exchange or queue deleted under us) invalidates what we believed declared.
-        this.topology.forgetAll();
-      });
-      ch.on('close', () => {
-        // amqplib has failed every unconfirmed message by now ('channel closed').
-        link.returned.clear();
-        if (this.publishChannel === created) {
-          this.publishChannel = undefined;
-          this.publishLink = undefined;
-        }
-      });
-      ch.on('return', (msg: Message) => {
-        const key = returnKey(msg.fields.exchange, msg.fields.routingKey, msg.properties.messageId);
-        link.returned.set(key, (link.returned.get(key) ?? 0) + 1);
-      });
-      return link;
-    })();
+    const created = this.connection.live(signal).then((conn) => this.openLink(conn));
+    this.track(created);
+    return created;
+  }
+
+  /** Makes `created` the publish channel (forgotten again if it fails to open). */
+  private track(created: Promise<PublishLink>): void {
     this.publishChannel = created;
     created.then(
       (link) => {
-        if (this.publishChannel === created) this.publishLink = link;
+        if (this.publishChannel !== created) return;
+        if (link.closed) this.publishChannel = undefined;
+        else this.publishLink = link;
       },
       () => {
         if (this.publishChannel === created) this.publishChannel = undefined;
       },
     );
-    return created;
+  }
+
+  /** A confirm channel on `conn`, with its listeners. @throws BrokerUnavailableError */
+  private async openLink(conn: ChannelModel): Promise<PublishLink> {
+    let ch: ConfirmChannel;
+    try {
+      ch = await conn.createConfirmChannel();
+    } catch (error) {
+      throw new BrokerUnavailableError(`could not open the RabbitMQ publish channel: ${describeError(error)}`, { cause: error });
+    }
+    const link: PublishLink = { ch, returned: new Map(), writes: writesOf(conn), closed: false };
+    ch.on('error', (error: unknown) => {
+      this.connection.logger.warn({ err: describeError(error) }, 'RabbitMQ publish channel error');
+      // A 404 (exchange or queue deleted under us) invalidates what we believed declared.
+      this.topology.forgetAll();
+    });
+    ch.on('close', () => {
+      // amqplib has failed every unconfirmed message by now ('channel closed').
+      link.returned.clear();
+      link.closed = true;
+      if (this.publishLink === link) {
+        this.publishChannel = undefined;
+        this.publishLink = undefined;
+      }
+    });
+    ch.on('return', (msg: Message) => {
+      const key = returnKey(msg.fields.exchange, msg.fields.routingKey, msg.properties.messageId);
+      link.returned.set(key, (link.returned.get(key) ?? 0) + 1);
+    });
+    return link;
   }
 
   /**

@@ -8,6 +8,7 @@ import {
   backoffDelay,
   type Delivery,
   describeError,
+  isBusError,
   type Logger,
   SlotGate,
   type SlotWaiter,
@@ -20,6 +21,9 @@ import { type ConsumerLink, type CopyWriter, type DeliveryHost, RabbitDelivery, 
 import type { GroupNames } from './topology.js';
 import { deliveryCount, fromAmqp } from './wire.js';
 import { writesOf } from './write-coalescer.js';
+
+/** Attempts of {@link RabbitSubscription.start} before a lost connection fails `subscribe`. */
+export const START_ATTEMPTS = 5;
 
 /** What a subscription needs from the rest of the transport. */
 export interface ConsumerHost {
@@ -35,6 +39,11 @@ export interface ConsumerHost {
   connected(): boolean;
   /** A new channel on the live connection. */
   channel(): Promise<Channel>;
+  /**
+   * Resolves once a connection is up (waiting for a reconnect within the transport's
+   * `waitForConnectionMs`). @throws BusError when there is none in time, or the state is final
+   */
+  live(): Promise<void>;
   /** Declares the group's exchange and queues. */
   ensureGroup(names: GroupNames): Promise<void>;
   /** The group's objects may have been deleted under us: declare them again next time. */
@@ -86,13 +95,37 @@ export class RabbitSubscription implements TransportSubscription {
   private readonly channelGone = (): Error =>
     new BrokerUnavailableError(`the channel of ${this.names.queue} closed; RabbitMQ will redeliver the message`);
 
-  /** Declares the group's topology and starts consuming. Rejects if the first attempt fails. */
+  /**
+   * Declares the group's topology and starts consuming. A connection or channel lost meanwhile
+   * (amqplib's "Channel ended, no reply will be forthcoming" during `basic.consume` or a
+   * declaration) is ridden out: it waits for the reconnect and starts again, up to
+   * {@link START_ATTEMPTS} times. Rejects only with a `BusError`: a final one (`TopologyError`,
+   * `AuthenticationError` …) at once, a retryable `BrokerUnavailableError` (with the last `cause`)
+   * when the connection did not come back.
+   */
   async start(): Promise<void> {
-    await this.consume();
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.consume();
+        return;
+      } catch (error) {
+        if (isBusError(error) && !error.retryable) throw error;
+        if (this.stopped) throw new BrokerUnavailableError(`the subscription to ${this.names.queue} was closed while starting`);
+        if (attempt >= START_ATTEMPTS)
+          throw isBusError(error)
+            ? error
+            : new BrokerUnavailableError(`could not start consuming ${this.names.queue}: ${describeError(error)}`, { cause: error });
+        this.host.logger.info({ err: describeError(error), queue: this.names.queue, attempt }, 'RabbitMQ subscribe interrupted; retrying');
+        this.host.forgetGroup(this.names);
+        await new Promise<void>((resolve) => setTimeout(resolve, backoffDelay(attempt, this.host.backoff)));
+        await this.host.live();
+      }
+    }
   }
 
   private consume(): Promise<void> {
     if (this.starting) return this.starting;
+    if (this.link) return Promise.resolve();
     this.starting = (async () => {
       await this.host.ensureGroup(this.names);
       const ch = await this.host.channel();

@@ -10,7 +10,14 @@
  *
  * `:` cannot occur in an event type, a namespace or a group, so these names never collide.
  */
-import { BrokerUnavailableError, checkBrokerName, describeError, TopologyError, type TransportCapabilities } from '@busbar/core/transport';
+import {
+  AuthenticationError,
+  BrokerUnavailableError,
+  checkBrokerName,
+  describeError,
+  TopologyError,
+  type TransportCapabilities,
+} from '@busbar/core/transport';
 import type { Channel } from 'amqplib';
 import type { ResolvedOptions } from './options.js';
 
@@ -96,7 +103,10 @@ function topologyError(what: string, error: unknown): Error {
   const code = amqpCode(error);
   if (code === 404) return new TopologyError(`${what} does not exist (topology: 'verify')`, { cause: error });
   if (code === 406) return new TopologyError(`${what} exists with different settings: ${describeError(error)}`, { cause: error });
-  if (code === 403) return new TopologyError(`${what}: access refused: ${describeError(error)}`, { cause: error });
+  if (code === 403)
+    return new AuthenticationError(`RabbitMQ refused access to ${what} (permissions of the user): ${describeError(error)}`, {
+      cause: error,
+    });
   return new BrokerUnavailableError(`could not declare ${what}: ${describeError(error)}`, { cause: error });
 }
 

@@ -1,8 +1,10 @@
 import {
   BrokerUnavailableError,
+  type BusError,
   type DeadLetterScan,
   type DeadLetterTarget,
   type Delivery,
+  isBusError,
   type OutgoingMessage,
   type PublishOutcome,
   type StoredDeadLetter,
@@ -13,13 +15,14 @@ import {
   type TransportHealth,
   type TransportSubscription,
 } from '@busbar/core/transport';
-import { Connection } from './connection.js';
+import { Connection, reasonOf } from './connection.js';
 import { type DeadLetterStore, processDeadLetters } from './dead-letters.js';
 import type { CopyWriter } from './delivery.js';
 import { type RabbitMqOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { ORDERED_PUBLISH_CALLS, Publisher } from './publish.js';
 import { type ConsumerHost, RabbitSubscription } from './subscription.js';
 import { type DeclaredObjects, Topology } from './topology.js';
+import { AMQP_CE_PREFIX } from './wire.js';
 
 /** RabbitMQ names: up to 255 bytes; we never derive names starting with the reserved `amq.`. */
 const NAME_PATTERN = /^(?!amq\.)[A-Za-z0-9._:-]+$/;
@@ -47,6 +50,15 @@ const NAME_PATTERN = /^(?!amq\.)[A-Za-z0-9._:-]+$/;
 export class RabbitMqTransport implements Transport {
   /** @inheritDoc */
   readonly name = 'rabbitmq';
+  /** @inheritDoc — `amqp://user:***@host:port[/vhost]`, built from the URL's parts (no password). */
+  readonly endpoint: string;
+  /**
+   * How the CloudEvents AMQP binding spells an attribute header on this broker: `cloudEvents_`
+   * (what this transport writes; `cloudEvents:` is accepted on consume). Core names attributes in
+   * dead-letter reasons with it (`missing attribute cloudEvents_id`) — `Transport.attributePrefix`
+   * once core has it (issue 14 point 8).
+   */
+  readonly attributePrefix = AMQP_CE_PREFIX;
   /** @inheritDoc */
   readonly capabilities: TransportCapabilities;
   private readonly options: ResolvedOptions;
@@ -61,6 +73,7 @@ export class RabbitMqTransport implements Transport {
 
   constructor(options: RabbitMqOptions = {}) {
     this.options = resolveOptions(options);
+    this.endpoint = this.options.endpoint;
     this.capabilities = {
       durability: 'disk',
       orderedByKey: false,
@@ -72,7 +85,8 @@ export class RabbitMqTransport implements Transport {
       maxNameLength: 255,
       namePattern: NAME_PATTERN,
     };
-    const connection = new Connection(this.options, {
+    const connection: Connection = new Connection(this.options, {
+      prepare: (conn): Promise<void> => publisher.prepare(conn),
       opened: () => {
         topology.forgetAll();
         for (const sub of this.subscriptions) sub.resume(0);
@@ -84,7 +98,7 @@ export class RabbitMqTransport implements Transport {
     });
     const channel = () => connection.channel();
     const topology = new Topology(this.options, this.capabilities, channel);
-    const publisher = new Publisher(connection, topology);
+    const publisher: Publisher = new Publisher(connection, topology);
     this.connection = connection;
     this.topology = topology;
     this.publisher = publisher;
@@ -102,6 +116,7 @@ export class RabbitMqTransport implements Transport {
       copies,
       connected: () => connection.connected,
       channel,
+      live: () => connection.live().then(() => {}),
       ensureGroup: (names) => topology.ensureGroup(names),
       forgetGroup: (names) => topology.forgetGroup(names),
       closed: (sub) => this.subscriptions.delete(sub),
@@ -137,22 +152,46 @@ export class RabbitMqTransport implements Transport {
    * the channel after those of every earlier call, so RabbitMQ appends them in call order.
    */
   publish(batch: readonly OutgoingMessage[], signal: AbortSignal, onDurable?: (index: number) => void): Promise<readonly PublishOutcome[]> {
-    return this.publisher.publish(batch, signal, onDurable);
+    const final = this.connection.finalError;
+    if (final) return Promise.reject(final);
+    return this.publisher.publish(batch, signal, onDurable).catch((error: unknown) => {
+      throw this.busError(error, 'publish');
+    });
   }
 
-  /** @inheritDoc */
+  /**
+   * @inheritDoc
+   *
+   * A connection lost while subscribing (declaring, or during `basic.consume`) is ridden out: the
+   * subscription waits for the reconnect and starts again (see `RabbitSubscription.start`).
+   */
   async subscribe(spec: SubscriptionSpec, onDelivery: (delivery: Delivery) => void): Promise<TransportSubscription> {
-    if (this.connection.closed) throw new BrokerUnavailableError('the RabbitMQ transport is closed');
+    if (this.connection.closed) throw new BrokerUnavailableError(`the RabbitMQ transport (${this.endpoint}) is closed`);
+    const final = this.connection.finalError;
+    if (final) throw final;
     const names = this.topology.groupNamesOf(spec.topic, spec.group);
     const sub = new RabbitSubscription(this.consumerHost, spec, names, onDelivery);
-    await sub.start();
+    try {
+      await sub.start();
+    } catch (error) {
+      await sub.close().catch(() => {});
+      throw this.busError(error, `subscribe to ${names.queue}`);
+    }
     this.subscriptions.add(sub);
     return sub;
   }
 
   /** @inheritDoc */
   processDeadLetters(target: DeadLetterTarget, scan: DeadLetterScan): Promise<readonly StoredDeadLetter[]> {
-    return processDeadLetters(this.deadLetterStore, target, scan);
+    return processDeadLetters(this.deadLetterStore, target, scan).catch((error: unknown) => {
+      throw this.busError(error, 'the dead-letter walk');
+    });
+  }
+
+  /** `error` as a `BusError`: a raw client error becomes a retryable `BrokerUnavailableError` naming the endpoint. */
+  private busError(error: unknown, what: string): BusError {
+    if (isBusError(error)) return error;
+    return new BrokerUnavailableError(`${what} on RabbitMQ at ${this.endpoint} failed: ${reasonOf(error)}`, { cause: error });
   }
 
   /** @inheritDoc */
