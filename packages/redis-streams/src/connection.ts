@@ -200,7 +200,10 @@ export class RedisConnection implements Connections {
       void this.handshake(client).finally(settleFirst);
     });
     client.on('close', () => {
-      if (!this.closed && this.final === undefined) this.setState('reconnecting');
+      if (!this.closed && this.final === undefined) {
+        if (this.lastCause === undefined) this.noteError(new Error('the connection was closed (by the server or the network)'));
+        this.setState('reconnecting');
+      }
       settleFirst();
     });
     client.on('end', () => {
