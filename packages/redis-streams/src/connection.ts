@@ -113,6 +113,8 @@ export class RedisConnection implements Connections {
   private lastCause: BusError | undefined;
   /** Every connection opened and not ended yet (ended at once when the transport fails). */
   private readonly opened = new Set<Redis>();
+  /** Told when the command connection is found silent and dropped (the publisher fails what waits on it). */
+  private readonly linkLostListeners = new Set<(why: string) => void>();
   /** Called on every change of state (and at close): `whenReady` waits with it. */
   private readonly watchers = new Set<() => void>();
 
@@ -122,6 +124,11 @@ export class RedisConnection implements Connections {
 
   get logger(): Logger {
     return this.context?.logger ?? silentLogger;
+  }
+
+  /** Calls `listener` whenever the command connection is found silent and dropped. */
+  onLinkLost(listener: (why: string) => void): void {
+    this.linkLostListeners.add(listener);
   }
 
   get failure(): BusError | undefined {
@@ -314,6 +321,7 @@ export class RedisConnection implements Connections {
       this.setState('reconnecting');
       this.logger.warn({ endpoint: this.endpoint, err: detail }, 'redis command connection is silent; reconnecting');
       client.disconnect(true);
+      for (const listener of this.linkLostListeners) listener(`no reply to PING within ${timeoutMs} ms`);
     } finally {
       this.probing = false;
     }

@@ -2,6 +2,8 @@
  * The publish path: a batch becomes one `APPEND` script per stream (an `XADD` per message inside
  * Redis), a lone message one `XADD`; each message resolves on its own reply.
  */
+
+import { PublishTimeoutError } from '@busbar/core';
 import {
   BrokerUnavailableError,
   checkBrokerName,
@@ -45,6 +47,20 @@ function failedXadd(connections: Connections, m: OutgoingMessage, error: unknown
 /** @internal Appends batches to the event streams on the command connection. */
 export class Publisher {
   private readonly streamKeys = new Map<string, string>();
+
+  /** Publishes waiting for their replies: failed at once when the link is found dead. */
+  private readonly waiting = new Set<(why: string) => void>();
+
+  /**
+   * The command connection was found silent and dropped: every publish still waiting for its reply
+   * fails now with `PublishTimeoutError` (outcome unknown: the message may have landed, and ioredis
+   * re-sends the command after the reconnect) instead of at its own timeout.
+   */
+  linkLost(why: string): void {
+    const waiting = [...this.waiting];
+    this.waiting.clear();
+    for (const fail of waiting) fail(why);
+  }
 
   constructor(
     private readonly connections: Connections,
@@ -91,21 +107,34 @@ export class Publisher {
       }
       appended = all.length === 1 ? (all[0] as Promise<void>) : Promise.all(all).then(() => undefined);
     }
-    // `append` never rejects (it records failures as outcomes): only the signal can end the wait early.
+    // `append` never rejects (it records failures as outcomes): only the signal, or the link found
+    // dead, can end the wait early.
     return new Promise((resolve, reject) => {
       const onAbort = () => {
+        this.waiting.delete(onDead);
         reject(new BrokerUnavailableError(`publish aborted while waiting for redis at ${this.connections.endpoint}`));
         // A publish that outlived its deadline may sit on a dead (half-open) link: check it.
         void this.connections.probe('after a publish timed out');
       };
+      const onDead = (why: string) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(
+          new PublishTimeoutError(
+            `the link to redis at ${this.connections.endpoint} went silent while this publish waited for its reply (${why}); its outcome is unknown`,
+          ),
+        );
+      };
       signal.addEventListener('abort', onAbort, ONCE);
+      this.waiting.add(onDead);
       appended.then(
         () => {
           signal.removeEventListener('abort', onAbort);
+          this.waiting.delete(onDead);
           resolve(outcomes);
         },
         (error: unknown) => {
           signal.removeEventListener('abort', onAbort);
+          this.waiting.delete(onDead);
           reject(error);
         },
       );

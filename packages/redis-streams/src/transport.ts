@@ -80,6 +80,7 @@ export class RedisStreamsTransport implements Transport {
     this.connection = new RedisConnection(resolved);
     this.endpoint = this.connection.endpoint;
     this.publisher = new Publisher(this.connection, this.settings.keyPrefix, this.capabilities);
+    this.connection.onLinkLost((why) => this.publisher.linkLost(why));
   }
 
   /**
