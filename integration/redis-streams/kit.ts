@@ -187,6 +187,7 @@ export class TransportRegistry {
 export class IdSet {
   readonly counts = new Map<string, number>();
   private readonly waiters = new Set<{ n: number; resolve: () => void }>();
+  private readonly idWaiters = new Set<{ id: string; resolve: () => void }>();
   total = 0;
 
   add(id: string): void {
@@ -198,6 +199,31 @@ export class IdSet {
         w.resolve();
       }
     }
+    for (const w of this.idWaiters) {
+      if (w.id === id) {
+        this.idWaiters.delete(w);
+        w.resolve();
+      }
+    }
+  }
+
+  /** Resolves once `id` was added; rejects after `timeoutMs`. */
+  waitForId(id: string, timeoutMs: number, label: string): Promise<void> {
+    if (this.counts.has(id)) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const w = {
+        id,
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+      };
+      const timer = setTimeout(() => {
+        this.idWaiters.delete(w);
+        reject(new Error(`${label}: ${id} not seen within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.idWaiters.add(w);
+    });
   }
 
   get size(): number {

@@ -71,7 +71,7 @@ describe.skipIf(!broker)('redis-streams specifics', () => {
       namespace: ns('u'),
     });
     try {
-      await bus.ready();
+      await expect(bus.ready({ timeoutMs: 500 })).rejects.toMatchObject({ code: 'BROKER_UNAVAILABLE' });
       const error = await bus.publish(Paid, { order: 'x' }, { timeoutMs: 2_000 }).then(
         () => undefined,
         (e: unknown) => e as Error,

@@ -88,6 +88,12 @@ export interface RedisStreamsOptions {
   reconnect?: ReconnectOptions;
   /** Liveness checks (half-open links). @defaultValue `{ intervalMs: 5000, timeoutMs: 2000 }` */
   healthCheck?: HealthCheckOptions;
+  /**
+   * Longest a `subscribe` waits for Redis when a connection drops while it sets up the group and
+   * its consumer connection (it resumes after the reconnect), ms; past it, it rejects with
+   * `BrokerUnavailableError`. A subscribe while not connected rejects at once. @defaultValue 10000
+   */
+  subscribeTimeoutMs?: number;
 }
 
 /** @internal Settings the connection, the publisher and the subscriptions share. */
@@ -100,6 +106,7 @@ export interface ResolvedSettings {
   readonly retention: RetentionPolicy;
   readonly reconnect: { readonly initialMs: number; readonly maxMs: number };
   readonly healthCheck: { readonly intervalMs: number; readonly timeoutMs: number };
+  readonly subscribeTimeoutMs: number;
 }
 
 /** @internal The options, validated (`ConfigError`) and with their defaults. */
@@ -151,6 +158,7 @@ export function resolveOptions(options: RedisStreamsOptions): ResolvedOptions {
         intervalMs: nonNegative(options.healthCheck?.intervalMs ?? 5_000, 'healthCheck.intervalMs'),
         timeoutMs: positive(options.healthCheck?.timeoutMs ?? 2_000, 'healthCheck.timeoutMs'),
       },
+      subscribeTimeoutMs: positive(options.subscribeTimeoutMs ?? 10_000, 'subscribeTimeoutMs'),
     },
   };
 }

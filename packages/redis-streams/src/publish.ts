@@ -2,17 +2,18 @@
  * The publish path: a batch becomes one `APPEND` script per stream (an `XADD` per message inside
  * Redis), a lone message one `XADD`; each message resolves on its own reply.
  */
+
+import { PublishTimeoutError } from '@busbar/core';
 import {
   BrokerUnavailableError,
   checkBrokerName,
-  describeError,
   type OutgoingMessage,
   type PublishOutcome,
   PublishRejectedError,
   type TransportCapabilities,
 } from '@busbar/core/transport';
 import { type Redis, ReplyError } from 'ioredis';
-import type { Connections } from './connection.js';
+import { type Connections, isRefusal, messageOf, scrub } from './connection.js';
 import { APPEND } from './scripts.js';
 import { streamKey } from './topology.js';
 import { BODY_FIELD, encodeBody, encodeHeaders, HEADERS_FIELD } from './wire.js';
@@ -29,18 +30,37 @@ const ONCE = Object.freeze({ once: true } as const);
 /** The outcome of every message that was appended (shared: it carries nothing of its own). */
 const PUBLISHED: PublishOutcome = Object.freeze({ ok: true });
 
-/** The outcome of a message whose `XADD` failed. */
-function failedXadd(m: OutgoingMessage, error: unknown): PublishOutcome {
-  const message = `XADD of ${m.id} to ${m.topic} failed: ${describeError(error)}`;
-  // Only a reply of the server can reject a message; anything else (ioredis's "Stream isn't
-  // writeable", "Connection is closed" while a dead link is dropped …) is the link's fault.
-  const rejected = error instanceof ReplyError && !TRANSIENT.test((error as Error).message);
-  return { ok: false, error: rejected ? new PublishRejectedError(message) : new BrokerUnavailableError(message) };
+/**
+ * The outcome of a message whose `XADD` failed. Only a reply of the server can reject a message
+ * (`NOPERM`: `AuthenticationError`); anything else (ioredis's "Stream isn't writeable",
+ * "Connection is closed" while a dead link is dropped …) is the link's fault: a retryable
+ * `BrokerUnavailableError` naming the endpoint and the cause.
+ */
+function failedXadd(connections: Connections, m: OutgoingMessage, error: unknown): PublishOutcome {
+  const doing = `XADD of ${m.id} to ${m.topic}`;
+  if (error instanceof ReplyError && !TRANSIENT.test((error as Error).message) && !isRefusal(error)) {
+    return { ok: false, error: new PublishRejectedError(`${doing} failed: ${messageOf(error)}`, { cause: scrub(error) }) };
+  }
+  return { ok: false, error: connections.toBusError(error, doing) };
 }
 
 /** @internal Appends batches to the event streams on the command connection. */
 export class Publisher {
   private readonly streamKeys = new Map<string, string>();
+
+  /** Publishes waiting for their replies: failed at once when the link is found dead. */
+  private readonly waiting = new Set<(why: string) => void>();
+
+  /**
+   * The command connection was found silent and dropped: every publish still waiting for its reply
+   * fails now with `PublishTimeoutError` (outcome unknown: the message may have landed, and ioredis
+   * re-sends the command after the reconnect) instead of at its own timeout.
+   */
+  linkLost(why: string): void {
+    const waiting = [...this.waiting];
+    this.waiting.clear();
+    for (const fail of waiting) fail(why);
+  }
 
   constructor(
     private readonly connections: Connections,
@@ -87,21 +107,34 @@ export class Publisher {
       }
       appended = all.length === 1 ? (all[0] as Promise<void>) : Promise.all(all).then(() => undefined);
     }
-    // `append` never rejects (it records failures as outcomes): only the signal can end the wait early.
+    // `append` never rejects (it records failures as outcomes): only the signal, or the link found
+    // dead, can end the wait early.
     return new Promise((resolve, reject) => {
       const onAbort = () => {
-        reject(new BrokerUnavailableError('publish aborted while waiting for redis'));
+        this.waiting.delete(onDead);
+        reject(new BrokerUnavailableError(`publish aborted while waiting for redis at ${this.connections.endpoint}`));
         // A publish that outlived its deadline may sit on a dead (half-open) link: check it.
         void this.connections.probe('after a publish timed out');
       };
+      const onDead = (why: string) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(
+          new PublishTimeoutError(
+            `the link to redis at ${this.connections.endpoint} went silent while this publish waited for its reply (${why}); its outcome is unknown`,
+          ),
+        );
+      };
       signal.addEventListener('abort', onAbort, ONCE);
+      this.waiting.add(onDead);
       appended.then(
         () => {
           signal.removeEventListener('abort', onAbort);
+          this.waiting.delete(onDead);
           resolve(outcomes);
         },
         (error: unknown) => {
           signal.removeEventListener('abort', onAbort);
+          this.waiting.delete(onDead);
           reject(error);
         },
       );
@@ -115,7 +148,7 @@ export class Publisher {
       await client.xadd(key, '*', HEADERS_FIELD, encodeHeaders(m.headers), BODY_FIELD, encodeBody(m.body));
       outcomes[i] = PUBLISHED;
     } catch (error) {
-      outcomes[i] = failedXadd(m, error);
+      outcomes[i] = failedXadd(this.connections, m, error);
     }
   }
 
@@ -161,15 +194,17 @@ export class Publisher {
       }
       const replies = await APPEND.run(client, [key], args);
       if (!Array.isArray(replies) || replies.length !== indexes.length) {
-        throw new BrokerUnavailableError(`unexpected reply of redis to an append of ${indexes.length} messages`);
+        throw new BrokerUnavailableError(
+          `unexpected reply of redis at ${this.connections.endpoint} to an append of ${indexes.length} messages`,
+        );
       }
       for (let j = 0; j < indexes.length; j++) {
         const i = indexes[j] as number;
         const reply: unknown = replies[j];
-        outcomes[i] = reply instanceof Error ? failedXadd(batch[i] as OutgoingMessage, reply) : PUBLISHED;
+        outcomes[i] = reply instanceof Error ? failedXadd(this.connections, batch[i] as OutgoingMessage, reply) : PUBLISHED;
       }
     } catch (error) {
-      for (const i of indexes) outcomes[i] = failedXadd(batch[i] as OutgoingMessage, error);
+      for (const i of indexes) outcomes[i] = failedXadd(this.connections, batch[i] as OutgoingMessage, error);
     }
   }
 }

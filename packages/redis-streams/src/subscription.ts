@@ -5,7 +5,6 @@
  */
 import { randomUUID } from 'node:crypto';
 import {
-  BrokerUnavailableError,
   backoffDelay,
   type Delivery,
   describeError,
@@ -16,7 +15,7 @@ import {
   type TransportSubscription,
 } from '@busbar/core/transport';
 import type { Redis } from 'ioredis';
-import { type Connections, withDeadline } from './connection.js';
+import { type Connections, messageOf, quit, withDeadline } from './connection.js';
 import { type Entry, parseRead, type ReadReply, RedisDelivery, type Settler } from './delivery.js';
 import type { ResolvedSettings } from './options.js';
 import { ACK_DELETE, CLAIM_OWN, DEAD_LETTER, DROP_CONSUMER, MOVE, RETRY, TRIM_ACKED } from './scripts.js';
@@ -27,6 +26,18 @@ import { BodyCopier, decodeFields, encodeFields } from './wire.js';
 const RELEASED_IDLE_MS = 365 * 24 * 3_600_000;
 /** Most delayed retries moved by one run of the mover script. */
 const MOVE_BATCH = 100;
+
+/** `command`, or a rejection after `timeoutMs` (the command itself is left to settle on its own). */
+function bounded<T>(command: Promise<T>, timeoutMs: number, what: string): Promise<T> {
+  command.catch(() => {});
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    command,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no reply to ${what} within ${timeoutMs} ms`)), timeoutMs);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
 
 /** @internal */
 export interface SubscriptionOptions {
@@ -135,15 +146,19 @@ export class RedisStreamSubscription implements TransportSubscription {
     return this.o.spec.group;
   }
 
-  /** Creates the group on the event stream (at `$` or `0`) and on its retry stream (at `0`), then starts reading. */
+  /**
+   * Creates the group on the event stream (at `$` or `0`) and on its retry stream (at `0`), opens
+   * the consumer connection, then starts reading. A connection that drops meanwhile is waited for
+   * (up to `subscribeTimeoutMs`) and the step resumes; every error is a `BusError`.
+   */
   async start(): Promise<void> {
-    await this.ensureGroups(this.o.spec.startFrom === 'earliest' ? '0' : '$');
-    try {
-      await this.conn.connect();
-    } catch (error) {
-      this.conn.disconnect();
-      throw new BrokerUnavailableError(`could not open the consumer connection: ${describeError(error)}`, { cause: error });
-    }
+    const until = Date.now() + this.o.settings.subscribeTimeoutMs;
+    const left = () => Math.max(0, until - Date.now());
+    const from = this.o.spec.startFrom === 'earliest' ? '0' : '$';
+    await this.resuming(`XGROUP CREATE ${this.group} on ${this.o.keys.stream}`, left, () => this.ensureGroups(from, left()));
+    // One attempt from here; when it fails ioredis reconnects by itself (retryStrategy).
+    this.conn.connect().catch(() => {});
+    await this.resuming('opening the consumer connection', left, () => this.connReady(left()));
     this.loop = this.run();
     this.scheduleMove(0);
     const retention = this.o.settings.retention;
@@ -153,11 +168,62 @@ export class RedisStreamSubscription implements TransportSubscription {
     }
   }
 
-  private async ensureGroups(start: '$' | '0'): Promise<void> {
-    const client = this.o.connections.ready();
+  /**
+   * Runs `step` until it succeeds; a retryable failure (the connection dropped) is tried again after
+   * a backoff while time is `left`, else rejected as a `BusError` naming the endpoint and the cause.
+   */
+  private async resuming<T>(doing: string, left: () => number, step: () => Promise<T>): Promise<T> {
+    for (let failures = 1; ; failures++) {
+      try {
+        return await step();
+      } catch (error) {
+        const e = this.o.connections.failure ?? this.o.connections.toBusError(error, doing);
+        if (!e.retryable || left() <= 0 || this.stopping) throw e;
+        this.o.logger.info(
+          { group: this.group, stream: this.o.keys.stream, err: e.message },
+          'redis dropped the connection during subscribe; resuming',
+        );
+        const { initialMs, maxMs } = this.o.settings.reconnect;
+        await new Promise((r) => setTimeout(r, Math.min(left(), backoffDelay(failures, { initialMs, maxMs, minMs: initialMs }))));
+      }
+    }
+  }
+
+  /** Resolves once the consumer connection is ready; rejects when it ends or after `timeoutMs`. */
+  private connReady(timeoutMs: number): Promise<void> {
+    const conn = this.conn;
+    if (conn.status === 'ready') return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const done = (error?: unknown) => {
+        clearTimeout(timer);
+        conn.off('ready', onReady);
+        conn.off('end', onEnd);
+        conn.off('error', onError);
+        if (error === undefined) resolve();
+        else reject(error);
+      };
+      const onReady = () => done();
+      const onEnd = () => done(this.o.connections.failure ?? new Error('Connection is closed.'));
+      let last = '';
+      const onError = (error: unknown) => {
+        last = `: ${messageOf(error)}`;
+      };
+      conn.on('error', onError);
+      const timer = setTimeout(
+        () => done(new Error(`the consumer connection was not ready within the subscribe timeout (${conn.status})${last}`)),
+        timeoutMs,
+      );
+      conn.on('ready', onReady);
+      conn.on('end', onEnd);
+    });
+  }
+
+  /** `XGROUP CREATE … MKSTREAM` on both streams (`BUSYGROUP`: it exists and keeps its position), each bounded by `timeoutMs`. */
+  private async ensureGroups(start: '$' | '0', timeoutMs = this.o.settings.subscribeTimeoutMs): Promise<void> {
+    const client = await this.o.connections.whenReady(timeoutMs);
     const create = async (key: string, from: string) => {
       try {
-        await client.call('XGROUP', 'CREATE', key, this.group, from, 'MKSTREAM');
+        await bounded(client.call('XGROUP', 'CREATE', key, this.group, from, 'MKSTREAM'), timeoutMs, `XGROUP CREATE on ${key}`);
       } catch (error) {
         if (!(error instanceof Error && error.message.startsWith('BUSYGROUP'))) throw error;
       }
@@ -204,6 +270,14 @@ export class RedisStreamSubscription implements TransportSubscription {
         this.needPending = true;
         const text = describeError(error);
         this.o.logger.warn({ group: this.group, stream: this.o.keys.stream, err: text, failures }, 'redis read failed; retrying');
+        if (this.o.connections.failure) {
+          // Credentials or permissions refused: nothing reconnects; health() says why.
+          this.o.logger.error(
+            { group: this.group, stream: this.o.keys.stream, err: this.o.connections.failure.message },
+            'redis refused the consumer; it stops',
+          );
+          return;
+        }
         if (text.includes('NOGROUP')) await this.ensureGroups('0').catch(() => {});
         const { initialMs, maxMs } = this.o.settings.reconnect;
         await this.waitForWake(backoffDelay(failures + 1, { initialMs, maxMs, minMs: initialMs }));
@@ -478,12 +552,18 @@ export class RedisStreamSubscription implements TransportSubscription {
     d.timer.unref();
   }
 
+  /** Re-claims `d` for this consumer (`ctx.extendLease`, release); Redis's errors as `BusError`s. */
   private async claimOwn(d: RedisDelivery, idleMs: number, retryCount: string): Promise<void> {
-    const owned = await CLAIM_OWN.run(
-      this.o.connections.ready(),
-      [d.stream],
-      [this.group, d.id, this.o.consumer, Math.max(0, Math.round(idleMs)), retryCount],
-    );
+    let owned: unknown;
+    try {
+      owned = await CLAIM_OWN.run(
+        this.o.connections.ready(),
+        [d.stream],
+        [this.group, d.id, this.o.consumer, Math.max(0, Math.round(idleMs)), retryCount],
+      );
+    } catch (error) {
+      throw this.o.connections.toBusError(error, `XCLAIM of ${d.stream} ${d.id}`);
+    }
     if (Number(owned) !== 1) throw new Error(`lease of ${d.stream} ${d.id} was lost: another consumer claimed it`);
   }
 
@@ -581,8 +661,7 @@ export class RedisStreamSubscription implements TransportSubscription {
     } catch {
       // best effort: an empty consumer left behind costs nothing
     }
-    if (this.conn.status === 'ready') await this.conn.quit().catch(() => this.conn.disconnect());
-    else this.conn.disconnect();
+    await quit(this.conn, this.o.settings.healthCheck.timeoutMs);
     this.o.onClosed(this);
   }
 }

@@ -63,6 +63,8 @@ export class RedisStreamsTransport implements Transport {
   readonly name = 'redis-streams';
   /** See {@link REDIS_STREAMS_CAPABILITIES}. */
   readonly capabilities = REDIS_STREAMS_CAPABILITIES;
+  /** Where it connects: the URL with its password redacted (`redis://app:***@10.0.0.5:6379`). */
+  readonly endpoint: string;
   private readonly settings: ResolvedSettings;
   private readonly consumerBase: string | undefined;
   private readonly connection: RedisConnection;
@@ -76,10 +78,16 @@ export class RedisStreamsTransport implements Transport {
     this.settings = resolved.settings;
     this.consumerBase = resolved.consumerBase;
     this.connection = new RedisConnection(resolved);
+    this.endpoint = this.connection.endpoint;
     this.publisher = new Publisher(this.connection, this.settings.keyPrefix, this.capabilities);
+    this.connection.onLinkLost((why) => this.publisher.linkLost(why));
   }
 
-  /** Opens the command connection; when Redis is down it keeps reconnecting in the background instead of throwing. */
+  /**
+   * Opens the command connection and resolves after its first attempt. `'connected'` only once
+   * Redis answered a `PING`; refused credentials or permissions → `'failed'` (`AuthenticationError`),
+   * nothing reconnects; when Redis is down it keeps reconnecting in the background instead of throwing.
+   */
   connect(context: TransportContext): Promise<void> {
     return this.connection.connect(context);
   }
@@ -93,7 +101,12 @@ export class RedisStreamsTransport implements Transport {
     return this.publisher.publish(batch, signal);
   }
 
-  /** Creates the group (once) on the event stream and the group's retry stream, then starts a member on its own connection. */
+  /**
+   * Creates the group (once) on the event stream and the group's retry stream, then starts a member
+   * on its own connection. Rejects at once while not connected (`BrokerUnavailableError`, or the
+   * final `AuthenticationError`); a connection that drops meanwhile is waited for up to
+   * `subscribeTimeoutMs`. Every rejection is a `BusError`.
+   */
   async subscribe(spec: SubscriptionSpec, onDelivery: (delivery: Delivery) => void): Promise<TransportSubscription> {
     checkBrokerName(spec.topic, this.capabilities, 'topic');
     checkBrokerName(spec.group, this.capabilities, 'group');
@@ -110,7 +123,12 @@ export class RedisStreamsTransport implements Transport {
       onDelivery,
       onClosed: (s) => this.subscriptions.delete(s),
     });
-    await sub.start();
+    try {
+      await sub.start();
+    } catch (error) {
+      await sub.close().catch(() => {});
+      throw this.connection.toBusError(error, `subscribe of group ${spec.group} to ${keys.stream}`);
+    }
     this.subscriptions.add(sub);
     return sub;
   }
@@ -126,7 +144,12 @@ export class RedisStreamsTransport implements Transport {
   /** Walks the group's dlq stream oldest first; each selected dead letter moves atomically to the group's retry stream. */
   async processDeadLetters(target: DeadLetterTarget, scan: DeadLetterScan): Promise<readonly StoredDeadLetter[]> {
     const client = this.connection.ready();
-    return scanDeadLetters(client, groupKeys(this.settings.keyPrefix, target.topic, target.group), scan);
+    const keys = groupKeys(this.settings.keyPrefix, target.topic, target.group);
+    try {
+      return await scanDeadLetters(client, keys, scan);
+    } catch (error) {
+      throw this.connection.toBusError(error, `the dead letters of ${keys.dlq}`);
+    }
   }
 
   /**
@@ -136,9 +159,12 @@ export class RedisStreamsTransport implements Transport {
    */
   async trimAcked(topic: string): Promise<number> {
     const client = this.connection.ready();
-    return Number(
-      await TRIM_ACKED.run(client, [streamKey(this.settings.keyPrefix, checkBrokerName(topic, this.capabilities, 'topic'))], []),
-    );
+    const key = streamKey(this.settings.keyPrefix, checkBrokerName(topic, this.capabilities, 'topic'));
+    try {
+      return Number(await TRIM_ACKED.run(client, [key], []));
+    } catch (error) {
+      throw this.connection.toBusError(error, `XTRIM of ${key}`);
+    }
   }
 
   /** Connection state of the command connection and its last error (credential-free). */
