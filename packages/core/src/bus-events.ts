@@ -3,6 +3,7 @@
  * metrics and tracing.
  */
 import type { DeadLetterReason } from './envelope.js';
+import type { BusError } from './errors.js';
 import type { BreakerState } from './resilience.js';
 import type { ConnectionState } from './spi.js';
 
@@ -33,8 +34,11 @@ export interface BusEvents {
   delivered: [info: DeliveryInfo];
   /** A delivery was settled; `outcome.status` says how. */
   outcome: [info: DeliveryInfo, outcome: DeliveryOutcome];
-  /** Transport connection state changed. */
-  connection: [state: ConnectionState, detail: string | undefined];
+  /**
+   * Transport connection state changed; `detail` / `cause`: the last error (credential-free) while
+   * not connected — the final one in `'failed'`.
+   */
+  connection: [state: ConnectionState, detail: string | undefined, cause: BusError | undefined];
   /** Circuit breaker state changed. */
   breaker: [state: BreakerState];
 }

@@ -19,6 +19,7 @@ import type { BusOptions, PublishOptions, RetryPolicy, SubscribeOptions } from '
 import { PublishBatcher } from './publish/batcher.js';
 import { MessageEncoder } from './publish/encode.js';
 import { Publisher, type PublishReceipt, registerPublisher } from './publish/publisher.js';
+import { ConnectionWatch, type ReadyOptions } from './readiness.js';
 import { type BreakerState, CircuitBreaker, systemClock } from './resilience.js';
 import type { Transport, TransportHealth } from './spi.js';
 
@@ -60,6 +61,7 @@ export class EventBus {
   readonly #closeTimeoutMs: number;
   readonly #subscriptions = new Set<SubscriptionImpl>();
   readonly #connecting: Promise<void>;
+  readonly #watch: ConnectionWatch;
   #state: 'open' | 'closing' | 'closed' = 'open';
   #closing: Promise<void> | undefined;
 
@@ -104,17 +106,23 @@ export class EventBus {
         }
       },
     });
+    const watch = new ConnectionWatch(transport);
+    this.#watch = watch;
     this.#connecting = transport
       .connect({
         logger,
-        // Deferred: a transport may report its state before the constructor returned and
-        // before anyone could call bus.on('connection').
-        emit: (e) => queueMicrotask(() => events.emit('connection', e.state, e.detail)),
+        emit: (e) => {
+          watch.onEvent(e);
+          // Deferred: a transport may report its state before the constructor returned and
+          // before anyone could call bus.on('connection').
+          queueMicrotask(() => events.emit('connection', e.state, e.detail, e.cause));
+        },
       })
       .catch((error: unknown) => {
         logger.error({ err: describeError(error) }, 'transport failed to connect');
-        throw error;
+        throw watch.wrap(error, 'failed to connect');
       });
+    watch.follow(this.#connecting);
     // Avoid an unhandled rejection when nobody awaits `ready()`; errors surface on use.
     this.#connecting.catch(() => {});
     this.#publisher = new Publisher(this.#encoder, batcher, this.#breaker, this.#connecting, publishTimeoutMs);
@@ -149,9 +157,22 @@ export class EventBus {
     return this;
   }
 
-  /** Resolves once the transport connected (or rejects with its configuration error). */
-  ready(): Promise<void> {
-    return this.#connecting;
+  /**
+   * Resolves once the transport has a **working** connection (state `'connected'`: RabbitMQ
+   * connection and channel open, Redis answering `PING`, Kafka metadata fetched).
+   *
+   * Rejects at once with the final error when the transport reports `'failed'` (e.g.
+   * `AuthenticationError` for refused credentials) or its configuration can never work
+   * (`ConfigError`); with `BrokerUnavailableError` when it is still not connected after
+   * `timeoutMs` — its message names the transport, its (redacted) endpoint and the last cause, e.g.
+   * `rabbitmq at amqp://guest:***@127.0.0.1:5999 did not connect within 10000 ms (state
+   * reconnecting); last error: … ECONNREFUSED 127.0.0.1:5999`; with `BusClosedError` once the bus
+   * is closing. The transport keeps trying after a timeout: a later `ready()` may resolve.
+   * @param options.timeoutMs - @defaultValue 10000
+   */
+  ready(options: ReadyOptions = {}): Promise<void> {
+    if (this.#state !== 'open') return Promise.reject(new BusClosedError());
+    return this.#watch.ready(options);
   }
 
   /** The broker-level name of an event's destination (namespace applied). */
@@ -228,16 +249,20 @@ export class EventBus {
     );
   }
 
-  /** Health: transport connection state, breaker state, pending publishes. */
+  /**
+   * Health: the transport's connection (`{ state, since, cause?, detail? }`, see `TransportHealth`),
+   * the breaker's state, pending publishes and subscriptions. `status` is `'up'` when connected with
+   * the breaker closed, `'down'` when closed, disconnected or failed, else `'degraded'`.
+   */
   health(): BusHealth {
-    const transport = this.transport.health();
+    const transport = this.#watch.health();
     const breaker = this.#breaker?.state ?? 'disabled';
     const status =
       this.#state !== 'open' || transport.state === 'closed'
         ? 'down'
         : transport.state === 'connected' && breaker === 'closed'
           ? 'up'
-          : transport.state === 'disconnected'
+          : transport.state === 'disconnected' || transport.state === 'failed'
             ? 'down'
             : 'degraded';
     return { status, transport, breaker, pendingPublishes: this.#publisher.pendingCount, subscriptions: this.#subscriptions.size };
@@ -253,6 +278,7 @@ export class EventBus {
     if (this.#closing) return this.#closing;
     this.#state = 'closing';
     this.#publisher.stop();
+    this.#watch.close();
     const timeoutMs = options.timeoutMs ?? this.#closeTimeoutMs;
     this.#closing = (async () => {
       await Promise.allSettled([...this.#subscriptions].map((s) => s.close({ timeoutMs })));

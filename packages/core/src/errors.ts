@@ -7,6 +7,7 @@ import { redact } from './logger.js';
 export type BusErrorCode =
   | 'PUBLISH_TIMEOUT'
   | 'BROKER_UNAVAILABLE'
+  | 'AUTHENTICATION'
   | 'CIRCUIT_OPEN'
   | 'VALIDATION'
   | 'PAYLOAD_TOO_LARGE'
@@ -68,6 +69,18 @@ export class PublishTimeoutError extends BusError {
 export class BrokerUnavailableError extends BusError {
   constructor(message: string, options: BusErrorOptions = {}) {
     super('BROKER_UNAVAILABLE', message, true, options);
+  }
+}
+
+/**
+ * The broker refused the credentials or the permissions for good: RabbitMQ `ACCESS_REFUSED`
+ * (connection.open / vhost), Redis `WRONGPASS` / `NOAUTH` / `NOPERM`, Kafka SASL authentication
+ * or topic / group authorization failed. Never retryable: the transport stops reconnecting and
+ * reports the state `'failed'`; `bus.ready()`, publishes and subscribes reject with it at once.
+ */
+export class AuthenticationError extends BusError {
+  constructor(message: string, options: BusErrorOptions = {}) {
+    super('AUTHENTICATION', message, false, options);
   }
 }
 

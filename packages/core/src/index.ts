@@ -24,6 +24,7 @@ export { topicName, validateGroup, validateNamespace } from './naming.js';
 export type { BusOptions, IdempotencyOptions, PublishOptions, RetryPolicy, SubscribeOptions } from './options.js';
 export type { BatchingOptions } from './publish/batcher.js';
 export type { PublishReceipt } from './publish/publisher.js';
+export { DEFAULT_READY_TIMEOUT_MS, type ReadyOptions } from './readiness.js';
 export * from './resilience.js';
-export type { ConnectionState, Transport, TransportCapabilities, TransportHealth, WireMessage } from './spi.js';
+export type { ConnectionState, Transport, TransportCapabilities, TransportEvent, TransportHealth, WireMessage } from './spi.js';
 export * from './testing.js';

@@ -20,6 +20,7 @@
  * - Retries, dead letters and replays reach **only the group that failed**.
  * - All methods are safe to call concurrently.
  */
+import type { BusError } from './errors.js';
 import type { Logger } from './logger.js';
 
 /** A message as it crosses the SPI: CloudEvents attributes in headers, data as bytes. */
@@ -178,13 +179,38 @@ export interface DeadLetterScan {
   readonly select: (deadLetter: StoredDeadLetter) => Readonly<Record<string, string>> | undefined;
 }
 
-/** Connection state a transport reports. */
-export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'disconnected' | 'closed';
+/**
+ * Connection state a transport reports (through {@link TransportContext.emit} and
+ * {@link Transport.health}):
+ * - `'connecting'`: the first connection attempt is under way (nothing has worked yet);
+ * - `'connected'`: a **working** connection — the broker answered (RabbitMQ: connection and
+ *   channel open; Redis: `PING` answered; Kafka: metadata fetched). Report it only then: core's
+ *   `bus.ready()` resolves on it;
+ * - `'reconnecting'`: a connection was lost or an attempt failed; the transport retries with backoff;
+ * - `'disconnected'`: not connected and not trying (before `connect`);
+ * - `'failed'`: a **final** error — authentication or authorization refused, or a configuration
+ *   the broker refuses for good. The transport stops reconnecting; every publish and subscribe
+ *   rejects at once with that error (`cause`); only `'closed'` follows;
+ * - `'closed'`: `close()` was called.
+ */
+export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'disconnected' | 'failed' | 'closed';
 
-/** What {@link Transport.health} returns. */
+/**
+ * What {@link Transport.health} returns (and `bus.health().transport`). Later additions extend
+ * this shape; they never change the meaning of these fields.
+ */
 export interface TransportHealth {
+  /** The current state. */
   readonly state: ConnectionState;
-  /** Credential-free detail (last error …). */
+  /** Epoch ms of the last change of `state`. */
+  readonly since: number;
+  /**
+   * The last error, credential-free, present while not `'connected'`: the final error in
+   * `'failed'`, else the last failed attempt (e.g. `BrokerUnavailableError` whose message names
+   * `ECONNREFUSED 127.0.0.1:5999`).
+   */
+  readonly cause?: BusError;
+  /** `cause.message` (credential-free), kept for compatibility. */
   readonly detail?: string;
 }
 
@@ -239,8 +265,12 @@ export interface TransportCapabilities {
 /** Lifecycle signal a transport emits through its context. */
 export interface TransportEvent {
   readonly kind: 'connection';
+  /** The new state. */
   readonly state: ConnectionState;
+  /** `cause.message`, credential-free. */
   readonly detail?: string;
+  /** The last error while not connected (the final one in `'failed'`), credential-free. */
+  readonly cause?: BusError;
 }
 
 /** What core hands a transport at `connect`. */
@@ -255,12 +285,24 @@ export interface TransportContext {
 export interface Transport {
   /** Short name used in logs and test names, e.g. `rabbitmq`. */
   readonly name: string;
+  /**
+   * Where the transport connects, for messages — **already redacted** (`redact()` of the kit):
+   * e.g. `amqp://guest:***@127.0.0.1:5672`, `redis://127.0.0.1:6379`,
+   * `kafka 127.0.0.1:9092,127.0.0.1:9093`, `memory`. Every bundled transport sets it; core falls
+   * back to `name` for a transport that does not (yet).
+   */
+  readonly endpoint?: string;
   /** What the broker can do natively. */
   readonly capabilities: TransportCapabilities;
   /**
    * Connect (or start connecting). Must not throw when the broker is merely down: the transport
    * keeps reconnecting with backoff and fails publishes with `BrokerUnavailableError` meanwhile.
    * Throws `ConfigError` for configuration that can never work.
+   *
+   * Report the state honestly through `context.emit` (the kit's `ConnectionStateCell` does it):
+   * `'connected'` only once the broker answered, `'failed'` (with an `AuthenticationError` …) for
+   * a final error — then stop reconnecting. `bus.ready()` waits for `'connected'` and rejects on
+   * `'failed'`; a silent (black-holed) link must leave `'connected'` within 15 s with the defaults.
    */
   connect(context: TransportContext): Promise<void>;
   /**
@@ -289,7 +331,7 @@ export interface Transport {
    * ones.
    */
   processDeadLetters(target: DeadLetterTarget, scan: DeadLetterScan): Promise<readonly StoredDeadLetter[]>;
-  /** Current connection state. */
+  /** Current connection state, since when, and the last error (see {@link TransportHealth}). */
   health(): TransportHealth;
   /** Close connections. Called by core after subscriptions were drained and publishes settled. */
   close(): Promise<void>;

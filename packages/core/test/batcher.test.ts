@@ -61,7 +61,7 @@ class ScriptedTransport implements Transport {
     return [];
   }
   health() {
-    return { state: 'connected' as const };
+    return { state: 'connected' as const, since: 0 };
   }
   async close() {}
 }

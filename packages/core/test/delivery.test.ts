@@ -50,7 +50,7 @@ class HandTransport implements Transport {
     return [];
   }
   health() {
-    return { state: 'connected' as const };
+    return { state: 'connected' as const, since: 0 };
   }
   async close() {}
   /** Hands over `data` as a delivery of `Ping`; resolves when core settles it. */
@@ -489,7 +489,7 @@ describe('EventBus publish deadlines', () => {
           leaseExtension: false, maxRetryDelayMs: 1, maxNameLength: 255, namePattern: /^[a-z.]+$/ },
         async connect() {}, async publish(b) { return b.map(() => ({ ok: true })); },
         async subscribe() { throw new Error('unused'); }, async processDeadLetters() { return []; },
-        health() { return { state: 'connected' }; }, async close() {},
+        health() { return { state: 'connected', since: 0 }; }, async close() {},
       };
       const bus = new EventBus({ transport, publishTimeoutMs: 60000 });
       await bus.publish(E, { n: 1 });

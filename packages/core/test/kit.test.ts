@@ -1,6 +1,13 @@
 // The transport kit of `@busbar/core/transport`: slot gate, tick coalescer, connection-state cell.
 import { describe, expect, it } from 'vitest';
-import { ConnectionStateCell, SlotGate, TickCoalescer, type TransportEvent } from '../src/transport/index.js';
+import {
+  AuthenticationError,
+  BrokerUnavailableError,
+  ConnectionStateCell,
+  SlotGate,
+  TickCoalescer,
+  type TransportEvent,
+} from '../src/transport/index.js';
 
 describe('SlotGate', () => {
   it('grants at most `limit` slots, and one holder per key', () => {
@@ -102,30 +109,63 @@ describe('TickCoalescer', () => {
 });
 
 describe('ConnectionStateCell', () => {
-  it('reports each change once, with the last error while not connected', () => {
+  it('reports each change once, with since and the last error while not connected', () => {
     const events: TransportEvent[] = [];
     const changes: string[] = [];
-    const cell = new ConnectionStateCell({ onChange: (s, d) => changes.push(`${s}:${d ?? ''}`) });
+    let now = 1000;
+    const cell = new ConnectionStateCell({ now: () => now, onChange: (s, d) => changes.push(`${s}:${d ?? ''}`) });
     expect(cell.state).toBe('disconnected');
+    expect(cell.health()).toEqual({ state: 'disconnected', since: 1000 });
+    now = 1001;
     expect(cell.set('connecting')).toBe(true); // before attach: kept, not reported to core
     cell.attach({ emit: (e) => events.push(e) });
     expect(cell.set('connecting')).toBe(false);
+    now = 1002;
     cell.set('connected');
     cell.fail('ECONNRESET');
-    expect(cell.health()).toEqual({ state: 'connected' });
+    expect(cell.health()).toEqual({ state: 'connected', since: 1002 });
+    now = 1003;
     cell.set('reconnecting');
-    expect(cell.health()).toEqual({ state: 'reconnecting', detail: 'ECONNRESET' });
-    cell.set('reconnecting', 'ECONNREFUSED'); // detail updated, no second event
+    const h = cell.health();
+    expect(h).toMatchObject({ state: 'reconnecting', since: 1003, detail: 'ECONNRESET' });
+    expect(h.cause).toBeInstanceOf(BrokerUnavailableError);
+    expect(h.cause?.message).toBe('ECONNRESET');
+    now = 1004;
+    cell.set('reconnecting', 'ECONNREFUSED'); // detail updated, no second event, since unchanged
     expect(cell.detail).toBe('ECONNREFUSED');
+    expect(cell.since).toBe(1003);
     cell.set('connected');
-    expect(cell.health()).toEqual({ state: 'connected' });
+    expect(cell.health()).toEqual({ state: 'connected', since: 1004 });
     cell.set('closed');
-    expect(events).toEqual([
+    expect(events.map(({ cause: _cause, ...e }) => e)).toEqual([
       { kind: 'connection', state: 'connected' },
       { kind: 'connection', state: 'reconnecting', detail: 'ECONNRESET' },
       { kind: 'connection', state: 'connected' },
       { kind: 'connection', state: 'closed' },
     ]);
+    expect(events[1]?.cause).toBeInstanceOf(BrokerUnavailableError);
     expect(changes).toEqual(['connecting:', 'connected:', 'reconnecting:ECONNRESET', 'connected:', 'closed:']);
+  });
+
+  it('keeps a BusError as the cause, and `failed` is final: only closed follows', () => {
+    const events: TransportEvent[] = [];
+    const cell = new ConnectionStateCell();
+    cell.attach({ emit: (e) => events.push(e) });
+    const refused = new BrokerUnavailableError('connect ECONNREFUSED 127.0.0.1:5999');
+    cell.set('connecting', refused);
+    expect(cell.cause).toBe(refused);
+    const denied = new AuthenticationError('ACCESS_REFUSED for user guest');
+    expect(cell.failed(denied)).toBe(true);
+    expect(cell.health()).toMatchObject({ state: 'failed', cause: denied, detail: 'ACCESS_REFUSED for user guest' });
+    expect(events.at(-1)).toEqual({ kind: 'connection', state: 'failed', detail: denied.message, cause: denied });
+    // A reconnect loop that did not check the state changes nothing.
+    expect(cell.set('reconnecting', 'ECONNRESET')).toBe(false);
+    cell.fail('ECONNRESET');
+    expect(cell.failed(new AuthenticationError('other'))).toBe(false);
+    expect(cell.health()).toMatchObject({ state: 'failed', cause: denied });
+    expect(cell.set('closed')).toBe(true);
+    expect(cell.state).toBe('closed');
+    expect(cell.failed(denied)).toBe(false);
+    expect(events.map((e) => e.state)).toEqual(['connecting', 'failed', 'closed']);
   });
 });

@@ -62,7 +62,7 @@ class ScriptedTransport implements Transport {
     return out;
   }
   health() {
-    return { state: 'connected' as const };
+    return { state: 'connected' as const, since: 0 };
   }
   async close() {}
 

@@ -66,6 +66,8 @@ const allOk = (n: number): Promise<readonly PublishOutcome[]> => {
 export class MemoryTransport implements Transport {
   /** `'memory'`. */
   readonly name = 'memory';
+  /** `'memory'`: where it "connects", for messages. */
+  readonly endpoint = 'memory';
   /** Everything on, durability `'memory'`, no lease extension (a message stays with its member until settled). */
   readonly capabilities: TransportCapabilities;
   /** The broker this transport appends to and consumes from. */
@@ -152,7 +154,7 @@ export class MemoryTransport implements Transport {
     return this.broker.processDeadLetters(target, scan);
   }
 
-  /** `'disconnected'` before `connect`, `'connected'`, then `'closed'`. */
+  /** `'disconnected'` before `connect`, `'connected'` (on the microtask after `connect`), then `'closed'`. */
   health(): TransportHealth {
     return this.connection.health();
   }

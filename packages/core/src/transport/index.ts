@@ -19,6 +19,7 @@
 
 export { replayHeaders } from '../delivery/copy-headers.js';
 export {
+  AuthenticationError,
   BrokerUnavailableError,
   BusClosedError,
   BusError,
