@@ -32,7 +32,7 @@ describe.skipIf(!broker)('kafka (platformatic client)', () => {
     cleanup: (namespace) => registry.cleanup(namespace),
   });
   kafkaSpecificTests(registry, brokers, broker?.via ?? 'env');
-  firstContactTests(registry, broker?.via ?? 'env', sasl);
+  firstContactTests(registry, brokers, broker?.via ?? 'env', sasl);
 
   it('puts every key on the partition kafkajs (and the Java client) would choose', async () => {
     const Keyed = defineEvent({ type: 'kafka.keyed', version: 1, schema: z.object({ key: z.string() }) });

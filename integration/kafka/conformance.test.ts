@@ -28,5 +28,5 @@ describe.skipIf(!broker)('kafka', () => {
     cleanup: (namespace) => registry.cleanup(namespace),
   });
   kafkaSpecificTests(registry, brokers, broker?.via ?? 'env');
-  firstContactTests(registry, broker?.via ?? 'env', sasl);
+  firstContactTests(registry, brokers, broker?.via ?? 'env', sasl);
 });

@@ -14,6 +14,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { AuthenticationError, BrokerUnavailableError, type ConnectionState, defineEvent, EventBus } from '@busbar/core';
+import kafkajs from 'kafkajs';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { brokersRequired, type KafkaSaslListener } from '../brokers/resolve.js';
@@ -67,6 +68,7 @@ console.log(JSON.stringify({ error: error?.name, closedAt: Date.now() }));
 
 export function firstContactTests(
   registry: TransportRegistry,
+  brokers: string,
   via: 'env' | 'testcontainers' | 'localhost',
   sasl: KafkaSaslListener | undefined,
 ): void {
@@ -179,6 +181,55 @@ export function firstContactTests(
         await registry.cleanup(ns);
       }
     });
+
+    // Refused permissions: a DENY ACL for the SASL user on this test's topics (kafka.sh runs the
+    // StandardAuthorizer; PLAINTEXT's User:ANONYMOUS is a super user), removed afterwards.
+    it.skipIf(!sasl)(
+      'a refused permission (topic authorization) is an AuthenticationError for that call; the transport stays connected',
+      async () => {
+        const listener = sasl as KafkaSaslListener;
+        const ns = unique('authz');
+        const { Kafka, logLevel, AclResourceTypes, ResourcePatternTypes, AclOperationTypes, AclPermissionTypes } = kafkajs;
+        const admin = new Kafka({ clientId: 'busbar-test-acl', brokers: brokers.split(','), logLevel: logLevel.NOTHING }).admin();
+        const acl = {
+          resourceType: AclResourceTypes.TOPIC,
+          resourceName: `${ns}.`,
+          resourcePatternType: ResourcePatternTypes.PREFIXED,
+          principal: `User:${listener.username}`,
+          host: '*',
+          operation: AclOperationTypes.ALL,
+          permissionType: AclPermissionTypes.DENY,
+        };
+        await admin.connect();
+        const bus = new EventBus({
+          transport: registry.create({
+            brokers: listener.brokers,
+            sasl: { mechanism: 'plain', username: listener.username, password: listener.password },
+          }),
+          namespace: ns,
+          breaker: false,
+        });
+        try {
+          await admin.createAcls({ acl: [acl] }).catch((error: unknown) => {
+            throw new Error(`cannot add an ACL (a broker without kafka.sh's authorizer? restart it): ${String(error)}`);
+          });
+          await bus.ready({ timeoutMs: 10_000 });
+          const publishing = Date.now();
+          const refused = await rejection(bus.publish(Ping, { n: 1 }));
+          expect(refused).toBeInstanceOf(AuthenticationError);
+          expect(refused.message).toMatch(/authoriz/i);
+          expect(Date.now() - publishing).toBeLessThan(5000);
+          expect(await rejection(bus.subscribe(Ping, { group: 'g' }, () => {}))).toBeInstanceOf(AuthenticationError);
+          // One topic refused is not the connection refused.
+          expect(bus.health().transport.state).toBe('connected');
+        } finally {
+          await bus.close();
+          await admin.deleteAcls({ filters: [acl] }).catch(() => {});
+          await admin.disconnect();
+          await registry.cleanup(ns);
+        }
+      },
+    );
 
     // Freezing the broker needs a broker this project started (kafka.sh); under CI that is always
     // the case, so the test runs there (and fails rather than skips if it is not).

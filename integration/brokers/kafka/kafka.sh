@@ -264,11 +264,17 @@ write_configs() {
 "
     sasl_config="
 ############################ SASL/PLAIN (listener SASL_PLAINTEXT) ############################
-# Only this listener authenticates; PLAINTEXT and CONTROLLER stay unauthenticated. There
-# is no authorizer, so an authenticated user may do what a PLAINTEXT client may.
+# Only this listener authenticates; PLAINTEXT and CONTROLLER stay unauthenticated.
 sasl.enabled.mechanisms=PLAIN
 listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN
 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER=\"$SASL_PASSWORD\";
+
+# ACLs, for the tests of refused permissions: the unauthenticated principal of PLAINTEXT and
+# CONTROLLER (User:ANONYMOUS) is a super user, and a resource without ACLs is open to everyone,
+# so nothing changes until a test adds a DENY ACL for the SASL user (and removes it after).
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS
+allow.everyone.if.no.acl.found=true
 "
   fi
   if [[ -n "$PROXY_PORT" ]]; then

@@ -220,7 +220,7 @@ export class PlatformaticClient implements KafkaClient {
         });
         if (ready) return;
       } catch (error) {
-        if (n >= 20) throw error;
+        if (n >= 20 || isAuthFailure(error)) throw error;
       }
       if (n >= 20) throw new Error(`topics ${names.join(', ')} have no leaders yet`);
       await delay(Math.min(500, 25 * 2 ** n));
