@@ -8,7 +8,7 @@
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { canConnect, localBroker, brokersRequired as required } from '@busbar/test-brokers';
+import { canConnect, localBroker, brokersRequired as required, resolveKafkaSasl } from '@busbar/test-brokers';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const kafka = localBroker('kafka');
@@ -24,6 +24,15 @@ if (process.env.BUSBAR_KAFKA_BROKERS) {
   console.log(
     `[busbar] Kafka: a broker not started by this checkout already answers on ${kafka.host}:${kafka.port}; the suites use it (set BUSBAR_KAFKA_BROKERS or BUSBAR_KAFKA_PORT to choose another)`,
   );
+  // The credential tests need its SASL/PLAIN listener (kafka.sh opens one); say so now, not mid-suite.
+  const sasl = await resolveKafkaSasl(kafka.url, 'localhost');
+  if (!sasl.ok) {
+    if (required) {
+      console.error(`[busbar] ${sasl.reason}; CI requires it.`);
+      process.exit(1);
+    }
+    console.warn(`[busbar] ${sasl.reason}; the Kafka SASL credential tests will be skipped.`);
+  }
 } else if (process.env.BUSBAR_SKIP_KAFKA_START === '1') {
   console.log('[busbar] Kafka: BUSBAR_SKIP_KAFKA_START=1, not starting it');
 } else {

@@ -8,16 +8,21 @@
  *    TCP connection;
  * 4. otherwise the broker is missing: the suite is skipped with a visible reason — except under
  *    `CI=true` or `BUSBAR_REQUIRE_BROKERS=1`, where a missing broker fails the run.
+ *
+ * Kafka's credential tests also need a SASL/PLAIN listener ({@link kafkaSaslForTests}): kafka.sh's,
+ * verified with a SASL handshake when the local broker is reused, or `BUSBAR_KAFKA_SASL_BROKERS`.
  */
 import {
   type BrokerKind,
   brokersRequired,
+  type KafkaSaslListener,
+  resolveKafkaSasl,
   type Resolution as SharedResolution,
   type ResolvedBroker as SharedResolvedBroker,
   resolveBroker as sharedResolveBroker,
 } from '@busbar/test-brokers';
 
-export { type BrokerKind, brokersRequired, canConnect } from '@busbar/test-brokers';
+export { type BrokerKind, brokersRequired, canConnect, type KafkaSaslListener } from '@busbar/test-brokers';
 
 type TestVia = 'env' | 'testcontainers' | 'localhost';
 
@@ -41,5 +46,19 @@ export async function brokerForTests(kind: BrokerKind): Promise<ResolvedBroker |
   if (r.ok) return r.broker;
   if (brokersRequired) throw new Error(`broker required but missing — ${r.reason}`);
   console.warn(`[busbar] SKIPPING ${kind} tests: ${r.reason}`);
+  return undefined;
+}
+
+/**
+ * The SASL/PLAIN listener of the Kafka `broker` for the credential tests (see `resolveKafkaSasl` in
+ * @busbar/test-brokers): returns it, or `undefined` (those tests skip, the reason printed) — or
+ * throws under CI / BUSBAR_REQUIRE_BROKERS, where a reused Kafka without the listener fails the run.
+ */
+export async function kafkaSaslForTests(broker: ResolvedBroker | undefined): Promise<KafkaSaslListener | undefined> {
+  if (!broker) return undefined;
+  const r = await resolveKafkaSasl(broker.url, broker.via);
+  if (r.ok) return r.listener;
+  if (brokersRequired) throw new Error(`Kafka SASL listener required but missing — ${r.reason}`);
+  console.warn(`[busbar] SKIPPING the Kafka SASL credential tests: ${r.reason}`);
   return undefined;
 }

@@ -10,12 +10,14 @@ import { defineEvent, EventBus } from '@busbar/core';
 import { Partitioners } from 'kafkajs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { brokerForTests } from '../brokers/resolve.js';
+import { brokerForTests, kafkaSaslForTests } from '../brokers/resolve.js';
+import { firstContactTests } from './first-contact.js';
 import { kafkaSpecificTests } from './kafka-specific.js';
 import { createRawClient, TransportRegistry } from './kit.js';
 
 const broker = await brokerForTests('kafka');
 const brokers = broker?.url ?? '';
+const sasl = await kafkaSaslForTests(broker);
 
 afterAll(async () => {
   await broker?.stop();
@@ -30,6 +32,7 @@ describe.skipIf(!broker)('kafka (platformatic client)', () => {
     cleanup: (namespace) => registry.cleanup(namespace),
   });
   kafkaSpecificTests(registry, brokers, broker?.via ?? 'env');
+  firstContactTests(registry, brokers, broker?.via ?? 'env', sasl);
 
   it('puts every key on the partition kafkajs (and the Java client) would choose', async () => {
     const Keyed = defineEvent({ type: 'kafka.keyed', version: 1, schema: z.object({ key: z.string() }) });

@@ -6,12 +6,14 @@
  */
 import { runConformance } from '@busbar/conformance';
 import { afterAll, describe } from 'vitest';
-import { brokerForTests } from '../brokers/resolve.js';
+import { brokerForTests, kafkaSaslForTests } from '../brokers/resolve.js';
+import { firstContactTests } from './first-contact.js';
 import { kafkaSpecificTests } from './kafka-specific.js';
 import { createRawClient, TransportRegistry } from './kit.js';
 
 const broker = await brokerForTests('kafka');
 const brokers = broker?.url ?? '';
+const sasl = await kafkaSaslForTests(broker);
 
 afterAll(async () => {
   await broker?.stop();
@@ -26,4 +28,5 @@ describe.skipIf(!broker)('kafka', () => {
     cleanup: (namespace) => registry.cleanup(namespace),
   });
   kafkaSpecificTests(registry, brokers, broker?.via ?? 'env');
+  firstContactTests(registry, brokers, broker?.via ?? 'env', sasl);
 });

@@ -25,6 +25,13 @@
 #                                 (default: <this dir>/.data)
 #   BUSBAR_KAFKA_PORT             PLAINTEXT client listener port (default 9092)
 #   BUSBAR_KAFKA_CONTROLLER_PORT  KRaft controller listener port (default 9093)
+#   BUSBAR_KAFKA_SASL_PORT        SASL_PLAINTEXT client listener port, mechanism PLAIN
+#                                 (default: PLAINTEXT port + 3, i.e. 9095); "off" = none.
+#                                 For the tests of bad / good credentials: its one
+#                                 user is BUSBAR_KAFKA_SASL_USER / _PASSWORD below.
+#   BUSBAR_KAFKA_SASL_USER        the SASL/PLAIN test user (default "busbar")
+#   BUSBAR_KAFKA_SASL_PASSWORD    its password (default "busbar-secret"; a test
+#                                 credential of a local test broker, not a secret)
 #   BUSBAR_KAFKA_PROXY_PORT       if set, add a PROXY listener advertised at
 #                                 127.0.0.1:<this port> (for fault tests through a
 #                                 TCP proxy that forwards to the listen port below)
@@ -54,6 +61,14 @@ DEPENDENCY_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 HOST="127.0.0.1"
 PORT="${BUSBAR_KAFKA_PORT:-9092}"
 CONTROLLER_PORT="${BUSBAR_KAFKA_CONTROLLER_PORT:-9093}"
+SASL_PORT="${BUSBAR_KAFKA_SASL_PORT:-$(( PORT + 3 ))}"
+[[ "$SASL_PORT" == "off" ]] && SASL_PORT=""
+SASL_USER="${BUSBAR_KAFKA_SASL_USER:-busbar}"
+SASL_PASSWORD="${BUSBAR_KAFKA_SASL_PASSWORD:-busbar-secret}"
+if [[ ! "$SASL_USER" =~ ^[A-Za-z0-9._-]+$ || "$SASL_PASSWORD" == *[\"\\\;]* ]]; then
+  printf '[kafka.sh] ERROR: BUSBAR_KAFKA_SASL_USER must be [A-Za-z0-9._-]+ and the password must not hold a quote, backslash or ;\n' >&2
+  exit 1
+fi
 PROXY_PORT="${BUSBAR_KAFKA_PROXY_PORT:-}"
 PROXY_LISTEN_PORT="${BUSBAR_KAFKA_PROXY_LISTEN_PORT:-9094}"
 START_TIMEOUT="${BUSBAR_KAFKA_START_TIMEOUT:-90}"
@@ -236,10 +251,32 @@ print_log_tail() {
 write_configs() {
   mkdir -p "$CONF_DIR" "$BROKER_LOG_DIR" "$LOG_DIRS"
 
-  local listeners advertised protomap proxy_comment=""
+  local listeners advertised protomap proxy_comment="" sasl_comment="" sasl_config=""
   listeners="PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT"
   advertised="PLAINTEXT://$HOST:$PORT"
   protomap="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+  if [[ -n "$SASL_PORT" ]]; then
+    listeners+=",SASL_PLAINTEXT://$HOST:$SASL_PORT"
+    advertised+=",SASL_PLAINTEXT://$HOST:$SASL_PORT"
+    protomap+=",SASL_PLAINTEXT:SASL_PLAINTEXT"
+    sasl_comment="# SASL_PLAINTEXT: SASL/PLAIN authentication, for the tests of good and bad
+# credentials. Its users are the user_<name> entries of its JAAS line below.
+"
+    sasl_config="
+############################ SASL/PLAIN (listener SASL_PLAINTEXT) ############################
+# Only this listener authenticates; PLAINTEXT and CONTROLLER stay unauthenticated.
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER=\"$SASL_PASSWORD\";
+
+# ACLs, for the tests of refused permissions: the unauthenticated principal of PLAINTEXT and
+# CONTROLLER (User:ANONYMOUS) is a super user, and a resource without ACLs is open to everyone,
+# so nothing changes until a test adds a DENY ACL for the SASL user (and removes it after).
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS
+allow.everyone.if.no.acl.found=true
+"
+  fi
   if [[ -n "$PROXY_PORT" ]]; then
     listeners+=",PROXY://$HOST:$PROXY_LISTEN_PORT"
     advertised+=",PROXY://$HOST:$PROXY_PORT"
@@ -266,7 +303,7 @@ controller.quorum.voters=1@$HOST:$CONTROLLER_PORT
 ############################ Listeners ############################
 # PLAINTEXT: clients and (unused, single node) inter-broker traffic.
 # CONTROLLER: KRaft quorum traffic; never advertised to clients.
-${proxy_comment}listeners=$listeners
+${proxy_comment}${sasl_comment}listeners=$listeners
 advertised.listeners=$advertised
 listener.security.protocol.map=$protomap
 inter.broker.listener.name=PLAINTEXT
@@ -308,6 +345,7 @@ group.initial.rebalance.delay.ms=0
 # Allow session timeouts down to 1 s (default min 6 s) so a test can let a
 # killed consumer's partitions move to another member quickly.
 group.min.session.timeout.ms=1000
+$sasl_config
 EOF
 
   cat >"$LOG4J_CONF" <<EOF
@@ -380,6 +418,9 @@ wait_ready() {
   budget_ms=$(awk -v a="$t0" -v b="$(now)" -v t="$START_TIMEOUT" 'BEGIN { r = (t - (b - a)) * 1000; if (r < 5000) r = 5000; printf "%d", r }')
   KAFKAJS_NO_PARTITIONER_WARNING=1 \
   BUSBAR_KAFKA_SMOKE_BROKERS="$HOST:$PORT" \
+  BUSBAR_KAFKA_SMOKE_SASL_BROKERS="${SASL_PORT:+$HOST:$SASL_PORT}" \
+  BUSBAR_KAFKA_SMOKE_SASL_USER="$SASL_USER" \
+  BUSBAR_KAFKA_SMOKE_SASL_PASSWORD="$SASL_PASSWORD" \
   BUSBAR_KAFKA_SMOKE_TIMEOUT_MS="$budget_ms" \
     timeout --kill-after=5 $(( budget_ms / 1000 + 15 )) node "$SCRIPT_DIR/smoke.mjs" >&2 &
   smoke_pid=$!
@@ -412,8 +453,8 @@ cmd_start() {
     log "already running (pid $pid); re-checking readiness"
     port_open "$HOST" "$PORT" || log "port $HOST:$PORT not answering yet"
     wait_ready "$pid" "$t0"
-    printf 'READY kafka %s at %s:%s (already running, pid %s; checked in %ss)\n' \
-      "$KAFKA_VERSION" "$HOST" "$PORT" "$pid" "$(elapsed_since "$t0")"
+    printf 'READY kafka %s at %s:%s%s (already running, pid %s; checked in %ss)\n' \
+      "$KAFKA_VERSION" "$HOST" "$PORT" "${SASL_PORT:+, SASL/PLAIN at $HOST:$SASL_PORT}" "$pid" "$(elapsed_since "$t0")"
     return 0
   fi
   rm -f "$PID_FILE"
@@ -422,7 +463,7 @@ cmd_start() {
   # zombie (so it no longer counts as running) while its other threads, which share the open
   # sockets, are still exiting. Give the ports up to PORT_FREE_WAIT seconds to close.
   local p waited_for_port="" deadline=$(( $(date +%s) + PORT_FREE_WAIT ))
-  for p in "$PORT" "$CONTROLLER_PORT" ${PROXY_PORT:+"$PROXY_LISTEN_PORT"}; do
+  for p in "$PORT" "$CONTROLLER_PORT" ${SASL_PORT:+"$SASL_PORT"} ${PROXY_PORT:+"$PROXY_LISTEN_PORT"}; do
     while port_open "$HOST" "$p"; do
       [[ -n "${waited_for_port:-}" ]] || { log "$HOST:$p still held (a broker just killed?); waiting up to ${PORT_FREE_WAIT}s"; waited_for_port=1; }
       if (( $(date +%s) >= deadline )); then
@@ -458,11 +499,11 @@ cmd_start() {
     sleep 0.1
   done
   [[ -n "$pid" ]] || die "broker did not start (no pid file); see $STDOUT_LOG"
-  log "started kafka.Kafka $KAFKA_VERSION (pid $pid) on PLAINTEXT://$HOST:$PORT, CONTROLLER://$HOST:$CONTROLLER_PORT${PROXY_PORT:+, PROXY://$HOST:$PROXY_LISTEN_PORT advertised as $HOST:$PROXY_PORT}; logs: $SERVER_LOG"
+  log "started kafka.Kafka $KAFKA_VERSION (pid $pid) on PLAINTEXT://$HOST:$PORT, CONTROLLER://$HOST:$CONTROLLER_PORT${SASL_PORT:+, SASL_PLAINTEXT://$HOST:$SASL_PORT (PLAIN)}${PROXY_PORT:+, PROXY://$HOST:$PROXY_LISTEN_PORT advertised as $HOST:$PROXY_PORT}; logs: $SERVER_LOG"
 
   wait_ready "$pid" "$t0" stop-on-failure
-  printf 'READY kafka %s at %s:%s (pid %s; started in %ss, JVM launch to ready %ss)\n' \
-    "$KAFKA_VERSION" "$HOST" "$PORT" "$pid" "$(elapsed_since "$t0")" "$(elapsed_since "$t_launch")"
+  printf 'READY kafka %s at %s:%s%s (pid %s; started in %ss, JVM launch to ready %ss)\n' \
+    "$KAFKA_VERSION" "$HOST" "$PORT" "${SASL_PORT:+, SASL/PLAIN at $HOST:$SASL_PORT}" "$pid" "$(elapsed_since "$t0")" "$(elapsed_since "$t_launch")"
 }
 
 cmd_stop() {

@@ -22,6 +22,9 @@
 //                                 falls back to BUSBAR_KAFKA_BROKERS)
 //   BUSBAR_KAFKA_SMOKE_TIMEOUT_MS overall deadline in ms (default 90000)
 //   BUSBAR_KAFKA_SMOKE_WAIT_ONLY  "1": only wait for readiness, skip the smoke test
+//   BUSBAR_KAFKA_SMOKE_SASL_BROKERS  if set: the SASL/PLAIN listener, checked too — the user
+//                                 BUSBAR_KAFKA_SMOKE_SASL_USER / _PASSWORD lists topics there,
+//                                 and a wrong password is refused (SASL authentication failed)
 //   BUSBAR_KAFKAJS_FROM           optional directory from which to resolve 'kafkajs'
 //                                 (e.g. a scratch dir) instead of the repo's node_modules
 // Exit code 0 on success, 1 on failure/timeout (error printed to stderr).
@@ -136,6 +139,40 @@ async function waitForBroker() {
   throw new Error(
     `broker at ${brokers.join(',')} not ready within ${timeoutMs}ms (${attempts} attempts); last error: ${lastErr?.message ?? lastErr}`,
   );
+}
+
+/** The SASL/PLAIN listener authenticates its user and refuses a wrong password. */
+async function checkSasl(saslBrokers) {
+  const username = process.env.BUSBAR_KAFKA_SMOKE_SASL_USER || 'busbar';
+  const password = process.env.BUSBAR_KAFKA_SMOKE_SASL_PASSWORD || 'busbar-secret';
+  const adminWith = (pw) =>
+    new Kafka({
+      clientId: 'busbar-kafka-sasl-check',
+      brokers: saslBrokers,
+      logLevel: logLevel.NOTHING,
+      connectionTimeout: 3000,
+      requestTimeout: 5000,
+      retry: { retries: 0 },
+      sasl: { mechanism: 'plain', username, password: pw },
+    }).admin({ retry: { retries: 0 } });
+  const good = adminWith(password);
+  try {
+    await withTimeout(good.connect(), Math.max(1, Math.min(10000, remaining())), 'SASL admin.connect');
+    await withTimeout(good.listTopics(), Math.max(1, Math.min(10000, remaining())), 'SASL listTopics');
+  } finally {
+    await good.disconnect().catch(() => {});
+  }
+  const bad = adminWith(`${password}-wrong`);
+  let refused;
+  try {
+    await withTimeout(bad.connect(), Math.max(1, Math.min(10000, remaining())), 'SASL admin.connect (wrong password)');
+  } catch (err) {
+    refused = err;
+  } finally {
+    await bad.disconnect().catch(() => {});
+  }
+  if (refused?.name !== 'KafkaJSSASLAuthenticationError')
+    throw new Error(`the SASL listener ${saslBrokers.join(',')} did not refuse a wrong password (${refused?.message ?? 'it connected'})`);
 }
 
 async function smoke() {
@@ -261,6 +298,14 @@ try {
     `broker answering metadata after ${((Date.now() - started) / 1000).toFixed(1)}s ` +
       `(${attempts} attempt(s); clusterId=${cluster.clusterId}, controller=${cluster.controller}, brokers=${cluster.brokers.map((b) => `${b.nodeId}@${b.host}:${b.port}`).join(',')})`,
   );
+  const saslBrokers = (process.env.BUSBAR_KAFKA_SMOKE_SASL_BROKERS || '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  if (saslBrokers.length > 0) {
+    await checkSasl(saslBrokers);
+    log(`SASL/PLAIN listener ${saslBrokers.join(',')}: the test user authenticates, a wrong password is refused`);
+  }
   if (!waitOnly) {
     const t0 = Date.now();
     const apis = await withTimeout(smoke(), Math.max(1, remaining()), 'smoke test');

@@ -63,6 +63,35 @@ export const REJECTED_ERRORS: ReadonlySet<string> = new Set([
   'UNSUPPORTED_VERSION',
 ]);
 
+/**
+ * Broker error names after which the credentials or permissions are refused for good (classified
+ * `'auth'`; checked before {@link REJECTED_ERRORS}).
+ */
+export const AUTH_ERRORS: ReadonlySet<string> = new Set([
+  'SASL_AUTHENTICATION_FAILED',
+  'UNSUPPORTED_SASL_MECHANISM',
+  'TOPIC_AUTHORIZATION_FAILED',
+  'CLUSTER_AUTHORIZATION_FAILED',
+  'GROUP_AUTHORIZATION_FAILED',
+  'TRANSACTIONAL_ID_AUTHORIZATION_FAILED',
+  'DELEGATION_TOKEN_AUTHORIZATION_FAILED',
+]);
+
+/** Client error names (kafkajs) and codes (`@platformatic/kafka`) of a refused authentication. */
+const AUTH_ERROR_NAMES: ReadonlySet<string> = new Set(['KafkaJSSASLAuthenticationError']);
+const AUTH_ERROR_CODES: ReadonlySet<string> = new Set(['PLT_KFK_AUTHENTICATION']);
+
+/** Whether `error` (or one of its causes) is a refused authentication or authorization. */
+export function isAuthFailure(error: unknown): boolean {
+  for (const e of errorChain(error)) {
+    if (typeof e.type === 'string' && AUTH_ERRORS.has(e.type)) return true; // kafkajs
+    if (typeof e.apiId === 'string' && AUTH_ERRORS.has(e.apiId)) return true; // @platformatic/kafka
+    if (typeof e.name === 'string' && AUTH_ERROR_NAMES.has(e.name)) return true;
+    if (typeof e.code === 'string' && AUTH_ERROR_CODES.has(e.code)) return true;
+  }
+  return false;
+}
+
 /** Walks an error's `cause` / `originalError` (kafkajs) / `errors` chain. */
 export function* errorChain(error: unknown, depth = 0): Generator<Record<string, unknown>> {
   if (depth > 6 || typeof error !== 'object' || error === null) return;

@@ -35,6 +35,7 @@ import {
   type ClientSettings,
   errorChain,
   GroupNotEmptyError,
+  isAuthFailure,
   REJECTED_ERRORS,
   RequestTimedOutError,
   SerialSends,
@@ -331,7 +332,11 @@ function toBatch(p: EachBatchPayload, current: () => boolean): FetchedBatch {
 /** kafkajs implementation of {@link KafkaClient}. */
 export class KafkajsClient implements KafkaClient {
   private readonly kafka: Kafka;
+  /** The same cluster without client-level retries (kafkajs applies the connection retries per `Kafka` instance). */
+  private readonly kafkaOnce: Kafka;
   private admin: Admin;
+  /** The admin of {@link connect}'s first contact and of {@link probe}: no client-level retries. */
+  private prober: Admin;
   private adminStale = false;
   private connects = 0;
   private adminConnecting: Promise<void> | undefined;
@@ -359,7 +364,9 @@ export class KafkajsClient implements KafkaClient {
     if (settings.ssl !== undefined) config.ssl = settings.ssl as KafkaConfig['ssl'];
     if (settings.sasl !== undefined) config.sasl = settings.sasl;
     this.kafka = new Kafka(config);
+    this.kafkaOnce = new Kafka({ ...config, retry: { retries: 0 } });
     this.admin = this.newAdmin();
+    this.prober = this.kafkaOnce.admin({ retry: { retries: 0 } });
   }
 
   private newAdmin(): Admin {
@@ -409,12 +416,22 @@ export class KafkajsClient implements KafkaClient {
    * connection would never recover.
    */
   async connect(): Promise<void> {
-    if (this.adminStale || this.connects++ > 0) await this.replaceAdmin(this.admin);
+    const again = this.connects++ > 0;
+    if (again) {
+      const old = this.prober;
+      this.prober = this.kafkaOnce.admin({ retry: { retries: 0 } });
+      void old.disconnect().catch(() => {});
+    }
+    // First contact without retries, so that each refused attempt reaches the transport (which
+    // retries with its own backoff and reports the cause): connection, SASL, then metadata.
+    await this.prober.connect();
+    await this.prober.describeCluster();
+    if (this.adminStale || again) await this.replaceAdmin(this.admin);
     else await this.admin.connect();
   }
 
   async probe(): Promise<void> {
-    await this.withAdmin((a) => a.describeCluster());
+    await this.prober.describeCluster();
   }
 
   async createProducer(): Promise<RecordProducer> {
@@ -531,6 +548,7 @@ export class KafkajsClient implements KafkaClient {
   }
 
   classify(error: unknown): ErrorKind {
+    if (isAuthFailure(error)) return 'auth';
     for (const e of errorChain(error)) {
       if (typeof e.type === 'string' && REJECTED_ERRORS.has(e.type)) return 'rejected';
       if (e.name === 'GroupNotEmptyError') return 'group-not-empty';
@@ -539,6 +557,6 @@ export class KafkajsClient implements KafkaClient {
   }
 
   async close(): Promise<void> {
-    await this.admin.disconnect();
+    await Promise.all([this.admin.disconnect(), this.prober.disconnect()]);
   }
 }

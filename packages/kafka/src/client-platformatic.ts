@@ -30,7 +30,15 @@ import type {
   TopicRecords,
   TopicSpec,
 } from './client.js';
-import { errorChain, GroupNotEmptyError, REJECTED_ERRORS, RequestTimedOutError, SerialSends, toBuffer } from './client-common.js';
+import {
+  errorChain,
+  GroupNotEmptyError,
+  isAuthFailure,
+  REJECTED_ERRORS,
+  RequestTimedOutError,
+  SerialSends,
+  toBuffer,
+} from './client-common.js';
 import {
   baseOptions,
   delay,
@@ -121,25 +129,37 @@ function ensureWithResolvers(): void {
 /** `@platformatic/kafka` implementation of {@link KafkaClient}. */
 export class PlatformaticClient implements KafkaClient {
   private admin: Admin;
+  /** The admin of {@link connect}'s first contact and of {@link probe}: no client-level retries. */
+  private prober: Admin;
   private connects = 0;
 
   constructor(private readonly settings: PlatformaticClientSettings) {
     ensureWithResolvers();
     this.admin = new Admin(baseOptions(settings));
+    this.prober = this.newProber();
   }
 
-  /** A later call replaces the admin client (new connections). */
+  private newProber(): Admin {
+    return new Admin({ ...baseOptions(this.settings), retries: 0 });
+  }
+
+  /**
+   * A later call replaces the admin clients (new connections). The first contact (connection,
+   * SASL, metadata) runs without retries, so that each refused attempt reaches the transport.
+   */
   async connect(): Promise<void> {
     if (this.connects++ > 0) {
-      const old = this.admin;
+      const old = [this.admin, this.prober];
       this.admin = new Admin(baseOptions(this.settings));
-      void old.close().catch(() => {});
+      this.prober = this.newProber();
+      for (const a of old) void a.close().catch(() => {});
     }
+    await this.prober.metadata({ topics: [], forceUpdate: true });
     await this.admin.metadata({ topics: [] });
   }
 
   async probe(): Promise<void> {
-    await this.admin.metadata({ topics: [], forceUpdate: true });
+    await this.prober.metadata({ topics: [], forceUpdate: true });
   }
 
   async createProducer(): Promise<RecordProducer> {
@@ -200,7 +220,7 @@ export class PlatformaticClient implements KafkaClient {
         });
         if (ready) return;
       } catch (error) {
-        if (n >= 20) throw error;
+        if (n >= 20 || isAuthFailure(error)) throw error;
       }
       if (n >= 20) throw new Error(`topics ${names.join(', ')} have no leaders yet`);
       await delay(Math.min(500, 25 * 2 ** n));
@@ -289,6 +309,7 @@ export class PlatformaticClient implements KafkaClient {
   }
 
   classify(error: unknown): ErrorKind {
+    if (isAuthFailure(error)) return 'auth';
     for (const e of errorChain(error)) {
       if (typeof e.apiId === 'string' && REJECTED_ERRORS.has(e.apiId)) return 'rejected';
       if (e.name === 'GroupNotEmptyError') return 'group-not-empty';
@@ -297,6 +318,6 @@ export class PlatformaticClient implements KafkaClient {
   }
 
   async close(): Promise<void> {
-    await this.admin.close();
+    await Promise.all([this.admin.close(), this.prober.close()]);
   }
 }

@@ -136,6 +136,11 @@ export interface RecordProducer {
 
 /** How a failed client call should be reported. */
 export type ErrorKind =
+  /**
+   * The cluster refused the credentials (SASL authentication failed, mechanism not enabled) or
+   * the permissions (topic / group / cluster authorization failed): final, retrying cannot help.
+   */
+  | 'auth'
   /** The broker refused the request for good (record too large, invalid topic, not authorized …). */
   | 'rejected'
   /** The group still has members (offsets can only be set on an empty group). */
@@ -150,7 +155,10 @@ export interface KafkaClient {
    * connections and opens new ones (a half-open socket never recovers by itself).
    */
   connect(): Promise<void>;
-  /** Cheap round trip proving the cluster answers (metadata). */
+  /**
+   * Cheap round trip proving the cluster answers (a metadata request), without client-level
+   * retries: it fails at the first refused or failed attempt, so the caller sees each cause.
+   */
   probe(): Promise<void>;
   /** Creates and connects a new producer. */
   createProducer(): Promise<RecordProducer>;

@@ -5,9 +5,11 @@
  * @internal
  */
 import {
+  AuthenticationError,
   type BackoffOptions,
   BrokerUnavailableError,
   BusClosedError,
+  type BusError,
   backoffDelay,
   ConfigError,
   ConnectionStateCell,
@@ -15,12 +17,13 @@ import {
   isBusError,
   type Logger,
   PublishRejectedError,
+  redact,
   silentLogger,
   type TransportContext,
   type TransportHealth,
 } from '@busbar/core/transport';
 import type { KafkaClient, RecordProducer, TopicRecords } from './client.js';
-import type { ClientSettings } from './client-common.js';
+import { type ClientSettings, errorChain } from './client-common.js';
 import type { ResolvedOptions } from './options.js';
 
 /** Builds the client library seam for a connection (the transport's overridable `createClient`). */
@@ -47,11 +50,20 @@ export function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefine
 }
 
 /**
- * Connect, health, reconnect and close of one transport. `connect` never throws for an
- * unreachable cluster: it waits up to `connectTimeoutMs`, then reports `reconnecting` and keeps
- * trying in the background.
+ * Connect, health, reconnect and close of one transport.
+ *
+ * - `'connected'` only once the cluster answered a metadata request (and the producer is ready).
+ * - `connect` never throws for an unreachable cluster: it returns after the first attempt (at most
+ *   `connectTimeoutMs`), reports `reconnecting` with the cause and keeps trying in the background.
+ * - Refused credentials or permissions at connection time are final: state `'failed'` with an
+ *   `AuthenticationError`, the reconnect loop stops, every call rejects with that error.
+ * - While connected, a metadata request every `healthCheckIntervalMs` must be answered within
+ *   `healthCheckTimeoutMs`; otherwise the link counts as lost (silent, half-open): the producer is
+ *   dropped (pending sends fail at once) and the transport reconnects on new sockets.
  */
 export class KafkaConnection {
+  /** Where the transport connects, for messages: `kafka <brokers>` (no credentials). */
+  readonly endpoint: string;
   private current: KafkaClient | undefined;
   private producer: RecordProducer | undefined;
   private log: Logger = silentLogger;
@@ -63,13 +75,16 @@ export class KafkaConnection {
   });
   private attempt: Promise<void> | undefined;
   private reconnectLoop: Promise<void> | undefined;
+  private healthTimer: NodeJS.Timeout | undefined;
   private closed = false;
   private readonly wakeups = new Set<() => void>();
 
   constructor(
     private readonly options: ResolvedOptions,
     private readonly createClient: ClientFactory,
-  ) {}
+  ) {
+    this.endpoint = `kafka ${redact(this.brokerList())}`;
+  }
 
   /** The bus's (redacting) logger, once connected. */
   get logger(): Logger {
@@ -88,7 +103,7 @@ export class KafkaConnection {
 
   /** The client. @throws BrokerUnavailableError before the first `connect`. */
   get client(): KafkaClient {
-    if (!this.current) throw new BrokerUnavailableError('the Kafka transport is not connected (call connect first)');
+    if (!this.current) throw new BrokerUnavailableError(`the Kafka transport (${this.endpoint}) is not connected (call connect first)`);
     return this.current;
   }
 
@@ -114,7 +129,7 @@ export class KafkaConnection {
         this.tryConnect(),
         new Promise<never>((_, reject) => {
           timer = setTimeout(
-            () => reject(new BrokerUnavailableError(`no answer from ${this.brokerList()} within ${this.options.connectTimeoutMs} ms`)),
+            () => reject(new BrokerUnavailableError(`no answer from Kafka (${this.endpoint}) within ${this.options.connectTimeoutMs} ms`)),
             this.options.connectTimeoutMs,
           );
         }),
@@ -126,7 +141,10 @@ export class KafkaConnection {
     }
   }
 
-  /** One connection attempt (shared by concurrent callers): admin + a fresh producer, or a probe. */
+  /**
+   * One connection attempt (shared by concurrent callers): admin (first contact, metadata) and a
+   * fresh producer, or only a metadata round trip when the producer is still there.
+   */
   private tryConnect(): Promise<void> {
     this.attempt ??= (async () => {
       const client = this.client;
@@ -136,13 +154,14 @@ export class KafkaConnection {
         } else {
           await client.connect();
           const producer = await client.createProducer();
-          if (this.closed) {
+          if (this.closed || this.state.state === 'failed') {
             await producer.close().catch(() => {});
             return;
           }
           this.producer = producer;
         }
-        this.state.set('connected');
+        if (this.closed) return;
+        if (this.state.set('connected')) this.scheduleHealthCheck();
       } finally {
         this.attempt = undefined;
       }
@@ -150,16 +169,36 @@ export class KafkaConnection {
     return this.attempt;
   }
 
-  /** Marks the connection lost and starts the background reconnect loop (once). */
+  /** The error a failed attempt or request is reported with: the endpoint and the cause. */
+  private linkError(error: unknown): BusError {
+    if (isBusError(error)) return error;
+    if (this.current?.classify(error) === 'auth') return this.authError(error);
+    return new BrokerUnavailableError(`Kafka (${this.endpoint}) unreachable: ${causeText(error)}`, { cause: error });
+  }
+
+  private authError(error: unknown, what?: string): AuthenticationError {
+    const where = what ? `${what}: ` : '';
+    return new AuthenticationError(`Kafka (${this.endpoint}) refused ${where}${causeText(error)}`, { cause: error });
+  }
+
+  /**
+   * Marks the connection lost and starts the background reconnect loop (once) — or, for refused
+   * credentials, moves to the final state `'failed'`.
+   */
   private lostConnection(error: unknown): void {
-    if (this.closed) return;
-    const detail = describeError(error);
+    if (this.closed || this.state.state === 'failed') return;
+    const cause = this.linkError(error);
+    if (cause instanceof AuthenticationError) {
+      this.failFinally(cause);
+      return;
+    }
+    this.stopHealthCheck();
     if (this.state.state !== 'reconnecting')
-      this.log.warn({ transport: 'kafka', err: detail }, 'Kafka unreachable; reconnecting in the background');
-    this.state.set('reconnecting', detail);
+      this.log.warn({ transport: 'kafka', err: cause.message }, 'Kafka unreachable; reconnecting in the background');
+    this.state.set('reconnecting', cause);
     this.reconnectLoop ??= (async () => {
       const backoff: BackoffOptions = this.options.reconnectBackoff;
-      for (let n = 1; !this.closed && this.state.state !== 'connected'; n++) {
+      for (let n = 1; !this.closed && this.state.state !== 'connected' && this.state.state !== 'failed'; n++) {
         await new Promise<void>((resolve) => {
           const timer = setTimeout(done, backoffDelay(n, backoff));
           function done() {
@@ -173,7 +212,9 @@ export class KafkaConnection {
         try {
           await this.tryConnect();
         } catch (e) {
-          this.state.set('reconnecting', describeError(e));
+          const next = this.linkError(e);
+          if (next instanceof AuthenticationError) this.failFinally(next);
+          else this.state.set('reconnecting', next);
         }
       }
     })().finally(() => {
@@ -181,23 +222,97 @@ export class KafkaConnection {
     });
   }
 
+  /** The final state: refused credentials. The reconnect loop ends, the producer goes. */
+  private failFinally(error: AuthenticationError): void {
+    this.stopHealthCheck();
+    this.log.error({ transport: 'kafka', err: error.message }, 'Kafka refused the credentials; not reconnecting');
+    this.state.failed(error);
+    const producer = this.producer;
+    this.producer = undefined;
+    void producer?.close().catch(() => {});
+    for (const w of this.wakeups) w();
+  }
+
+  /** Schedules the next health check (see the class comment); its timer never keeps the process alive. */
+  private scheduleHealthCheck(): void {
+    const every = this.options.healthCheckIntervalMs;
+    if (every <= 0 || this.closed) return;
+    clearTimeout(this.healthTimer);
+    this.healthTimer = setTimeout(() => void this.healthCheck(), every);
+    this.healthTimer.unref();
+  }
+
+  private stopHealthCheck(): void {
+    clearTimeout(this.healthTimer);
+    this.healthTimer = undefined;
+  }
+
+  /** One metadata round trip; no answer within `healthCheckTimeoutMs` is a lost link. */
+  private async healthCheck(): Promise<void> {
+    this.healthTimer = undefined;
+    const client = this.current;
+    if (this.closed || !client || this.state.state !== 'connected') return;
+    const waitMs = this.options.healthCheckTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        client.probe(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () =>
+              reject(
+                new BrokerUnavailableError(`Kafka (${this.endpoint}) did not answer a metadata request within ${waitMs} ms (health check)`),
+              ),
+            waitMs,
+          );
+        }),
+      ]);
+    } catch (error) {
+      if (this.closed || this.state.state !== 'connected') return;
+      this.dropProducer();
+      this.lostConnection(error);
+      return;
+    } finally {
+      clearTimeout(timer);
+    }
+    if (this.state.state === 'connected') this.scheduleHealthCheck();
+  }
+
+  /** Retires the producer (its pending sends reject at once); the next connect makes a new one. */
+  private dropProducer(): void {
+    const producer = this.producer;
+    this.producer = undefined;
+    void producer?.close().catch(() => {});
+  }
+
   private brokerList(): string {
     return this.options.brokers.join(',');
   }
 
-  /** The error for a call made while not connected (or closed). */
-  unavailable(): BrokerUnavailableError {
-    if (this.closed) return new BrokerUnavailableError('the Kafka transport is closed');
-    const { state, detail } = this.state;
-    return new BrokerUnavailableError(`Kafka (${this.brokerList()}) is ${state}${detail ? `: ${detail}` : ''}`);
+  /** The error for a call made while not connected (or closed): the final error once `'failed'`. */
+  unavailable(): BusError {
+    if (this.closed) return new BrokerUnavailableError(`the Kafka transport (${this.endpoint}) is closed`);
+    const { state, cause } = this.state;
+    if (state === 'failed' && cause) return cause;
+    return new BrokerUnavailableError(`Kafka (${this.endpoint}) is ${state}${cause ? `: ${cause.message}` : ''}`, cause ? { cause } : {});
   }
 
-  /** Maps a client error to a Busbar error (`PublishRejectedError` for a refusal, else `BrokerUnavailableError`). */
-  mapError(error: unknown, what: string): Error {
+  /**
+   * Maps a client error to a Busbar error: `AuthenticationError` for refused credentials (then the
+   * transport is `'failed'`) or permissions, `PublishRejectedError` for a refusal, else
+   * `BrokerUnavailableError` naming the endpoint.
+   */
+  mapError(error: unknown, what: string): BusError {
     if (isBusError(error)) return error;
-    const kind = this.client.classify(error);
-    if (kind === 'rejected') return new PublishRejectedError(`Kafka rejected ${what}: ${describeError(error)}`, { cause: error });
-    return new BrokerUnavailableError(`${what} failed: ${describeError(error)}`, { cause: error });
+    const kind = this.current?.classify(error) ?? 'unavailable';
+    if (kind === 'auth') {
+      const refused = this.authError(error, what);
+      if (isSaslFailure(error)) this.failFinally(refused);
+      return refused;
+    }
+    if (kind === 'rejected')
+      return new PublishRejectedError(`Kafka (${this.endpoint}) rejected ${what}: ${causeText(error)}`, { cause: error });
+    return new BrokerUnavailableError(`${what} failed (Kafka ${this.endpoint}): ${causeText(error)}`, { cause: error });
   }
 
   /**
@@ -219,13 +334,14 @@ export class KafkaConnection {
     };
     const sent = producer.send(batches);
     sent.catch((error: unknown) => {
-      if (this.client.classify(error) !== 'rejected') drop(error);
+      const kind = this.client.classify(error);
+      if (kind !== 'rejected' && kind !== 'auth') drop(error);
     });
     try {
       await abortable(sent, signal);
     } catch (error) {
       if (signal?.aborted && error === signal.reason) {
-        drop(new BrokerUnavailableError(`no answer from Kafka (${this.brokerList()}) before the publish deadline`));
+        drop(new BrokerUnavailableError(`no answer from Kafka (${this.endpoint}) before the publish deadline`));
         throw error;
       }
       throw this.mapError(error, `producing to ${batches.map((b) => b.topic).join(', ')}`);
@@ -236,9 +352,10 @@ export class KafkaConnection {
     return this.state.health();
   }
 
-  /** First step of closing: no new work, the reconnect loop ends. */
+  /** First step of closing: no new work, the reconnect loop and the health check end. */
   beginClose(): void {
     this.closed = true;
+    this.stopHealthCheck();
     for (const w of this.wakeups) w();
   }
 
@@ -251,6 +368,28 @@ export class KafkaConnection {
     await this.current?.close().catch(() => {});
     this.state.set('closed');
   }
+}
+
+/**
+ * A client error, credential-free, with its root cause when that says more (the clients wrap the
+ * socket error `connect ECONNREFUSED 127.0.0.1:9092` or the broker's SASL answer in
+ * "retries exceeded" / "cannot connect to any broker" errors).
+ */
+export function causeText(error: unknown): string {
+  const top = describeError(error);
+  let root: Record<string, unknown> | undefined;
+  for (const e of errorChain(error)) if (typeof e.message === 'string' && e.message !== '') root = e;
+  const rootMessage = root && root !== error ? String(root.message) : undefined;
+  return rootMessage && !top.includes(rootMessage) ? `${top} (${redact(rootMessage)})` : top;
+}
+
+/** Whether `error` is a refused SASL authentication (final for the whole connection), not a refused permission. */
+function isSaslFailure(error: unknown): boolean {
+  for (const e of errorChain(error)) {
+    if (e.type === 'SASL_AUTHENTICATION_FAILED' || e.apiId === 'SASL_AUTHENTICATION_FAILED') return true;
+    if (e.name === 'KafkaJSSASLAuthenticationError' || e.code === 'PLT_KFK_AUTHENTICATION') return true;
+  }
+  return false;
 }
 
 /** Loads the optional `@platformatic/kafka` client (and the library) on first use. */

@@ -78,11 +78,25 @@ export interface KafkaTransportOptions {
   /** Timeout of one request, ms. @defaultValue 30000 */
   requestTimeoutMs?: number;
   /**
-   * How long `connect()` (the bus's `ready()`) waits for the cluster, ms. It does not fail after
-   * that: it resolves, health reports `reconnecting`, and the transport keeps reconnecting in the
-   * background (publishes fail with `BrokerUnavailableError` meanwhile). @defaultValue 10000
+   * Longest one connection attempt may take before it counts as failed, ms (`connect()` returns
+   * after the first attempt, or after this). A failed attempt is not final: health reports
+   * `reconnecting` with the cause and the transport keeps reconnecting in the background
+   * (publishes fail fast with `BrokerUnavailableError` meanwhile); the bus's `ready({ timeoutMs })`
+   * waits for `connected`. @defaultValue 10000
    */
   connectTimeoutMs?: number;
+  /**
+   * While connected, a metadata request to the cluster every this many ms (the health check):
+   * a silent link (black-holed, half-open, broker frozen) is noticed by the check that gets no
+   * answer within {@link KafkaTransportOptions.healthCheckTimeoutMs}; the transport then reports
+   * `reconnecting`, fails pending and new publishes with `BrokerUnavailableError` and reconnects on
+   * new sockets. With the defaults a silent link leaves `connected` within 10 s. 0 turns it off
+   * (a silent link is then noticed by the first request that times out, `requestTimeoutMs`).
+   * @defaultValue 5000
+   */
+  healthCheckIntervalMs?: number;
+  /** How long the health check waits for the cluster's answer, ms. @defaultValue 5000 */
+  healthCheckTimeoutMs?: number;
   /** Client-level retries of one request (metadata, produce …) before it fails. @defaultValue 5 */
   requestRetries?: number;
   /** Longest wait between two client-level retries, ms. @defaultValue 1000 */
@@ -130,6 +144,8 @@ export interface ResolvedOptions {
   readonly socketConnectTimeoutMs: number;
   readonly requestTimeoutMs: number;
   readonly connectTimeoutMs: number;
+  readonly healthCheckIntervalMs: number;
+  readonly healthCheckTimeoutMs: number;
   readonly requestRetries: number;
   readonly maxRetryTimeMs: number;
   readonly ackTimeoutMs: number;
@@ -194,6 +210,8 @@ export function resolveOptions(o: KafkaTransportOptions): ResolvedOptions {
     socketConnectTimeoutMs: socketConnectTimeout(o),
     requestTimeoutMs: int(o.requestTimeoutMs, 30_000, 'requestTimeoutMs', 1),
     connectTimeoutMs: int(o.connectTimeoutMs, 10_000, 'connectTimeoutMs', 1),
+    healthCheckIntervalMs: int(o.healthCheckIntervalMs, 5000, 'healthCheckIntervalMs', 0),
+    healthCheckTimeoutMs: int(o.healthCheckTimeoutMs, 5000, 'healthCheckTimeoutMs', 1),
     requestRetries: int(o.requestRetries, 5, 'requestRetries', 1),
     maxRetryTimeMs: int(o.maxRetryTimeMs, 1000, 'maxRetryTimeMs', 1),
     ackTimeoutMs: int(o.ackTimeoutMs, 30_000, 'ackTimeoutMs', 1),

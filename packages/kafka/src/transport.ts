@@ -54,6 +54,8 @@ export class KafkaTransport implements Transport {
   readonly name = 'kafka';
   /** What Kafka does natively. */
   readonly capabilities: TransportCapabilities = KAFKA_CAPABILITIES;
+  /** Where the transport connects, for messages: `kafka <brokers>` (no credentials). */
+  readonly endpoint: string;
   private readonly options: ResolvedOptions;
   private readonly connection: KafkaConnection;
   private readonly topology: KafkaTopology;
@@ -65,6 +67,7 @@ export class KafkaTransport implements Transport {
     this.options = resolveOptions(options);
     const connection = new KafkaConnection(this.options, (logger) => this.createClient(logger));
     this.connection = connection;
+    this.endpoint = connection.endpoint;
     this.topology = new KafkaTopology({
       options: this.options,
       capabilities: this.capabilities,

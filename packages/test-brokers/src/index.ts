@@ -196,3 +196,11 @@ export async function resolveBroker(kind: BrokerKind, options: ResolveOptions = 
     reason: `${kind}: ${env} is not set, no Docker engine answers, and nothing listens on ${local.host}:${local.port}${hint}`,
   };
 }
+
+export {
+  type KafkaSaslListener,
+  type KafkaSaslResolution,
+  kafkaSaslPort,
+  offersSaslPlain,
+  resolveKafkaSasl,
+} from './kafka-sasl.js';
