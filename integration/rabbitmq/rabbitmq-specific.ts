@@ -577,7 +577,8 @@ export function rabbitmqSpecificTests(url: string, registry: TransportRegistry):
       });
       // Publishes run without pause through the fault until 100 more resolved after both
       // connections were back; each message is re-published until it resolves (same id), as an
-      // application would on a retryable error.
+      // application would on a retryable error. A publish while the link is down fails at once
+      // (BrokerUnavailableError), so a retry first waits for the publisher to be connected again.
       let stopAt = Number.POSITIVE_INFINITY;
       let published = 0;
       let retried = 0;
@@ -590,6 +591,7 @@ export function rabbitmqSpecificTests(url: string, registry: TransportRegistry):
             } catch (e) {
               if (!isBusError(e) || !e.retryable || tries > 50) throw e;
               retried++;
+              await publisher.ready({ timeoutMs: T });
             }
           }
           published = n + 1;
