@@ -253,7 +253,9 @@ export function firstContactTests(url: string, registry: TransportRegistry): voi
       } finally {
         stopped = true;
       }
-      await Promise.all(closing);
+      // Bounded: a close that never settles (a channel close the broker never confirmed because the
+      // connection died meanwhile) must fail here, not hang the test and the bus's close.
+      await withTimeout(() => Promise.all(closing), { ms: T, label: 'the closes of the older subscriptions' });
       const failures = outcomes.filter((o) => o !== 'ok');
       expect(failures.map((e) => (e instanceof Error ? `${e.name}: ${e.message}` : String(e)))).toEqual([]);
       expect(droppedDuringSubscribe).toBe(true);

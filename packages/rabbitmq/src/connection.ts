@@ -64,6 +64,26 @@ export function connectError(error: unknown, options: Pick<ResolvedOptions, 'end
   return new BrokerUnavailableError(`RabbitMQ at ${options.endpoint} is unreachable: ${reason}`, { cause: error });
 }
 
+/**
+ * Closes `ch` and resolves once it is closed; never rejects. amqplib settles `close()` only when
+ * the broker's `channel.close-ok` arrives: when the connection dies in between (force-closed by an
+ * operator, lost), that promise never settles although the channel emits `close`. Waiting for
+ * either keeps a subscription's close (and so `bus.close()`) from hanging for ever.
+ */
+export function closeChannel(ch: Channel): Promise<void> {
+  return new Promise<void>((resolve) => {
+    ch.once('close', () => resolve());
+    try {
+      ch.close().then(
+        () => resolve(),
+        () => resolve(),
+      );
+    } catch {
+      resolve();
+    }
+  });
+}
+
 /** Rejects with `onAbort()` when `signal` aborts first. */
 export function raceSignal<T>(promise: Promise<T>, signal: AbortSignal | undefined, onAbort: () => Error): Promise<T> {
   if (!signal) return promise;

@@ -10,6 +10,7 @@ import {
   type StoredDeadLetter,
 } from '@busbar/core/transport';
 import type { Channel, Message } from 'amqplib';
+import { closeChannel } from './connection.js';
 import type { GroupNames } from './topology.js';
 import { fromAmqp } from './wire.js';
 
@@ -90,7 +91,7 @@ export async function processDeadLetters(
         // channel already closed: the broker requeues unacknowledged messages itself
       }
     }
-    await ch.close().catch(() => {});
+    await closeChannel(ch);
   }
   return selected;
 }

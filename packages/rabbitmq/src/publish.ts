@@ -11,7 +11,7 @@ import {
   PublishRejectedError,
 } from '@busbar/core/transport';
 import type { ChannelModel, ConfirmChannel, Message, Options } from 'amqplib';
-import { type Connection, raceSignal } from './connection.js';
+import { type Connection, closeChannel, raceSignal } from './connection.js';
 import type { Topology } from './topology.js';
 import { PublishHeaderTables } from './wire.js';
 import { type WriteCoalescer, writesOf } from './write-coalescer.js';
@@ -150,7 +150,7 @@ export class Publisher {
   async close(): Promise<void> {
     const pub = this.publishChannel;
     this.reset();
-    if (pub) await pub.then((link) => link.ch.close()).catch(() => {});
+    if (pub) await pub.then((link) => closeChannel(link.ch)).catch(() => {});
   }
 
   /**

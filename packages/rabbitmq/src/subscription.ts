@@ -17,6 +17,7 @@ import {
 } from '@busbar/core/transport';
 import type { Channel, ConsumeMessage } from 'amqplib';
 import { AckWindow } from './ack-window.js';
+import { closeChannel } from './connection.js';
 import { type ConsumerLink, type CopyWriter, type DeliveryHost, RabbitDelivery, safely } from './delivery.js';
 import type { GroupNames } from './topology.js';
 import { deliveryCount, fromAmqp } from './wire.js';
@@ -134,7 +135,7 @@ export class RabbitSubscription implements TransportSubscription {
         ch.on('close', () => this.onChannelClosed(link));
         await ch.prefetch(this.spec.concurrency);
         if (this.stopped) {
-          await ch.close().catch(() => {});
+          await closeChannel(ch);
           return;
         }
         this.link = link;
@@ -143,7 +144,7 @@ export class RabbitSubscription implements TransportSubscription {
         this.resumeAttempt = 0;
       } catch (error) {
         if (this.link === link) this.link = undefined;
-        await ch.close().catch(() => {});
+        await closeChannel(ch);
         throw error;
       }
     })().finally(() => {
@@ -193,7 +194,7 @@ export class RabbitSubscription implements TransportSubscription {
       this.host.forgetGroup(this.names);
       if (this.link === link) {
         this.onChannelClosed(link);
-        void link.ch.close().catch(() => {});
+        void closeChannel(link.ch);
       }
       return;
     }
@@ -256,7 +257,7 @@ export class RabbitSubscription implements TransportSubscription {
     this.closed = true;
     const link = this.link;
     this.link = undefined;
-    if (link) await link.ch.close().catch(() => {});
+    if (link) await closeChannel(link.ch);
     this.host.closed(this);
   }
 }

@@ -19,6 +19,7 @@ import {
   type TransportCapabilities,
 } from '@busbar/core/transport';
 import type { Channel } from 'amqplib';
+import { closeChannel } from './connection.js';
 import type { ResolvedOptions } from './options.js';
 
 /** Broker object names of one (topic, group). */
@@ -157,7 +158,7 @@ export class Topology {
     try {
       return await fn(ch);
     } finally {
-      await ch.close().catch(() => {});
+      await closeChannel(ch);
     }
   }
 
