@@ -199,6 +199,10 @@ export class EventBus {
   /**
    * Subscribes `handler` to `event` as a member of `options.group`. Resolves once the group's
    * starting position is fixed: nothing published after it resolves is missed by the group.
+   * While the transport is `'reconnecting'` the call is not refused (unlike a publish): the
+   * transport rides out the reconnect within its own bound, then resolves, or rejects with a
+   * retryable `BrokerUnavailableError` with `cause`. While `'failed'` it rejects at once with the
+   * final error.
    * @throws CapabilityError for `ordering: 'key'` / `startFrom: 'earliest'` the transport lacks.
    * @throws ConfigError naming the option for a missing group, a mistyped option, a handler that is
    *   not a function or a first argument that is not an event definition.

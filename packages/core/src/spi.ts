@@ -330,7 +330,10 @@ export interface Transport {
   /**
    * Start consuming `spec.topic` as `spec.group`. Resolves once the group's starting position is
    * fixed. `onDelivery` is called with at most `spec.concurrency` unsettled deliveries at a time; it
-   * never throws and core always settles each delivery.
+   * never throws and core always settles each delivery. Core calls it also while the state is
+   * `'reconnecting'`: wait for the reconnect within a bound of the transport's (also when the link
+   * drops during the call), then resolve, or reject with a retryable `BrokerUnavailableError` with
+   * `cause` — never with a raw client error.
    */
   subscribe(spec: SubscriptionSpec, onDelivery: (delivery: Delivery) => void): Promise<TransportSubscription>;
   /**

@@ -389,6 +389,34 @@ describe('publishing while not connected (issue 14, points 1 and 7)', () => {
     expect((r.error as Error).message).toContain('Channel ended');
     expect((r.error as Error).message).toContain(ENDPOINT);
   });
+
+  it('a subscribe while reconnecting is not refused: it is handed to the transport, which rides out the reconnect', async () => {
+    const { t, bus } = await disconnected();
+    let handedOver!: () => void;
+    const handed = new Promise<void>((r) => {
+      handedOver = r;
+    });
+    let reconnected!: () => void;
+    // As a transport does: it waits (within its own bound) for the link to come back.
+    t.subscribeWith = () =>
+      new Promise<void>((resolve) => {
+        reconnected = resolve;
+        handedOver();
+      });
+    let settled = false;
+    const pending = outcome(bus.subscribe(Ping, { group: 'g' }, async () => {})).finally(() => {
+      settled = true;
+    });
+    await handed;
+    expect(settled).toBe(false);
+    expect(bus.health().transport.state).toBe('reconnecting');
+    t.cell.set('connected');
+    reconnected();
+    const r = await pending;
+    expect(r.error).toBeUndefined();
+    expect(r.ok).toBe(true);
+    expect(bus.health().subscriptions).toBe(1);
+  });
 });
 
 describe('after close() no handle of core is left (issue 14, point 3)', () => {
