@@ -32,6 +32,8 @@ class StateWatch {
   /** State changes seen, oldest first (epoch ms). */
   readonly changes: { state: string; at: number; via: 'event' | 'health' }[] = [];
   private last: string;
+  /** Why the transport left `'connected'` the first time (`health().transport.cause` / `detail`), credential-free. */
+  cause: string | undefined;
   private readonly timer: NodeJS.Timeout;
   private readonly listener = (state: string) => this.note(state, 'event');
 
@@ -44,7 +46,13 @@ class StateWatch {
   private note(state: string, via: 'event' | 'health'): void {
     if (state === this.last) return;
     this.last = state;
-    this.changes.push({ state, at: Date.now(), via });
+    // `since` (issue 14's health shape) is when the transport changed state: exact, where the
+    // 100 ms sample is late by up to 100 ms. A transport that does not report it: now.
+    const health = this.bus.health().transport as { state: string; since?: number; cause?: { code?: string }; detail?: string };
+    const at = via === 'health' && health.state === state && typeof health.since === 'number' ? health.since : Date.now();
+    if (state !== 'connected' && this.cause === undefined)
+      this.cause = [health.cause?.code, health.detail].filter(Boolean).join(': ').slice(0, 300) || undefined;
+    this.changes.push({ state, at, via });
   }
 
   /** First change at or after `since` matching `match`, or undefined. */
@@ -141,6 +149,7 @@ export function blackholeDetection(t: FaultTarget): LoadFault {
           firstUnavailableMs: after(t0, firstUnavailable?.endedAt),
           publisherStates: watch.changes.filter((c) => c.at >= t0).map((c) => `${c.state}@${c.at - t0}ms(${c.via})`),
           failedAfterDetection: afterDetection.length,
+          publisherCause: watch.cause,
         },
         statesBefore,
         blackholeMs: restoredAt - t0,
