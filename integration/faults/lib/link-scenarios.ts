@@ -41,6 +41,7 @@ class StateWatch {
     this.last = bus.health().transport.state;
     bus.on('connection', this.listener);
     this.timer = setInterval(() => this.note(this.bus.health().transport.state, 'health'), 100);
+    this.timer.unref();
   }
 
   private note(state: string, via: 'event' | 'health'): void {
@@ -125,17 +126,20 @@ export function blackholeDetection(t: FaultTarget): LoadFault {
         );
         await Promise.allSettled([publisherLeft, consumerLeft, failedAfter]);
       } finally {
-        t.proxy.setMode('pass');
         restoredAt = Date.now();
-        watch.stop();
+        t.proxy.setMode('pass');
       }
+      // The link is back: how long the publisher takes to be connected again (the publishers keep
+      // going meanwhile; verify asserts it is connected at the end).
+      const reconnectedAt = await watch.waitFor(restoredAt, (s) => s === 'connected', 30_000).catch(() => undefined);
+      watch.stop();
       const publisherAt = watch.first(t0, (s) => s !== 'connected')?.at;
       const firstUnavailable = failures.all.find((f) => f.endedAt >= t0 && f.code === 'BROKER_UNAVAILABLE');
       const afterDetection =
         publisherAt === undefined
           ? []
           : failures.all
-              .filter((f) => f.startedAt >= publisherAt && f.startedAt < restoredAt)
+              .filter((f) => f.startedAt >= publisherAt && f.startedAt <= restoredAt)
               .map((f) => ({ code: f.code, elapsedMs: f.elapsedMs }));
       measured = { statesBefore, publisherAt, afterDetection };
       const publisherMs = after(t0, publisherAt);
@@ -153,6 +157,7 @@ export function blackholeDetection(t: FaultTarget): LoadFault {
         },
         statesBefore,
         blackholeMs: restoredAt - t0,
+        reconnectMs: after(restoredAt, reconnectedAt),
       };
     },
     verify: (row: FaultRow) => {
@@ -207,8 +212,8 @@ function untypedProblems(error: unknown): string[] {
 }
 
 /**
- * Link dropped during `subscribe` (issue 14, point 4). A first, undisturbed subscribe through the
- * proxy counts the requests a subscribe sends; then, on a fresh bus each round, the proxy lets the
+ * Link dropped during `subscribe` (issue 14, point 4). Undisturbed subscribes through the proxy
+ * count the requests a subscribe sends; then, on a fresh bus each round, the proxy lets the
  * first (and the last) of them through, swallows the broker's answer and resets the link. Every
  * round must end with the group receiving: `subscribe` resolved, or rejected with a retryable
  * `BusError` with a `cause` and a plain retry succeeded. CI size: first and last request; full
@@ -255,14 +260,18 @@ export async function subscribeLinkReset(t: FaultTarget, env: FaultEnv): Promise
       await s.waitSettled(30_000);
     };
 
-    // Calibration: an undisturbed subscribe, counting the requests it sends through the proxy.
-    const calm = await subscriber();
-    const before = t.proxy.stats.chunksUp;
-    const calmError = await subscribe(calm);
-    if (calmError !== undefined) throw new Error(`the undisturbed subscribe failed: ${String(calmError)}`);
-    const requests = Math.max(1, t.proxy.stats.chunksUp - before);
-    await receives('calm');
-    await calm.close();
+    // Calibration: undisturbed subscribes. The first creates the group's broker objects; the
+    // second, like every round after it, finds them: it counts the requests a round's subscribe sends.
+    let requests = 1;
+    for (const pass of [0, 1]) {
+      const calm = await subscriber();
+      const before = t.proxy.stats.chunksUp;
+      const calmError = await subscribe(calm);
+      if (calmError !== undefined) throw new Error(`the undisturbed subscribe failed: ${String(calmError)}`);
+      if (pass === 1) requests = Math.max(1, t.proxy.stats.chunksUp - before);
+      await receives(`calm${pass}`);
+      await calm.close();
+    }
 
     const at = (share: number) => Math.min(requests - 1, Math.floor(share * (requests - 1)));
     const skips = [...new Set(SIZE === 'full' ? [0, at(0.25), at(0.5), at(0.75), requests - 1] : [0, requests - 1])];
