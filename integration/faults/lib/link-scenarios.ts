@@ -129,9 +129,12 @@ export function blackholeDetection(t: FaultTarget): LoadFault {
         restoredAt = Date.now();
         t.proxy.setMode('pass');
       }
-      // The link is back: how long the publisher takes to be connected again (the publishers keep
-      // going meanwhile; verify asserts it is connected at the end).
-      const reconnectedAt = await watch.waitFor(restoredAt, (s) => s === 'connected', 30_000).catch(() => undefined);
+      // The link is back: how long the publisher takes to be connected again, if it left (the
+      // publishers keep going meanwhile; verify asserts it is connected at the end).
+      const reconnectedAt =
+        bus.health().transport.state === 'connected'
+          ? undefined
+          : await watch.waitFor(restoredAt, (s) => s === 'connected', 30_000).catch(() => undefined);
       watch.stop();
       const publisherAt = watch.first(t0, (s) => s !== 'connected')?.at;
       const firstUnavailable = failures.all.find((f) => f.endedAt >= t0 && f.code === 'BROKER_UNAVAILABLE');
