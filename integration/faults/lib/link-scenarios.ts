@@ -156,6 +156,7 @@ export function blackholeDetection(t: FaultTarget): LoadFault {
           firstUnavailableMs: after(t0, firstUnavailable?.endedAt),
           publisherStates: watch.changes.filter((c) => c.at >= t0).map((c) => `${c.state}@${c.at - t0}ms(${c.via})`),
           failedAfterDetection: afterDetection.length,
+          slowestFailureAfterDetectionMs: afterDetection.reduce<number | null>((m, f) => Math.max(m ?? 0, f.elapsedMs), null),
           publisherCause: watch.cause,
         },
         statesBefore,
