@@ -34,6 +34,8 @@ const CLIENT_SCENARIOS: readonly SharedScenario[] = [
   'proxy-reset',
   'proxy-blackhole',
   'proxy-half-open',
+  'blackhole-detection',
+  'subscribe-link-reset',
   'broker-paused',
   'down-at-start',
   'slow-consumer',
@@ -101,6 +103,11 @@ runFaults({
           ...(client ? { client } : {}),
           ...extra,
         },
+      }),
+      // As a user configures it: the client's timeouts, heartbeats and session at their defaults.
+      defaultSpec: (via) => ({
+        kind: 'kafka',
+        options: { brokers: [via === 'proxy' ? link.address : broker.direct], clientId: 'busbar-faults', ...(client ? { client } : {}) },
       }),
       // A killed member's partitions move after the session timeout (the test broker allows 1 s).
       consumerOptions: { sessionTimeoutMs: 3000, heartbeatIntervalMs: 500, rebalanceTimeoutMs: 10_000 },

@@ -180,4 +180,36 @@ describe('fault proxy', () => {
       await proxy.close();
     }
   });
+  it('loses the answer to a matched request and resets the link; disarm takes an unfired one back', async () => {
+    const proxy = await TcpProxy.start({ targetPort: echoPort });
+    try {
+      const c = await client(proxy.port);
+      c.sock.write('a');
+      expect(await c.echoed('a', 2000)).toBe(true);
+      const chunks = proxy.stats.chunksUp;
+      expect(chunks).toBeGreaterThanOrEqual(1);
+      // Skips one matching request, loses the answer to the next one.
+      const lost = proxy.loseResponse((chunk) => chunk.toString().startsWith('req'), 1);
+      expect(proxy.isArmed).toBe(true);
+      c.sock.write('req1');
+      expect(await c.echoed('req1', 2000)).toBe(true);
+      c.sock.write('req2');
+      await lost;
+      expect(await c.ended(2000)).toBe('error:ECONNRESET');
+      expect(c.text()).not.toContain('req2');
+      expect(proxy.isArmed).toBe(false);
+      expect(proxy.stats.chunksUp).toBe(chunks + 2);
+      // Armed, then disarmed before anything matched: traffic passes untouched.
+      void proxy.loseResponse(() => true);
+      proxy.disarm();
+      expect(proxy.isArmed).toBe(false);
+      const d = await client(proxy.port);
+      d.sock.write('free');
+      expect(await d.echoed('free', 2000)).toBe(true);
+      expect(await d.ended(200)).toBeUndefined();
+      d.sock.destroy();
+    } finally {
+      await proxy.close();
+    }
+  });
 });

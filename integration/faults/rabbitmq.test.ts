@@ -115,6 +115,11 @@ runFaults({
           ...extra,
         },
       }),
+      // As a user configures it: heartbeat and reconnect at their defaults.
+      defaultSpec: (via) => ({
+        kind: 'rabbitmq',
+        options: { url: url(via === 'proxy' ? link.port : port), connectionName: `busbar-faults-${RUN_ID}` },
+      }),
       rawWrite: (topic, m) =>
         onChannel(async (ch) => {
           // The CloudEvents AMQP binding, written by hand: ce_<attr> → cloudEvents_<attr>,

@@ -52,6 +52,11 @@ runFaults({
           ...extra,
         },
       }),
+      // As a user configures it: reconnect backoff, health checks and blocking reads at their defaults.
+      defaultSpec: (via) => ({
+        kind: 'redis-streams',
+        options: { url: via === 'proxy' ? `redis://:${password}@127.0.0.1:${link.port}` : server.url, keyPrefix: KEY_PREFIX },
+      }),
       // A stable consumer name lets a restarted consumer resume its own pending entries at once;
       // claimIdleMs bounds how long an entry of a vanished consumer waits.
       consumerOptions: { consumerName: 'faults-consumer', claimIdleMs: 5000, claimIntervalMs: 500, blockMs: 500, retryPollMs: 200 },

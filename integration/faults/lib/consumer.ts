@@ -51,7 +51,7 @@ export type ChildMessage =
       outcome: { status: string } & Record<string, unknown>;
     }
   | { t: 'log'; level: string; obj: unknown; msg?: string }
-  | { t: 'connection'; state: string; detail?: string }
+  | { t: 'connection'; state: string; detail?: string /** epoch ms in the child (same host clock) */; at: number }
   | {
       t: 'stats';
       heapUsed: number;

@@ -53,6 +53,12 @@ export interface FaultRow {
   refused: number;
   /** Wall time of the scenario, ms. */
   timeMs: number;
+  /**
+   * Silent-link detection (`blackhole-detection` only): ms from the link going silent until both
+   * the publishing bus and the consumer left `'connected'`; `null` when one never did within the
+   * scenario's bound. The two sides and the first fast `BrokerUnavailableError` are in `notes.detection`.
+   */
+  detectionMs?: number | null;
   /** Scenario-specific observations (cycles, heap, error kinds …). */
   notes: Record<string, unknown>;
 }
@@ -81,6 +87,8 @@ export class Ledger {
   private readonly attempts = new Map<string, Attempt>();
   private readonly started = Date.now();
   readonly notes: Record<string, unknown> = {};
+  /** See {@link FaultRow.detectionMs}; left undefined by scenarios that do not measure it. */
+  detectionMs: number | null | undefined;
   /** Error codes seen on publish, counted. */
   readonly errorCodes: Record<string, number> = {};
 
@@ -210,6 +218,7 @@ export class Ledger {
       unknownOutcomes: [...this.attempts.values()].filter((a) => a.status === 'unknown').length,
       refused: [...this.attempts.values()].filter((a) => a.status === 'refused').length,
       timeMs: Date.now() - this.started,
+      ...(this.detectionMs !== undefined ? { detectionMs: this.detectionMs } : {}),
       notes: {
         ...this.notes,
         ...(Object.keys(this.errorCodes).length ? { publishErrors: this.errorCodes } : {}),
@@ -251,7 +260,8 @@ export function appendRow(row: FaultRow): void {
   console.log(
     `[faults] ${row.transport} / ${row.scenario}: published=${row.published} handled=${row.handled} dead-lettered=${row.deadLettered} ` +
       `lost=${row.lost} recovered=${row.recovered} unexpected=${row.unexpected} dup=${row.duplicateEffects} ` +
-      `plain-reruns=${row.plainReruns} late=${row.lateRuns} time=${(row.timeMs / 1000).toFixed(1)}s`,
+      `plain-reruns=${row.plainReruns} late=${row.lateRuns} time=${(row.timeMs / 1000).toFixed(1)}s` +
+      (row.detectionMs !== undefined ? ` detection=${row.detectionMs === null ? 'never' : `${row.detectionMs}ms`}` : ''),
   );
 }
 

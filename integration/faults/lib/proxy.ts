@@ -20,7 +20,7 @@
  *
  * And one armed action: `loseResponse(match)` forwards the next client chunk that `match`es (a
  * request), swallows the broker's answer to it and then resets the link — the request reached the
- * broker, the client never learns its outcome.
+ * broker, the client never learns its outcome. `disarm()` takes it back if it has not fired.
  */
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
 
@@ -64,6 +64,8 @@ export interface ProxyStats {
   /** Bytes forwarded client → broker / broker → client. */
   bytesUp: number;
   bytesDown: number;
+  /** Chunks (reads) received from clients: roughly the requests they sent. */
+  chunksUp: number;
 }
 
 /** See the module comment. */
@@ -71,7 +73,7 @@ export class TcpProxy {
   private readonly links = new Set<Link>();
   private current: ProxyMode;
   private armed: LoseResponse | undefined;
-  readonly stats: ProxyStats = { accepted: 0, open: 0, bytesUp: 0, bytesDown: 0 };
+  readonly stats: ProxyStats = { accepted: 0, open: 0, bytesUp: 0, bytesDown: 0, chunksUp: 0 };
 
   private constructor(
     private readonly server: Server,
@@ -173,6 +175,16 @@ export class TcpProxy {
     });
   }
 
+  /** Whether a {@link loseResponse} is armed and has not matched a request yet. */
+  get isArmed(): boolean {
+    return this.armed !== undefined;
+  }
+
+  /** Disarms a {@link loseResponse} that has not matched a request yet (its promise never resolves). */
+  disarm(): void {
+    this.armed = undefined;
+  }
+
   /** Stops listening and destroys every link. */
   async close(): Promise<void> {
     for (const link of [...this.links]) {
@@ -219,6 +231,7 @@ export class TcpProxy {
     });
     client.on('data', (chunk: Buffer) => {
       this.stats.bytesUp += chunk.length;
+      this.stats.chunksUp++;
       const armed = this.armed;
       if (armed && !link.losing && armed.match(chunk) && armed.skip-- === 0) {
         this.armed = undefined;

@@ -97,6 +97,7 @@ const COLUMNS: readonly [string, (r: FaultRow) => string][] = [
   ['dup effects', (r) => String(r.duplicateEffects)],
   ['plain re-runs', (r) => String(r.plainReruns)],
   ['time', (r) => `${(r.timeMs / 1000).toFixed(1)}s`],
+  ['detection', (r) => (r.detectionMs === undefined ? '' : r.detectionMs === null ? 'never' : `${(r.detectionMs / 1000).toFixed(1)}s`)],
 ];
 
 /** Renders rows as one plain-text table (also valid Markdown). */

@@ -13,6 +13,7 @@
  */
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, it } from 'vitest';
+import { blackholeDetection, DETECTION_BOUND_MS, subscribeLinkReset } from './link-scenarios.js';
 import type { FaultTarget } from './scenario.js';
 import {
   brokerDownAtStart,
@@ -38,6 +39,8 @@ export const SHARED_SCENARIOS = [
   'proxy-reset',
   'proxy-blackhole',
   'proxy-half-open',
+  'blackhole-detection',
+  'subscribe-link-reset',
   'broker-paused',
   'down-at-start',
   'slow-consumer',
@@ -205,6 +208,16 @@ export function runFaults(suite: FaultSuiteTarget): void {
         return faultUnderLoad(t, e, f);
       });
     }
+    register(
+      'blackhole-detection',
+      `3. link black-holed under load, transport defaults: left 'connected' within ${DETECTION_BOUND_MS / 1000} s, publishes fail fast, recovers`,
+      (t, e) => faultUnderLoad(t, e, blackholeDetection(t)),
+    );
+    register(
+      'subscribe-link-reset',
+      '3. link reset during subscribe: resolves and receives, or rejects with a retryable BusError and a retry succeeds',
+      subscribeLinkReset,
+    );
     if (pause) {
       register('broker-paused', '3b. broker paused (SIGSTOP ~10 s, SIGCONT)', (t, e) =>
         faultUnderLoad(

@@ -38,6 +38,13 @@ export interface FaultTarget {
   readonly name: 'rabbitmq' | 'redis-streams' | 'kafka';
   /** Transport options for a bus on the direct link, or through the target's proxy. */
   spec(link: 'direct' | 'proxy', extra?: Record<string, unknown>): TransportSpec;
+  /**
+   * The transport as a user configures it: where it connects (URL / brokers, credentials), the
+   * key prefix and the client choice — every timeout, heartbeat, keepalive, reconnect and session
+   * setting at the transport's default. The scenarios that measure a default (the silent-link
+   * detection bound) use it; {@link spec} may shorten timeouts to keep the other scenarios short.
+   */
+  defaultSpec(link: 'direct' | 'proxy'): TransportSpec;
   /** The proxy in front of the broker (`spec('proxy')` goes through it). */
   readonly proxy: TcpProxy;
   /** Options every child consumer of this transport gets (short claim/session timeouts …). */
@@ -211,6 +218,7 @@ export class Scenario {
     }
     await Promise.allSettled(this.consumers.map((c) => c.close(8000)));
     await Promise.allSettled(this.buses.map((b) => withTimeoutMs(b.close({ timeoutMs: 3000 }), 15_000)));
+    this.target.proxy.disarm();
     this.target.proxy.setMode('pass');
     this.target.proxy.cut();
     await this.target.cleanup(this.namespace).catch((e) => console.warn(`[faults] cleanup of ${this.namespace} failed: ${String(e)}`));

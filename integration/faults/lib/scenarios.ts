@@ -4,11 +4,11 @@
  * injects the fault, waits until every confirmed key is handled or dead-lettered, then records
  * and checks the figures (see ledger.ts).
  */
-import { type BusError, type EventBus, Headers } from '@busbar/core';
+import { type BusError, type BusOptions, type EventBus, Headers } from '@busbar/core';
 import type { Redis } from 'ioredis';
 import { expect } from 'vitest';
 import type { ConsumerConfig, ConsumerProcess, KillPoint } from './consumer.js';
-import { effectKeys, isRetryableBusError } from './ledger.js';
+import { effectKeys, type FaultRow, isRetryableBusError, type Ledger } from './ledger.js';
 import { expectClean, type FaultTarget, Order, Progress, Scenario, sized, withTimeoutMs } from './scenario.js';
 
 /** Shared resources of a fault file. */
@@ -20,10 +20,12 @@ export interface FaultEnv {
 }
 
 const PUBLISH_TIMEOUT_MS = 3000;
+/** Core's documented default of `BusOptions.publishTimeoutMs` (a scenario run with the defaults). */
+const BUS_DEFAULT_PUBLISH_TIMEOUT_MS = 10_000;
 /** Slack over the publish timeout for "settles within its timeout" (timers on 2 busy cores). */
 const SETTLE_SLACK_MS = 1500;
 
-interface StreamOptions {
+export interface StreamOptions {
   readonly from?: number;
   readonly count: number;
   readonly concurrency?: number;
@@ -49,7 +51,7 @@ interface StreamControl {
 }
 
 /** Publishes `count` messages (keys `<keyPrefix><n>`), each re-published with its key until confirmed. */
-async function publishStream(s: Scenario, bus: EventBus, o: StreamOptions): Promise<void> {
+export async function publishStream(s: Scenario, bus: EventBus, o: StreamOptions): Promise<void> {
   const from = o.from ?? 0;
   const ctl: StreamControl = o.control ?? { open: false, end: from + o.count, issued: from };
   const deadline = Date.now() + (o.deadlineMs ?? 120_000);
@@ -78,22 +80,58 @@ async function publishStream(s: Scenario, bus: EventBus, o: StreamOptions): Prom
     throw new Error(`${unconfirmed.length} publishes never confirmed before the deadline: ${unconfirmed.slice(0, 10)}`);
 }
 
+/** One publish attempt that failed: its code, when it started and when it settled (epoch ms). */
+export interface PublishFailure {
+  readonly code: string;
+  readonly startedAt: number;
+  readonly endedAt: number;
+  readonly elapsedMs: number;
+}
+
 /** Publish failures seen during a fault: typed, retryable, within the timeout. */
-class FailureLog {
+export class FailureLog {
   readonly byCode: Record<string, number> = {};
   readonly slow: string[] = [];
   readonly untyped: string[] = [];
+  /** Every failure, in the order they settled. */
+  readonly all: PublishFailure[] = [];
+  private readonly waiters = new Set<{ match: (f: PublishFailure) => boolean; resolve: (f: PublishFailure) => void }>();
   private timeoutSeen: (() => void) | undefined;
   readonly timedOut = new Promise<void>((r) => {
     this.timeoutSeen = r;
   });
-  record = (e: Error, elapsedMs: number, timeoutMs = PUBLISH_TIMEOUT_MS): void => {
+  /** @param timeoutMs the publishing bus's publish timeout (a failure must settle within it + slack) */
+  constructor(private readonly timeoutMs = PUBLISH_TIMEOUT_MS) {}
+  record = (e: Error, elapsedMs: number): void => {
     const code = (e as Partial<BusError>).code ?? `untyped:${e.name}`;
     this.byCode[code] = (this.byCode[code] ?? 0) + 1;
     if (!isRetryableBusError(e)) this.untyped.push(`${code}: ${e.message}`);
-    if (elapsedMs > timeoutMs + SETTLE_SLACK_MS) this.slow.push(`${code} after ${elapsedMs} ms`);
+    if (elapsedMs > this.timeoutMs + SETTLE_SLACK_MS) this.slow.push(`${code} after ${elapsedMs} ms`);
     if (code === 'PUBLISH_TIMEOUT') this.timeoutSeen?.();
+    const endedAt = Date.now();
+    const failure: PublishFailure = { code, startedAt: endedAt - elapsedMs, endedAt, elapsedMs };
+    this.all.push(failure);
+    for (const w of [...this.waiters]) {
+      if (w.match(failure)) {
+        this.waiters.delete(w);
+        w.resolve(failure);
+      }
+    }
   };
+  /** The first failure (already seen or future) matching `match`; rejects after `timeoutMs`. */
+  waitFor(match: (f: PublishFailure) => boolean, timeoutMs: number, label: string): Promise<PublishFailure> {
+    const seen = this.all.find(match);
+    if (seen) return Promise.resolve(seen);
+    let waiter: { match: (f: PublishFailure) => boolean; resolve: (f: PublishFailure) => void } | undefined;
+    const found = new Promise<PublishFailure>((resolve) => {
+      waiter = { match, resolve };
+      this.waiters.add(waiter);
+    });
+    return withTimeoutMs(found, timeoutMs).catch((e: Error) => {
+      if (waiter) this.waiters.delete(waiter);
+      throw new Error(`${label}: ${e.message}`);
+    });
+  }
   expectTypedAndTimely(): void {
     expect(this.untyped, 'every publish failure is a typed, retryable Busbar error').toEqual([]);
     expect(this.slow, `every publish settles within its timeout (+${SETTLE_SLACK_MS} ms)`).toEqual([]);
@@ -138,14 +176,34 @@ export async function consumerKilled(t: FaultTarget, env: FaultEnv): Promise<voi
 // ---------------------------------------------------------------------------------------------
 // 2 / 3 / 3b. A fault under load: publisher and subscriber keep running across it.
 
+/** What {@link LoadFault.inject} may look at while the fault lasts. */
+export interface LoadContext {
+  /** The publishing bus (in this process). */
+  readonly bus: EventBus;
+  /** The consumer (a child process), on the same link. */
+  readonly consumer: ConsumerProcess;
+  /** The scenario's ledger (a fault that measures something sets e.g. `detectionMs`). */
+  readonly ledger: Ledger;
+}
+
 /** Options of {@link faultUnderLoad}. */
 export interface LoadFault {
   /** Scenario name in the report. */
   readonly name: string;
   /** Which link the publisher and the consumer use. */
   readonly link: 'direct' | 'proxy';
+  /**
+   * Run publisher and consumer with the transport's defaults ({@link FaultTarget.defaultSpec}, no
+   * consumer tuning) and the bus's default publish timeout, instead of the suite's short ones.
+   * @defaultValue false
+   */
+  readonly defaults?: boolean;
+  /** Options of the publishing bus beyond the scenario's (e.g. `breaker: false`). */
+  readonly busOptions?: Partial<Omit<BusOptions, 'transport'>>;
   /** Injects the fault (and ends it) once a share of the messages is confirmed. */
-  inject(failures: FailureLog): Promise<Record<string, unknown> | undefined>;
+  inject(failures: FailureLog, ctx: LoadContext): Promise<Record<string, unknown> | undefined>;
+  /** The fault's own checks, once the row is written and the shared ones passed. */
+  verify?(row: FaultRow): void;
   /** At least one publish must end in `PublishTimeoutError` (the link was silent). */
   readonly expectTimeout?: boolean;
   /** Messages, CI / full size. */
@@ -160,13 +218,19 @@ export async function faultUnderLoad(t: FaultTarget, env: FaultEnv, fault: LoadF
   const s = new Scenario(t, env.effects, env.effectsUrl, fault.name);
   try {
     const n = sized(...(fault.size ?? [150, 1500]));
-    const bus = await s.bus(t.spec(fault.link), {
-      publishTimeoutMs: PUBLISH_TIMEOUT_MS,
+    const publishTimeoutMs = fault.defaults ? BUS_DEFAULT_PUBLISH_TIMEOUT_MS : PUBLISH_TIMEOUT_MS;
+    const bus = await s.bus(fault.defaults ? t.defaultSpec(fault.link) : t.spec(fault.link), {
+      // `undefined` leaves the bus at its default.
+      publishTimeoutMs: fault.defaults ? undefined : PUBLISH_TIMEOUT_MS,
       breaker: { failureThreshold: 5, recoveryTimeoutMs: 500 },
+      ...fault.busOptions,
     });
-    const consumer = await s.consumer({ concurrency: 4, ...fault.consumer }, fault.link);
+    const consumer = await s.consumer(
+      { concurrency: 4, ...(fault.defaults ? { transport: t.defaultSpec(fault.link) } : {}), ...fault.consumer },
+      fault.link,
+    );
     const progress = new Progress();
-    const failures = new FailureLog();
+    const failures = new FailureLog(publishTimeoutMs);
     // The publishers keep publishing for as long as the fault lasts, then n/3 more (at least n in all).
     const control: StreamControl = { open: true, end: n, issued: 0 };
     const publishing = publishStream(s, bus, {
@@ -188,7 +252,7 @@ export async function faultUnderLoad(t: FaultTarget, env: FaultEnv, fault: LoadF
     const issuedBefore = control.issued;
     let notes: Record<string, unknown> | undefined;
     try {
-      notes = await fault.inject(failures);
+      notes = await fault.inject(failures, { bus, consumer, ledger: s.ledger });
     } finally {
       control.end = Math.max(n, control.issued + Math.floor(n / 3));
       control.open = false;
@@ -209,6 +273,7 @@ export async function faultUnderLoad(t: FaultTarget, env: FaultEnv, fault: LoadF
     if (fault.expectTimeout)
       expect(failures.byCode.PUBLISH_TIMEOUT ?? 0, 'a silent link surfaces as PublishTimeoutError').toBeGreaterThan(0);
     expect(s.secretHits()).toEqual([]);
+    fault.verify?.(row);
   } finally {
     await s.close();
   }
