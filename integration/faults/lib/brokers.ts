@@ -246,6 +246,8 @@ export class OwnKafka {
       BUSBAR_KAFKA_PROXY_PORT: String(this.proxyPort),
       BUSBAR_KAFKA_PROXY_LISTEN_PORT: String(this.proxyListenPort),
       BUSBAR_KAFKA_STOP_TIMEOUT: '10',
+      // The fault suite needs no SASL listener, and port + 3 of a random port could be taken.
+      BUSBAR_KAFKA_SASL_PORT: 'off',
     };
   }
 

@@ -230,7 +230,11 @@ export function runFaults(suite: FaultSuiteTarget): void {
         ),
       );
     }
-    register('down-at-start', '4. broker down at start: fails fast, breaker opens, half-opens, recovers', brokerDownAtStart);
+    register(
+      'down-at-start',
+      '4. broker down at start: ready() rejects with the endpoint, publishes fail fast, recovers',
+      brokerDownAtStart,
+    );
     register('slow-consumer', '5. slow consumer: heap flat from backlog N to 2N, concurrency kept, publisher backpressure', slowConsumer);
     register('hostile-input', '6. hostile input written below the bus is dead-lettered with its reason', hostileInput);
     register(
