@@ -6,6 +6,7 @@
  */
 import type { Logger } from '@busbar/core/transport';
 import type { SASLOptions } from 'kafkajs';
+import type { ErrorKind } from './client.js';
 
 /** Settings of a client (resolved transport options). */
 export interface ClientSettings {
@@ -90,6 +91,20 @@ export function isAuthFailure(error: unknown): boolean {
     if (typeof e.code === 'string' && AUTH_ERROR_CODES.has(e.code)) return true;
   }
   return false;
+}
+
+/**
+ * How a client error reads to the transport (see `KafkaClient.classify`): the same for both
+ * clients, since broker error names arrive as kafkajs's `type` or `@platformatic/kafka`'s `apiId`.
+ */
+export function classifyError(error: unknown): ErrorKind {
+  if (isAuthFailure(error)) return 'auth';
+  for (const e of errorChain(error)) {
+    if (typeof e.type === 'string' && REJECTED_ERRORS.has(e.type)) return 'rejected'; // kafkajs
+    if (typeof e.apiId === 'string' && REJECTED_ERRORS.has(e.apiId)) return 'rejected'; // @platformatic/kafka
+    if (e.name === 'GroupNotEmptyError') return 'group-not-empty';
+  }
+  return 'unavailable';
 }
 
 /** Walks an error's `cause` / `originalError` (kafkajs) / `errors` chain. */

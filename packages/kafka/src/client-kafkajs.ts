@@ -33,9 +33,9 @@ import type {
 } from './client.js';
 import {
   type ClientSettings,
+  classifyError,
   errorChain,
   GroupNotEmptyError,
-  isAuthFailure,
   REJECTED_ERRORS,
   RequestTimedOutError,
   SerialSends,
@@ -548,12 +548,7 @@ export class KafkajsClient implements KafkaClient {
   }
 
   classify(error: unknown): ErrorKind {
-    if (isAuthFailure(error)) return 'auth';
-    for (const e of errorChain(error)) {
-      if (typeof e.type === 'string' && REJECTED_ERRORS.has(e.type)) return 'rejected';
-      if (e.name === 'GroupNotEmptyError') return 'group-not-empty';
-    }
-    return 'unavailable';
+    return classifyError(error);
   }
 
   async close(): Promise<void> {

@@ -30,15 +30,7 @@ import type {
   TopicRecords,
   TopicSpec,
 } from './client.js';
-import {
-  errorChain,
-  GroupNotEmptyError,
-  isAuthFailure,
-  REJECTED_ERRORS,
-  RequestTimedOutError,
-  SerialSends,
-  toBuffer,
-} from './client-common.js';
+import { classifyError, GroupNotEmptyError, isAuthFailure, RequestTimedOutError, SerialSends, toBuffer } from './client-common.js';
 import {
   baseOptions,
   delay,
@@ -309,12 +301,7 @@ export class PlatformaticClient implements KafkaClient {
   }
 
   classify(error: unknown): ErrorKind {
-    if (isAuthFailure(error)) return 'auth';
-    for (const e of errorChain(error)) {
-      if (typeof e.apiId === 'string' && REJECTED_ERRORS.has(e.apiId)) return 'rejected';
-      if (e.name === 'GroupNotEmptyError') return 'group-not-empty';
-    }
-    return 'unavailable';
+    return classifyError(error);
   }
 
   async close(): Promise<void> {
