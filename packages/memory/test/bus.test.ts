@@ -1,9 +1,10 @@
 // The memory transport driven through the real EventBus: the semantics users rely on in unit tests.
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { EventBus, Headers, OutcomeSpy } from '@busbar/core';
+import { defineEvent, EventBus, Headers, OutcomeSpy } from '@busbar/core';
 import { encode } from '@busbar/core/transport';
 import { ManualClock, MemoryBroker, MemoryTransport } from '@busbar/memory';
 import { describe, expect, it } from 'vitest';
+import { z } from 'zod';
 import { collector, deferred, Placed, setup } from './helpers.js';
 
 const text = (b: Uint8Array) => new TextDecoder().decode(b);
@@ -254,6 +255,7 @@ describe('memory transport through the EventBus', () => {
       }
     });
     await bus.subscribe(Placed, { group: 'idle' }, () => {});
+    expect(await bus.describeGroups(defineEvent({ type: 'never.subscribed', schema: z.object({}) }))).toEqual([]);
     expect(await bus.describeGroups(Placed)).toEqual([
       { group: 'g', backlog: 0, inFlight: 0, retrying: 0, deadLetters: 0 },
       { group: 'idle', backlog: 0, inFlight: 0, retrying: 0, deadLetters: 0 },
