@@ -44,7 +44,10 @@ export interface PublishCall {
  */
 export type PublishInterceptor = (call: PublishCall, next: (call?: PublishCall) => Promise<PublishReceipt>) => Promise<PublishReceipt>;
 
-/** One handler run, as a handle interceptor sees it: the handler's context plus where it runs. */
+/**
+ * One handler run, as a handle interceptor sees it: the handler's context plus where it runs. Its
+ * fields are accessors (read them; spreading the call copies nothing), valid while the delivery runs.
+ */
 export interface HandleCall extends HandlerContext {
   /** The event definition subscribed to. */
   readonly event: EventDefinition;
