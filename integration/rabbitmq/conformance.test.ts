@@ -6,6 +6,7 @@
  */
 import { runConformance } from '@busbar/conformance';
 import { afterAll, describe, expect, it } from 'vitest';
+import { describeGroupsScenario } from '../brokers/groups-scenario.js';
 import { brokerForTests } from '../brokers/resolve.js';
 import { firstContactTests } from './first-contact.js';
 import { createRawClient, TransportRegistry } from './kit.js';
@@ -29,6 +30,16 @@ describe.skipIf(!broker)('rabbitmq', () => {
     createRawClient: () => createRawClient(url, registry),
     cleanup: (namespace) => registry.cleanup(namespace),
     deliveryTimeoutMs: 15_000,
+  });
+
+  it('describeGroups: queue depth as backlog, delay queues as retrying, the dead-letter queue', async () => {
+    const ns = `rgroups${Date.now().toString(36)}`;
+    try {
+      const described = await describeGroupsScenario(registry.create(), ns);
+      expect(described.inFlight).toBeUndefined(); // AMQP counts only ready messages
+    } finally {
+      await registry.cleanup(ns);
+    }
   });
 
   rabbitmqSpecificTests(url, registry);

@@ -1,0 +1,75 @@
+/**
+ * The `describeGroups` scenario every broker suite runs on its real broker: a group that has
+ * settled one message (so it committed a position), then holds one retry and one dead letter, then
+ * stops consuming while `backlog` more messages are published. The transport must then report the
+ * backlog, the held retry and the dead letter from broker state.
+ */
+import { randomUUID } from 'node:crypto';
+import { defineEvent, EventBus, OutcomeSpy } from '@busbar/core';
+import type { Transport } from '@busbar/core/transport';
+import { expect } from 'vitest';
+import { z } from 'zod';
+
+/** One group as a transport describes it (the SPI's `GroupDescription`). */
+export interface DescribedGroup {
+  readonly group: string;
+  readonly backlog?: number;
+  readonly inFlight?: number;
+  readonly retrying?: number;
+  readonly deadLetters?: number;
+}
+
+/** A transport with `describeGroups`. */
+export type DescribingTransport = Transport & { describeGroups(topic: string): Promise<readonly DescribedGroup[]> };
+
+const Job = defineEvent({
+  type: 'groups.job',
+  version: 1,
+  schema: z.object({ kind: z.enum(['ok', 'retry', 'dead']) }),
+});
+
+/** How long the retry copy is held: far beyond the test, so it is still waiting when described. */
+const HELD_MS = 60_000;
+
+/**
+ * Runs the scenario on `transport` in `namespace`; returns what was described for the group
+ * (after asserting backlog, retrying and dead letters). `settleTimeoutMs` bounds each wait.
+ */
+export async function describeGroupsScenario(
+  transport: DescribingTransport,
+  namespace: string,
+  options: { backlog?: number; settleTimeoutMs?: number } = {},
+): Promise<DescribedGroup> {
+  const n = options.backlog ?? 3;
+  const timeoutMs = options.settleTimeoutMs ?? 20_000;
+  const group = `g${randomUUID().slice(0, 6)}`;
+  const bus = new EventBus({ transport, namespace });
+  const spy = new OutcomeSpy(bus);
+  try {
+    await bus.ready();
+    const topic = bus.topicOf(Job);
+    const sub = await bus.subscribe(Job, { group, retry: { maxAttempts: 5 } }, async ({ kind }, ctx) => {
+      if (kind === 'retry') ctx.retry({ delayMs: HELD_MS });
+      if (kind === 'dead') ctx.deadLetter('describeGroups test');
+    });
+    const ok = await bus.publish(Job, { kind: 'ok' });
+    await spy.waitFor(ok.id, { status: 'acked', timeoutMs });
+    const retried = await bus.publish(Job, { kind: 'retry' });
+    await spy.waitFor(retried.id, { status: 'retried', timeoutMs });
+    const dead = await bus.publish(Job, { kind: 'dead' });
+    await spy.waitFor(dead.id, { status: 'dead-lettered', timeoutMs });
+    await sub.close();
+
+    const before = (await transport.describeGroups(topic)).find((g) => g.group === group);
+    expect(before, `group ${group} described`).toBeDefined();
+    expect(before?.backlog).toBe(0);
+
+    await Promise.all(Array.from({ length: n }, () => bus.publish(Job, { kind: 'ok' })));
+    const described = (await transport.describeGroups(topic)).find((g) => g.group === group);
+    expect(described).toMatchObject({ group, backlog: n, retrying: 1, deadLetters: 1 });
+    if (described?.inFlight !== undefined) expect(described.inFlight).toBe(0);
+    return described as DescribedGroup;
+  } finally {
+    await bus.close();
+  }
+}
