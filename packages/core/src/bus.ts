@@ -13,6 +13,7 @@ import { BusClosedError, CapabilityError, ConfigError, describeError } from './e
 import type { EventDefinition, EventInput } from './event.js';
 import { namespaceFromEnv } from './from-env.js';
 import { HeaderNames } from './headers.js';
+import { type HandleInterceptor, interceptHandler } from './interceptors.js';
 import { redactingLogger, silentLogger } from './logger.js';
 import { validateGroup, validateNamespace } from './naming.js';
 import { checkBusOptions, checkEvent, checkNumber, checkSubscribeArguments } from './option-checks.js';
@@ -22,7 +23,7 @@ import { MessageEncoder } from './publish/encode.js';
 import { Publisher, type PublishReceipt, registerPublisher } from './publish/publisher.js';
 import { ConnectionWatch, type ReadyOptions } from './readiness.js';
 import { type BreakerState, CircuitBreaker, systemClock } from './resilience.js';
-import type { Transport, TransportHealth } from './spi.js';
+import type { GroupDescription, Transport, TransportHealth } from './spi.js';
 
 /** Health report. */
 export interface BusHealth {
@@ -63,6 +64,7 @@ export class EventBus {
   readonly #subscriptions = new Set<SubscriptionImpl>();
   readonly #connecting: Promise<void>;
   readonly #watch: ConnectionWatch;
+  readonly #handleInterceptors: readonly HandleInterceptor[] | undefined;
   #state: 'open' | 'closing' | 'closed' = 'open';
   #closing: Promise<void> | undefined;
 
@@ -130,7 +132,9 @@ export class EventBus {
     watch.follow(this.#connecting);
     // Avoid an unhandled rejection when nobody awaits `ready()`; errors surface on use.
     this.#connecting.catch(() => {});
-    this.#publisher = new Publisher(this.#encoder, batcher, this.#breaker, watch, publishTimeoutMs);
+    this.#publisher = new Publisher(this.#encoder, batcher, this.#breaker, watch, publishTimeoutMs, options.interceptors?.publish);
+    const handleInterceptors = options.interceptors?.handle;
+    this.#handleInterceptors = handleInterceptors && handleInterceptors.length > 0 ? [...handleInterceptors] : undefined;
     registerPublisher(this, this.#publisher);
     this.#host = Object.freeze({
       transport,
@@ -237,8 +241,17 @@ export class EventBus {
     } catch (error) {
       throw this.#watch.wrap(error, 'failed to connect');
     }
-    const sub = new SubscriptionImpl(this.#host, event, options, handler as Handler<EventDefinition>, {
-      topic: this.topicOf(event),
+    const topic = this.topicOf(event);
+    // With handle interceptors the subscription runs the wrapped handler: its delivery paths (and
+    // their cost without interceptors) stay as they are.
+    const run = interceptHandler(this.#handleInterceptors, handler as Handler<EventDefinition>, {
+      event,
+      group: options.group,
+      topic,
+      transport: this.transport.name,
+    });
+    const sub = new SubscriptionImpl(this.#host, event, options, run, {
+      topic,
       concurrency,
       maxAttempts,
       backoff: retry.backoff ?? {},
@@ -271,6 +284,29 @@ export class EventBus {
       { transport: this.transport, connected: () => this.#connecting, now: () => host.clock.now() },
       { topic: this.topicOf(event), group },
     );
+  }
+
+  /**
+   * The consumer groups the broker knows on `event`'s topic, with what it can tell about each:
+   * `backlog` (waiting, not handed out yet), `inFlight` (handed out, not settled), `retrying`
+   * (waiting in the retry path) and `deadLetters`; a field is absent where the broker cannot tell
+   * (see the transport's README). Asks the broker each time it is called (nothing is polled in the
+   * background): call it at the interval you need.
+   * @throws CapabilityError (as a rejection) when the transport cannot describe its groups.
+   */
+  async describeGroups(event: EventDefinition): Promise<readonly GroupDescription[]> {
+    checkEvent(event, 'describeGroups(event)');
+    if (this.#state !== 'open') throw new BusClosedError();
+    const transport = this.transport;
+    if (typeof transport.describeGroups !== 'function') {
+      throw new CapabilityError('describeGroups', `transport ${transport.name} cannot describe its consumer groups`);
+    }
+    try {
+      await this.#connecting;
+      return await transport.describeGroups(this.topicOf(event));
+    } catch (error) {
+      throw this.#watch.wrap(error, `could not describe the groups of ${this.topicOf(event)}`);
+    }
   }
 
   /**

@@ -27,6 +27,7 @@ export {
   STRUCTURED_CONTENT_TYPE,
 } from './headers.js';
 export * from './idempotency.js';
+export type { HandleCall, HandleInterceptor, Interceptors, PublishCall, PublishInterceptor } from './interceptors.js';
 export * from './logger.js';
 export { topicName, validateGroup, validateNamespace } from './naming.js';
 export type { BusOptions, IdempotencyOptions, PublishOptions, RetryPolicy, SubscribeOptions } from './options.js';
@@ -34,5 +35,13 @@ export type { BatchingOptions } from './publish/batcher.js';
 export type { PublishReceipt } from './publish/publisher.js';
 export { DEFAULT_READY_TIMEOUT_MS, type ReadyOptions } from './readiness.js';
 export * from './resilience.js';
-export type { ConnectionState, Transport, TransportCapabilities, TransportEvent, TransportHealth, WireMessage } from './spi.js';
+export type {
+  ConnectionState,
+  GroupDescription,
+  Transport,
+  TransportCapabilities,
+  TransportEvent,
+  TransportHealth,
+  WireMessage,
+} from './spi.js';
 export * from './testing.js';

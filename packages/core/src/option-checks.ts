@@ -115,6 +115,17 @@ export function checkBusOptions(options: BusOptions): void {
     if (typeof options.clock.setTimer !== 'function') fail('clock.setTimer', 'a function', options.clock.setTimer);
   }
   checkOneOf(options.publishOverflow, 'publishOverflow', ['wait', 'reject']);
+  if (options.interceptors !== undefined) {
+    checkObject(options.interceptors, 'interceptors');
+    for (const kind of ['publish', 'handle'] as const) {
+      const list = options.interceptors[kind] as unknown;
+      if (list === undefined) continue;
+      if (!Array.isArray(list)) fail(`interceptors.${kind}`, 'an array of functions', list);
+      list.forEach((f: unknown, i) => {
+        if (typeof f !== 'function') fail(`interceptors.${kind}[${i}]`, 'a function', f);
+      });
+    }
+  }
   if (options.batching !== undefined) {
     checkObject(options.batching, 'batching');
     checkNumber(options.batching.maxBatchSize, 'batching.maxBatchSize', { integer: true, min: 1 });

@@ -5,6 +5,7 @@
 
 import type { Upcasters } from './event.js';
 import type { IdempotencyStore } from './idempotency.js';
+import type { Interceptors } from './interceptors.js';
 import type { Logger } from './logger.js';
 import type { BatchingOptions } from './publish/batcher.js';
 import type { BackoffOptions, CircuitBreakerOptions, Clock, RandomSource } from './resilience.js';
@@ -73,6 +74,12 @@ export interface BusOptions {
    * on only once every consumer runs a version that reads it. @defaultValue 'binary'
    */
   contentMode?: 'binary' | 'structured';
+  /**
+   * Code around every publish and every handler run (logging, tracing, metrics, custom policies):
+   * see `PublishInterceptor` and `HandleInterceptor`. The first registered is the
+   * outermost. With none registered the bus does no work for them. @defaultValue none
+   */
+  interceptors?: Interceptors;
 }
 
 /** Options of {@link EventBus.publish}. */

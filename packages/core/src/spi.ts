@@ -273,6 +273,24 @@ export interface TransportEvent {
   readonly cause?: BusError;
 }
 
+/**
+ * What the broker can tell about one consumer group of a topic ({@link Transport.describeGroups}).
+ * Counts are the broker's own at the moment it answered (they move while you read them); a field
+ * is absent where this broker cannot tell — never a guessed 0.
+ */
+export interface GroupDescription {
+  /** The group's name (as given to `subscribe`). */
+  readonly group: string;
+  /** Messages waiting for the group, not yet handed out (Kafka: committed-offset lag over the partitions). */
+  readonly backlog?: number;
+  /** Messages handed out to a consumer of the group and not settled yet. */
+  readonly inFlight?: number;
+  /** Messages of the group waiting in its retry path for their delay to pass. */
+  readonly retrying?: number;
+  /** Messages in the group's dead letters. */
+  readonly deadLetters?: number;
+}
+
 /** What core hands a transport at `connect`. */
 export interface TransportContext {
   /** Redacting logger. */
@@ -342,6 +360,15 @@ export interface Transport {
    * ones.
    */
   processDeadLetters(target: DeadLetterTarget, scan: DeadLetterScan): Promise<readonly StoredDeadLetter[]>;
+  /**
+   * Optional: the consumer groups the broker knows on `topic` (the broker-level name), each with
+   * the counts it can tell (see {@link GroupDescription}); an empty list when it knows none. Called
+   * only when asked (`bus.describeGroups`, a metrics reader polling at its interval), never on a
+   * hot path: it may cost a few broker round trips. Must not change any state (no group is created,
+   * no offset committed). A transport without it makes `bus.describeGroups` reject with
+   * `CapabilityError`. Errors: `BrokerUnavailableError` (not connected).
+   */
+  describeGroups?(topic: string): Promise<readonly GroupDescription[]>;
   /** Current connection state, since when, and the last error (see {@link TransportHealth}). */
   health(): TransportHealth;
   /** Close connections. Called by core after subscriptions were drained and publishes settled. */

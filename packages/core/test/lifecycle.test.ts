@@ -566,7 +566,7 @@ describe('EventBus surface', () => {
     expect(published).toEqual([]);
     const stored = JSON.parse(JSON.stringify({ ...message, body: [...message.body] }));
     const receipt = await publishEncoded(bus, { ...stored, body: Uint8Array.from(stored.body) });
-    expect(receipt).toEqual({ id: 'later-1', idempotencyKey: 'k-1' });
+    expect(receipt).toEqual({ id: 'later-1', idempotencyKey: 'k-1', topic: 'ping' });
     expect(published.map((m) => [m.id, m.headers[H.id], new TextDecoder().decode(m.body)])).toEqual([['later-1', 'later-1', '{"n":3}']]);
     expect(() => encode({}, Ping, { n: 1 })).toThrow(TypeError);
     await bus.close();

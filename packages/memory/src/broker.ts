@@ -4,6 +4,7 @@ import {
   type DeadLetterScan,
   type DeadLetterTarget,
   type Delivery,
+  type GroupDescription,
   HeaderNames,
   type StoredDeadLetter,
   type SubscriptionSpec,
@@ -11,6 +12,7 @@ import {
   type WireMessage,
 } from '@busbar/core/transport';
 import { EventEmitter } from 'eventemitter3';
+import { ByteStore } from './bytes.js';
 import { Deque } from './deque.js';
 
 /** A message written below the bus (see {@link MemoryRawClient.write}). */
@@ -202,58 +204,6 @@ class MemoryDelivery implements Delivery {
 
 const RESOLVED = Promise.resolve();
 
-const SLAB_BYTES = 64 * 1024;
-
-/**
- * Copies bytes into shared 64 KiB slabs: a copy is a place in a slab, not an `ArrayBuffer` of its
- * own (which costs ~10× more for the small bodies of most events). A slab is freed once no entry
- * or view into it is referenced. Bodies larger than 4 KiB get a buffer of their own.
- */
-class ByteStore {
-  /** The slab being filled; zero-filled, so no view into it shows earlier contents of the heap. */
-  private slab = Buffer.alloc(SLAB_BYTES);
-  private used = 0;
-  /** Where the last {@link ByteStore.put} stored its bytes (the slab then, or a buffer of their own). */
-  last: Buffer = this.slab;
-
-  /** Stores a copy of `source`; returns its offset in {@link ByteStore.last}. */
-  put(source: Uint8Array): number {
-    const n = source.byteLength;
-    if (n > 4096) {
-      this.last = Buffer.from(source);
-      return 0;
-    }
-    const at = this.reserve(n);
-    this.slab.set(source, at);
-    return at;
-  }
-
-  /** A copy of `entry`'s body: a view of its own into a slab (Buffer.copy, no view of the source). */
-  copyOut(entry: Entry): Uint8Array {
-    const n = entry.size;
-    if (n > 4096) return new Uint8Array(entry.bytes.subarray(entry.at, entry.at + n));
-    const at = this.reserve(n);
-    const slab = this.slab;
-    // Within one slab (a message delivered soon after it was stored) `copyWithin` needs no view
-    // of the source; across slabs a plain view is cheaper than the Buffer `Buffer.copy` makes.
-    const from = entry.bytes;
-    if (from === slab) slab.copyWithin(at, entry.at, entry.at + n);
-    else slab.set(new Uint8Array(from.buffer, from.byteOffset + entry.at, n), at);
-    return new Uint8Array(slab.buffer, slab.byteOffset + at, n);
-  }
-
-  private reserve(n: number): number {
-    if (this.used + n > SLAB_BYTES) {
-      this.slab = Buffer.alloc(SLAB_BYTES);
-      this.used = 0;
-    }
-    this.last = this.slab;
-    const at = this.used;
-    this.used += n;
-    return at;
-  }
-}
-
 /** A copy of `entry` to hand out (probes, dead letters): its own headers object and bytes (an `ArrayBuffer` of their own). */
 function copy(entry: Entry): WireMessage {
   return { headers: { ...entry.headers }, body: new Uint8Array(entry.bytes.subarray(entry.at, entry.at + entry.size)) };
@@ -427,6 +377,19 @@ export class MemoryBroker {
         this.changed();
       },
     };
+  }
+
+  /** @internal See `Transport.describeGroups`: every count is known here. */
+  describeGroups(topic: string): GroupDescription[] {
+    const t = this.topics.get(topic);
+    if (!t) return [];
+    return [...t.groups].map(([group, g]) => ({
+      group,
+      backlog: g.queue.length,
+      inFlight: g.inFlight,
+      retrying: g.delayed.size,
+      deadLetters: g.dead.length,
+    }));
   }
 
   /** @internal See `Transport.processDeadLetters`. */

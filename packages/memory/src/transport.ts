@@ -7,6 +7,7 @@ import {
   type DeadLetterScan,
   type DeadLetterTarget,
   type Delivery,
+  type GroupDescription,
   type OutgoingMessage,
   type PublishOutcome,
   type StoredDeadLetter,
@@ -179,6 +180,12 @@ export class MemoryTransport implements Transport {
   async processDeadLetters(target: DeadLetterTarget, scan: DeadLetterScan): Promise<readonly StoredDeadLetter[]> {
     this.assertConnected();
     return this.broker.processDeadLetters(target, scan);
+  }
+
+  /** The groups of `topic` with every count (`backlog`, `inFlight`, `retrying`, `deadLetters`) from the broker's state. */
+  async describeGroups(topic: string): Promise<readonly GroupDescription[]> {
+    this.assertConnected();
+    return this.broker.describeGroups(topic);
   }
 
   /** `'disconnected'` before `connect`, `'connected'` (on the microtask after `connect`), then `'closed'`. */

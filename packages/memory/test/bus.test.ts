@@ -1,7 +1,8 @@
 // The memory transport driven through the real EventBus: the semantics users rely on in unit tests.
-import { Headers } from '@busbar/core';
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { EventBus, Headers, OutcomeSpy } from '@busbar/core';
 import { encode } from '@busbar/core/transport';
-import { ManualClock, MemoryBroker } from '@busbar/memory';
+import { ManualClock, MemoryBroker, MemoryTransport } from '@busbar/memory';
 import { describe, expect, it } from 'vitest';
 import { collector, deferred, Placed, setup } from './helpers.js';
 
@@ -237,5 +238,59 @@ describe('memory transport through the EventBus', () => {
     await transport.raw.write(topic, { headers: { ...valid.headers, [Headers.attempt]: '4' }, body: valid.body });
     await spy.waitFor(valid.id, { status: 'acked' });
     expect(attempts).toEqual([4]);
+  });
+
+  it('describes each group of a topic from the broker state: backlog, in flight, retrying, dead letters', async () => {
+    const clock = new ManualClock(1_000);
+    const { bus, spy } = setup({ clock });
+    const started = deferred();
+    const gate = deferred();
+    await bus.subscribe(Placed, { group: 'g' }, async (d, ctx) => {
+      if (d.n === 1) ctx.deadLetter('poison');
+      if (d.n === 2) ctx.retry({ delayMs: 60_000 });
+      if (d.n === 3) {
+        started.resolve();
+        await gate.promise;
+      }
+    });
+    await bus.subscribe(Placed, { group: 'idle' }, () => {});
+    expect(await bus.describeGroups(Placed)).toEqual([
+      { group: 'g', backlog: 0, inFlight: 0, retrying: 0, deadLetters: 0 },
+      { group: 'idle', backlog: 0, inFlight: 0, retrying: 0, deadLetters: 0 },
+    ]);
+    const ids: string[] = [];
+    for (let n = 1; n <= 5; n++) ids.push((await bus.publish(Placed, { n })).id);
+    await spy.waitFor(ids[4]!, { status: 'acked', group: 'idle' });
+    await started.promise;
+    const [g, idle, ...rest] = await bus.describeGroups(Placed);
+    expect(rest).toEqual([]);
+    expect(g).toEqual({ group: 'g', backlog: 2, inFlight: 1, retrying: 1, deadLetters: 1 });
+    expect(idle).toEqual({ group: 'idle', backlog: 0, inFlight: 0, retrying: 0, deadLetters: 0 });
+    gate.resolve();
+    await spy.waitFor(ids[4]!, { status: 'acked', group: 'g' });
+    expect((await bus.describeGroups(Placed))[0]).toEqual({ group: 'g', backlog: 0, inFlight: 0, retrying: 1, deadLetters: 1 });
+  });
+
+  it('runs publish and handle interceptors end to end: trace context set on publish is seen by the handler', async () => {
+    const transport = new MemoryTransport({ broker: new MemoryBroker() });
+    const als = new AsyncLocalStorage<string>();
+    const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+    const bus = new EventBus({
+      transport,
+      interceptors: {
+        publish: [(call, next) => next({ ...call, options: { ...call.options, traceparent } })],
+        handle: [(call, next) => als.run(call.attributes.traceparent ?? 'none', next)],
+      },
+    });
+    const spy = new OutcomeSpy(bus);
+    const seen: unknown[] = [];
+    await bus.subscribe(Placed, { group: 'g' }, async (d) => {
+      await Promise.resolve();
+      seen.push([d.n, als.getStore()]);
+    });
+    const { id } = await bus.publish(Placed, { n: 1 });
+    await spy.waitFor(id, { status: 'acked' });
+    expect(seen).toEqual([[1, traceparent]]);
+    await bus.close();
   });
 });

@@ -6,6 +6,7 @@
 import { BusClosedError } from '../errors.js';
 import type { EventDefinition, EventInput } from '../event.js';
 import { HeaderNames as Headers } from '../headers.js';
+import { type PublishCall, type PublishInterceptor, runPublishChain } from '../interceptors.js';
 import { checkEvent, checkPublishOptions } from '../option-checks.js';
 import type { PublishOptions } from '../options.js';
 import type { ConnectionWatch } from '../readiness.js';
@@ -20,6 +21,8 @@ export interface PublishReceipt {
   readonly id: string;
   /** The idempotency key it carries. */
   readonly idempotencyKey: string;
+  /** The broker-level destination it was published to (namespace applied). */
+  readonly topic: string;
 }
 
 const NO_OPTIONS: PublishOptions = Object.freeze({});
@@ -40,7 +43,16 @@ export class Publisher {
     private readonly breaker: CircuitBreaker | undefined,
     private readonly connection: ConnectionWatch,
     private readonly publishTimeoutMs: number,
-  ) {}
+    interceptors?: readonly PublishInterceptor[],
+  ) {
+    if (interceptors !== undefined && interceptors.length > 0) this.interceptors = [...interceptors];
+  }
+
+  /** `BusOptions.interceptors.publish`; `undefined` when none (the plain path, nothing added). */
+  private readonly interceptors: readonly PublishInterceptor[] | undefined;
+  /** The end of the interceptor chain: the plain publish of the call it is given. */
+  private readonly publishCall = (call: PublishCall): Promise<PublishReceipt> =>
+    this.direct(call.event, call.data as EventInput<EventDefinition>, call.options ?? NO_OPTIONS);
 
   /** Publishes waiting for the transport. */
   get pendingCount(): number {
@@ -49,6 +61,19 @@ export class Publisher {
 
   /** See `EventBus.publish`. */
   publish<E extends EventDefinition>(event: E, data: EventInput<E>, options: PublishOptions = NO_OPTIONS): Promise<PublishReceipt> {
+    if (this.interceptors === undefined) return this.direct(event, data, options);
+    try {
+      if (this.stopped) throw new BusClosedError();
+      checkEvent(event, 'publish(event, data)');
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const call: PublishCall = { event, data, options, topic: this.encoder.topicOf(event) };
+    return runPublishChain(this.interceptors, 0, call, this.publishCall);
+  }
+
+  /** `publish` past the interceptors. */
+  private direct<E extends EventDefinition>(event: E, data: EventInput<E>, options: PublishOptions): Promise<PublishReceipt> {
     // Not an async function: this runs once per message, and a chain of plain promises costs less
     // than an async function's suspension. Every failure still rejects; nothing throws.
     let message: OutgoingMessage;
@@ -102,7 +127,11 @@ export class Publisher {
   }
 
   private send(message: OutgoingMessage, timeoutMs: number): Promise<PublishReceipt> {
-    const receipt: PublishReceipt = { id: message.id, idempotencyKey: message.headers[Headers.idempotencyKey] as string };
+    const receipt: PublishReceipt = {
+      id: message.id,
+      idempotencyKey: message.headers[Headers.idempotencyKey] as string,
+      topic: message.topic,
+    };
     // The batcher's promise resolves with the receipt itself: no `.then(() => receipt)` (a closure,
     // a promise and a reaction) per publish.
     if (this.connection.usable) return this.batcher.publish(message, timeoutMs, receipt);
