@@ -1,26 +1,14 @@
 /**
- * The `describeGroups` scenario every broker suite runs on its real broker: a group that has
+ * The `bus.describeGroups` scenario every broker suite runs on its real broker: a group that has
  * settled one message (so it committed a position), then holds one retry and one dead letter, then
  * stops consuming while `backlog` more messages are published. The transport must then report the
  * backlog, the held retry and the dead letter from broker state.
  */
 import { randomUUID } from 'node:crypto';
-import { defineEvent, EventBus, OutcomeSpy } from '@busbar/core';
+import { defineEvent, EventBus, type GroupDescription, OutcomeSpy } from '@busbar/core';
 import type { Transport } from '@busbar/core/transport';
 import { expect } from 'vitest';
 import { z } from 'zod';
-
-/** One group as a transport describes it (the SPI's `GroupDescription`). */
-export interface DescribedGroup {
-  readonly group: string;
-  readonly backlog?: number;
-  readonly inFlight?: number;
-  readonly retrying?: number;
-  readonly deadLetters?: number;
-}
-
-/** A transport with `describeGroups`. */
-export type DescribingTransport = Transport & { describeGroups(topic: string): Promise<readonly DescribedGroup[]> };
 
 const Job = defineEvent({
   type: 'groups.job',
@@ -36,10 +24,10 @@ const HELD_MS = 60_000;
  * (after asserting backlog, retrying and dead letters). `settleTimeoutMs` bounds each wait.
  */
 export async function describeGroupsScenario(
-  transport: DescribingTransport,
+  transport: Transport,
   namespace: string,
   options: { backlog?: number; settleTimeoutMs?: number } = {},
-): Promise<DescribedGroup> {
+): Promise<GroupDescription> {
   const n = options.backlog ?? 3;
   const timeoutMs = options.settleTimeoutMs ?? 20_000;
   const group = `g${randomUUID().slice(0, 6)}`;
@@ -47,7 +35,6 @@ export async function describeGroupsScenario(
   const spy = new OutcomeSpy(bus);
   try {
     await bus.ready();
-    const topic = bus.topicOf(Job);
     const sub = await bus.subscribe(Job, { group, retry: { maxAttempts: 5 } }, async ({ kind }, ctx) => {
       if (kind === 'retry') ctx.retry({ delayMs: HELD_MS });
       if (kind === 'dead') ctx.deadLetter('describeGroups test');
@@ -60,15 +47,15 @@ export async function describeGroupsScenario(
     await spy.waitFor(dead.id, { status: 'dead-lettered', timeoutMs });
     await sub.close();
 
-    const before = (await transport.describeGroups(topic)).find((g) => g.group === group);
+    const before = (await bus.describeGroups(Job)).find((g) => g.group === group);
     expect(before, `group ${group} described`).toBeDefined();
     expect(before?.backlog).toBe(0);
 
     await Promise.all(Array.from({ length: n }, () => bus.publish(Job, { kind: 'ok' })));
-    const described = (await transport.describeGroups(topic)).find((g) => g.group === group);
+    const described = (await bus.describeGroups(Job)).find((g) => g.group === group);
     expect(described).toMatchObject({ group, backlog: n, retrying: 1, deadLetters: 1 });
     if (described?.inFlight !== undefined) expect(described.inFlight).toBe(0);
-    return described as DescribedGroup;
+    return described as GroupDescription;
   } finally {
     await bus.close();
   }

@@ -19,20 +19,9 @@
  * - `inFlight`: absent — Kafka does not know what a member fetched but did not commit.
  * @internal
  */
+import type { GroupDescription } from '@busbar/core/transport';
 import type { KafkaClient, PartitionWatermarks } from './client.js';
 import type { GroupNames } from './topology.js';
-
-/**
- * One group as `describeGroups` reports it; structurally the SPI's `GroupDescription` (a field
- * is absent where Kafka cannot tell).
- */
-export interface KafkaGroupDescription {
-  readonly group: string;
-  readonly backlog?: number;
-  readonly inFlight?: number;
-  readonly retrying?: number;
-  readonly deadLetters?: number;
-}
 
 /** What `describeGroups` needs from the transport. */
 export interface GroupsDeps {
@@ -82,7 +71,7 @@ function groupOf(deps: GroupsDeps, topic: string, id: string): string | undefine
 }
 
 /** Describes the groups of `topic` (Kafka topic `kafkaTopic`); see the module comment. */
-export async function describeGroups(deps: GroupsDeps, topic: string, kafkaTopic: string): Promise<KafkaGroupDescription[]> {
+export async function describeGroups(deps: GroupsDeps, topic: string, kafkaTopic: string): Promise<GroupDescription[]> {
   const { client } = deps;
   const [ids, topics] = await Promise.all([client.listGroups(), client.listTopics()]);
   if (!topics.includes(kafkaTopic)) return [];
@@ -100,7 +89,7 @@ export async function describeGroups(deps: GroupsDeps, topic: string, kafkaTopic
     return m;
   };
   const described = await Promise.all(
-    [...candidates].map(async (group): Promise<KafkaGroupDescription | undefined> => {
+    [...candidates].map(async (group): Promise<GroupDescription | undefined> => {
       let names: GroupNames;
       try {
         names = deps.names(topic, group);
@@ -120,5 +109,5 @@ export async function describeGroups(deps: GroupsDeps, topic: string, kafkaTopic
       return main.committed < main.partitions ? out : { ...out, backlog: main.total };
     }),
   );
-  return described.filter((d): d is KafkaGroupDescription => d !== undefined);
+  return described.filter((d): d is GroupDescription => d !== undefined);
 }

@@ -2,6 +2,7 @@ import type {
   DeadLetterScan,
   DeadLetterTarget,
   Delivery,
+  GroupDescription,
   Logger,
   OutgoingMessage,
   PublishOutcome,
@@ -18,7 +19,7 @@ import type { KafkaClient, OutgoingRecord } from './client.js';
 import { KafkajsClient } from './client-kafkajs.js';
 import { clientSettings, KafkaConnection, loadPlatformaticClient } from './connection.js';
 import { scanDeadLetters } from './dead-letters.js';
-import { describeGroups, type KafkaGroupDescription } from './groups.js';
+import { describeGroups } from './groups.js';
 import { type KafkaTransportOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { publishBatch } from './publish.js';
 import { KafkaSubscription } from './subscription.js';
@@ -175,7 +176,7 @@ export class KafkaTransport implements Transport {
    * groups: those of the cluster named `naming.groupId(topic, <group>)` that committed on the
    * topic, and those this instance subscribed to. See `groups.ts`.
    */
-  async describeGroups(topic: string): Promise<readonly KafkaGroupDescription[]> {
+  async describeGroups(topic: string): Promise<readonly GroupDescription[]> {
     const c = this.connection;
     if (c.isClosed) throw new BusClosedError('the Kafka transport is closed');
     const kafkaTopic = this.topology.kafkaTopic(topic);

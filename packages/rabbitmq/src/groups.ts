@@ -15,21 +15,10 @@
  * messages in its dead-letter queue (a dead letter a `processDeadLetters` walk holds at that moment
  * is not counted).
  */
+import type { GroupDescription } from '@busbar/core/transport';
 import type { Channel } from 'amqplib';
 import { closeChannel } from './connection.js';
 import type { GroupNames } from './topology.js';
-
-/**
- * One group as `describeGroups` reports it; structurally the SPI's `GroupDescription` (a field
- * is absent where RabbitMQ cannot tell).
- */
-export interface RabbitGroupDescription {
-  readonly group: string;
-  readonly backlog?: number;
-  readonly inFlight?: number;
-  readonly retrying?: number;
-  readonly deadLetters?: number;
-}
 
 /** What `describeGroups` needs from the rest of the transport. */
 export interface GroupInspector {
@@ -76,13 +65,9 @@ class Depths {
 }
 
 /** @internal Describes `groups` of `topic` (see the module comment). */
-export async function describeGroups(
-  inspector: GroupInspector,
-  topic: string,
-  groups: Iterable<string>,
-): Promise<RabbitGroupDescription[]> {
+export async function describeGroups(inspector: GroupInspector, topic: string, groups: Iterable<string>): Promise<GroupDescription[]> {
   const depths = new Depths(() => inspector.channel());
-  const out: RabbitGroupDescription[] = [];
+  const out: GroupDescription[] = [];
   try {
     for (const group of groups) {
       const names = inspector.groupNamesOf(topic, group);

@@ -4,6 +4,7 @@ import {
   type DeadLetterScan,
   type DeadLetterTarget,
   type Delivery,
+  type GroupDescription,
   isBusError,
   type OutgoingMessage,
   type PublishOutcome,
@@ -18,7 +19,7 @@ import {
 import { Connection, reasonOf } from './connection.js';
 import { type DeadLetterStore, processDeadLetters } from './dead-letters.js';
 import type { CopyWriter } from './delivery.js';
-import { describeGroups, type GroupInspector, type RabbitGroupDescription } from './groups.js';
+import { describeGroups, type GroupInspector } from './groups.js';
 import { type RabbitMqOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { ORDERED_PUBLISH_CALLS, Publisher } from './publish.js';
 import { type ConsumerHost, RabbitSubscription } from './subscription.js';
@@ -210,7 +211,7 @@ export class RabbitMqTransport implements Transport {
    * instance subscribed to on `topic` (also closed ones); a group whose queue does not exist is left
    * out. See `groups.ts`.
    */
-  async describeGroups(topic: string, groups?: readonly string[]): Promise<readonly RabbitGroupDescription[]> {
+  async describeGroups(topic: string, groups?: readonly string[]): Promise<readonly GroupDescription[]> {
     const final = this.connection.finalError;
     if (final) throw final;
     try {

@@ -13,20 +13,9 @@
  * - `retrying`: the size of the group's delayed set (`ZCARD`): retries waiting for their due time.
  * - `deadLetters`: the length of the group's dead-letter stream (`XLEN`).
  */
+import type { GroupDescription } from '@busbar/core/transport';
 import type { Redis } from 'ioredis';
 import { groupKeys, streamKey } from './topology.js';
-
-/**
- * One group as `describeGroups` reports it; structurally the SPI's `GroupDescription` (a field
- * is absent where Redis cannot tell).
- */
-export interface RedisGroupDescription {
-  readonly group: string;
-  readonly backlog?: number;
-  readonly inFlight?: number;
-  readonly retrying?: number;
-  readonly deadLetters?: number;
-}
 
 /** One entry of `XINFO GROUPS`. */
 interface GroupInfo {
@@ -61,10 +50,10 @@ function parseGroup(flat: unknown[]): GroupInfo {
 }
 
 /** @internal Describes the groups of `topic` (see the module comment). */
-export async function describeGroups(client: Redis, prefix: string, topic: string): Promise<RedisGroupDescription[]> {
+export async function describeGroups(client: Redis, prefix: string, topic: string): Promise<GroupDescription[]> {
   const groups = await groupsOf(client, streamKey(prefix, topic));
   return Promise.all(
-    groups.map(async (g): Promise<RedisGroupDescription> => {
+    groups.map(async (g): Promise<GroupDescription> => {
       const keys = groupKeys(prefix, topic, g.name);
       const [retryGroups, retrying, deadLetters] = await Promise.all([
         groupsOf(client, keys.retry),

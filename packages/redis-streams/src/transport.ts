@@ -9,6 +9,7 @@ import {
   type DeadLetterScan,
   type DeadLetterTarget,
   type Delivery,
+  type GroupDescription,
   type OutgoingMessage,
   type PublishOutcome,
   type StoredDeadLetter,
@@ -21,7 +22,7 @@ import {
 } from '@busbar/core/transport';
 import { RedisConnection } from './connection.js';
 import { scanDeadLetters } from './dead-letters.js';
-import { describeGroups, type RedisGroupDescription } from './groups.js';
+import { describeGroups } from './groups.js';
 import { type RedisStreamsOptions, type ResolvedSettings, resolveOptions } from './options.js';
 import { Publisher } from './publish.js';
 import { TRIM_ACKED } from './scripts.js';
@@ -159,7 +160,7 @@ export class RedisStreamsTransport implements Transport {
    * entries (pending), retries waiting in the delayed set and dead letters (see `groups.ts`).
    * Reads broker state only. `[]` when nothing was ever published or subscribed on `topic`.
    */
-  async describeGroups(topic: string): Promise<readonly RedisGroupDescription[]> {
+  async describeGroups(topic: string): Promise<readonly GroupDescription[]> {
     const client = this.connection.ready();
     checkBrokerName(topic, this.capabilities, 'topic');
     try {
