@@ -19,15 +19,35 @@ const Job = defineEvent({
 /** How long the retry copy is held: far beyond the test, so it is still waiting when described. */
 const HELD_MS = 60_000;
 
+/** What the scenario saw. */
+export interface GroupsScenarioResult {
+  /** The group as the subscribing bus described it. */
+  readonly described: GroupDescription;
+  /** The group's name and its broker topic. */
+  readonly group: string;
+  readonly topic: string;
+  /** The groups `observer` described on the topic (another process that never subscribed). */
+  readonly observed?: readonly GroupDescription[];
+  /** What `options.named` returned, asked while the observer was open. */
+  readonly named?: readonly GroupDescription[];
+}
+
 /**
- * Runs the scenario on `transport` in `namespace`; returns what was described for the group
- * (after asserting backlog, retrying and dead letters). `settleTimeoutMs` bounds each wait.
+ * Runs the scenario on `transport` in `namespace` (after asserting backlog, retrying and dead
+ * letters). `observer`: a second transport, asked through its own bus after the first one
+ * described the group; `named` is then called with it (for a transport-specific call).
+ * `settleTimeoutMs` bounds each wait.
  */
 export async function describeGroupsScenario(
   transport: Transport,
   namespace: string,
-  options: { backlog?: number; settleTimeoutMs?: number } = {},
-): Promise<GroupDescription> {
+  options: {
+    backlog?: number;
+    settleTimeoutMs?: number;
+    observer?: Transport;
+    named?: (observer: Transport, topic: string, group: string) => Promise<readonly GroupDescription[]>;
+  } = {},
+): Promise<GroupsScenarioResult> {
   const n = options.backlog ?? 3;
   const timeoutMs = options.settleTimeoutMs ?? 20_000;
   const group = `g${randomUUID().slice(0, 6)}`;
@@ -55,7 +75,17 @@ export async function describeGroupsScenario(
     const described = (await bus.describeGroups(Job)).find((g) => g.group === group);
     expect(described).toMatchObject({ group, backlog: n, retrying: 1, deadLetters: 1 });
     if (described?.inFlight !== undefined) expect(described.inFlight).toBe(0);
-    return described as GroupDescription;
+    const result = { described: described as GroupDescription, group, topic: bus.topicOf(Job) };
+    if (options.observer === undefined) return result;
+    const other = new EventBus({ transport: options.observer, namespace });
+    try {
+      await other.ready();
+      const observed = await other.describeGroups(Job);
+      const named = await options.named?.(options.observer, result.topic, group);
+      return named === undefined ? { ...result, observed } : { ...result, observed, named };
+    } finally {
+      await other.close();
+    }
   } finally {
     await bus.close();
   }

@@ -79,8 +79,13 @@ export function kafkaSpecificTests(registry: TransportRegistry, brokers: string,
     it('describeGroups: committed-offset lag as backlog, the retry topic lag as retrying, the dead letters not yet walked', async () => {
       const ns = unique('grp');
       try {
-        const described = await describeGroupsScenario(registry.create(), ns, { settleTimeoutMs: 30_000 });
+        const { described, observed } = await describeGroupsScenario(registry.create(), ns, {
+          settleTimeoutMs: 30_000,
+          observer: registry.create(),
+        });
         expect(described.inFlight).toBeUndefined(); // Kafka cannot tell
+        // Another process, which never subscribed, finds the group through the cluster's group list.
+        expect(observed).toEqual([described]);
       } finally {
         await registry.cleanup(ns);
       }

@@ -5,6 +5,7 @@
  * cleanup deletes the queues and exchanges the case's transports (and raw clients) declared.
  */
 import { runConformance } from '@busbar/conformance';
+import type { RabbitMqTransport } from '@busbar/rabbitmq';
 import { afterAll, describe, expect, it } from 'vitest';
 import { describeGroupsScenario } from '../brokers/groups-scenario.js';
 import { brokerForTests } from '../brokers/resolve.js';
@@ -35,8 +36,14 @@ describe.skipIf(!broker)('rabbitmq', () => {
   it('describeGroups: queue depth as backlog, delay queues as retrying, the dead-letter queue', async () => {
     const ns = `rgroups${Date.now().toString(36)}`;
     try {
-      const described = await describeGroupsScenario(registry.create(), ns);
+      const { described, observed, named } = await describeGroupsScenario(registry.create(), ns, {
+        observer: registry.create(),
+        named: (observer, topic, group) => (observer as RabbitMqTransport).describeGroups(topic, [group, 'never-subscribed']),
+      });
       expect(described.inFlight).toBeUndefined(); // AMQP counts only ready messages
+      // AMQP cannot list queues: another process describes only the groups it is told about.
+      expect(observed).toEqual([]);
+      expect(named).toEqual([described]);
     } finally {
       await registry.cleanup(ns);
     }

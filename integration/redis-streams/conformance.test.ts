@@ -31,8 +31,10 @@ describe.skipIf(!broker)('redis-streams', () => {
   it('describeGroups: XINFO GROUPS lag as backlog, pending as in flight, the delayed set, the dead-letter stream', async () => {
     const ns = `rsgroups${Date.now().toString(36)}`;
     try {
-      const described = await describeGroupsScenario(registry.create(), ns);
+      const { described, observed } = await describeGroupsScenario(registry.create(), ns, { observer: registry.create() });
       expect(described.inFlight).toBe(0);
+      // Another process, which never subscribed, finds the group through XINFO GROUPS.
+      expect(observed).toEqual([described]);
     } finally {
       await registry.cleanup(ns);
     }
