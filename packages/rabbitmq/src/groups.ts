@@ -35,51 +35,35 @@ function isNotFound(error: unknown): boolean {
 }
 
 /**
- * Ready-message counts of queues through passive declarations. A missing queue (404) closes the
- * channel it was asked on; the next question opens a new one.
+ * Ready messages in `queue` through a passive declaration on a channel of its own (a missing
+ * queue, 404, closes the channel it was asked on); `undefined` when the queue does not exist.
  */
-class Depths {
-  private ch: Channel | undefined;
-
-  constructor(private readonly open: () => Promise<Channel>) {}
-
-  /** Ready messages in `queue`, `undefined` when it does not exist. */
-  async of(queue: string): Promise<number | undefined> {
-    this.ch ??= await this.open();
-    const ch = this.ch;
-    try {
-      return (await ch.checkQueue(queue)).messageCount;
-    } catch (error) {
-      if (!isNotFound(error)) throw error;
-      if (this.ch === ch) this.ch = undefined;
-      await closeChannel(ch);
-      return undefined;
-    }
-  }
-
-  async close(): Promise<void> {
-    const ch = this.ch;
-    this.ch = undefined;
-    if (ch) await closeChannel(ch);
+async function depthOf(inspector: GroupInspector, queue: string): Promise<number | undefined> {
+  const ch = await inspector.channel();
+  try {
+    return (await ch.checkQueue(queue)).messageCount;
+  } catch (error) {
+    if (isNotFound(error)) return undefined;
+    throw error;
+  } finally {
+    await closeChannel(ch);
   }
 }
 
-/** @internal Describes `groups` of `topic` (see the module comment). */
+/**
+ * @internal Describes `groups` of `topic` (see the module comment): one group after the other, the
+ * queues of a group at once (2 + the number of delay tiers short-lived channels).
+ */
 export async function describeGroups(inspector: GroupInspector, topic: string, groups: Iterable<string>): Promise<GroupDescription[]> {
-  const depths = new Depths(() => inspector.channel());
   const out: GroupDescription[] = [];
-  try {
-    for (const group of groups) {
-      const names = inspector.groupNamesOf(topic, group);
-      const backlog = await depths.of(names.queue);
-      if (backlog === undefined) continue;
-      let retrying = 0;
-      for (const tier of inspector.delayTiersMs) retrying += (await depths.of(names.delay(tier))) ?? 0;
-      const deadLetters = (await depths.of(names.dlq)) ?? 0;
-      out.push({ group, backlog, retrying, deadLetters });
-    }
-  } finally {
-    await depths.close();
+  for (const group of groups) {
+    const names = inspector.groupNamesOf(topic, group);
+    const [backlog, deadLetters, ...delayed] = await Promise.all(
+      [names.queue, names.dlq, ...inspector.delayTiersMs.map((tier) => names.delay(tier))].map((q) => depthOf(inspector, q)),
+    );
+    if (backlog === undefined) continue;
+    const retrying = delayed.reduce<number>((sum, d) => sum + (d ?? 0), 0);
+    out.push({ group, backlog, retrying, deadLetters: deadLetters ?? 0 });
   }
   return out;
 }
