@@ -11,6 +11,7 @@ import { type BusError, ConfigError, defineEvent, EventBus, isBusError, type Pub
 import { Kafka, logLevel } from 'kafkajs';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
+import { describeGroupsScenario } from '../brokers/groups-scenario.js';
 import { brokersRequired } from '../brokers/resolve.js';
 import type { TransportRegistry } from './kit.js';
 
@@ -75,6 +76,21 @@ function ticker() {
 
 export function kafkaSpecificTests(registry: TransportRegistry, brokers: string, via: 'env' | 'testcontainers' | 'localhost'): void {
   describe('kafka-specific', () => {
+    it('describeGroups: committed-offset lag as backlog, the retry topic lag as retrying, the dead letters not yet walked', async () => {
+      const ns = unique('grp');
+      try {
+        const { described, observed } = await describeGroupsScenario(registry.create(), ns, {
+          settleTimeoutMs: 30_000,
+          observer: registry.create(),
+        });
+        expect(described.inFlight).toBeUndefined(); // Kafka cannot tell
+        // Another process, which never subscribed, finds the group through the cluster's group list.
+        expect(observed).toEqual([described]);
+      } finally {
+        await registry.cleanup(ns);
+      }
+    });
+
     it('keeps per-key order across partitions with concurrency > 1, and writes the CloudEvents Kafka binding', async () => {
       const ns = unique('ord');
       const bus = new EventBus({ transport: registry.create({ numPartitions: 4 }), namespace: ns });

@@ -5,7 +5,9 @@
  * cleanup deletes the queues and exchanges the case's transports (and raw clients) declared.
  */
 import { runConformance } from '@busbar/conformance';
+import type { RabbitMqTransport } from '@busbar/rabbitmq';
 import { afterAll, describe, expect, it } from 'vitest';
+import { describeGroupsScenario } from '../brokers/groups-scenario.js';
 import { brokerForTests } from '../brokers/resolve.js';
 import { firstContactTests } from './first-contact.js';
 import { createRawClient, TransportRegistry } from './kit.js';
@@ -29,6 +31,22 @@ describe.skipIf(!broker)('rabbitmq', () => {
     createRawClient: () => createRawClient(url, registry),
     cleanup: (namespace) => registry.cleanup(namespace),
     deliveryTimeoutMs: 15_000,
+  });
+
+  it('describeGroups: queue depth as backlog, delay queues as retrying, the dead-letter queue', async () => {
+    const ns = `rgroups${Date.now().toString(36)}`;
+    try {
+      const { described, observed, named } = await describeGroupsScenario(registry.create(), ns, {
+        observer: registry.create(),
+        named: (observer, topic, group) => (observer as RabbitMqTransport).describeGroups(topic, [group, 'never-subscribed']),
+      });
+      expect(described.inFlight).toBeUndefined(); // AMQP counts only ready messages
+      // AMQP cannot list queues: another process describes only the groups it is told about.
+      expect(observed).toEqual([]);
+      expect(named).toEqual([described]);
+    } finally {
+      await registry.cleanup(ns);
+    }
   });
 
   rabbitmqSpecificTests(url, registry);

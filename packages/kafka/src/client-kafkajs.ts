@@ -506,6 +506,11 @@ export class KafkajsClient implements KafkaClient {
     return rows.map((r) => ({ partition: r.partition, low: r.low, high: r.high })).sort((a, b) => a.partition - b.partition);
   }
 
+  async listGroups(): Promise<string[]> {
+    const { groups } = await retrying(() => this.withAdmin((a) => a.listGroups()));
+    return groups.map((g) => g.groupId);
+  }
+
   async committedOffsets(groupId: string, topic: string): Promise<CommittedOffset[]> {
     const rows = await retrying(() => this.withAdmin((a) => a.fetchOffsets({ groupId, topics: [topic] })));
     return (rows.find((r) => r.topic === topic)?.partitions ?? []).map((p) => ({

@@ -254,6 +254,11 @@ export class PlatformaticClient implements KafkaClient {
     });
   }
 
+  async listGroups(): Promise<string[]> {
+    const groups = await retrying(() => this.admin.listGroups());
+    return [...groups.keys()];
+  }
+
   async committedOffsets(groupId: string, topic: string): Promise<CommittedOffset[]> {
     return retrying(async () => {
       const partitions = await this.partitionsOf(topic);

@@ -170,6 +170,8 @@ export interface KafkaClient {
   deleteTopics(names: readonly string[]): Promise<void>;
   /** Watermarks of every partition of `topic`. */
   watermarks(topic: string): Promise<PartitionWatermarks[]>;
+  /** Ids of the cluster's consumer groups (every group the brokers' coordinators know, any state). */
+  listGroups(): Promise<string[]>;
   /** Committed offsets of `groupId` on `topic`. */
   committedOffsets(groupId: string, topic: string): Promise<CommittedOffset[]>;
   /**

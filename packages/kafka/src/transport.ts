@@ -2,6 +2,7 @@ import type {
   DeadLetterScan,
   DeadLetterTarget,
   Delivery,
+  GroupDescription,
   Logger,
   OutgoingMessage,
   PublishOutcome,
@@ -18,6 +19,7 @@ import type { KafkaClient, OutgoingRecord } from './client.js';
 import { KafkajsClient } from './client-kafkajs.js';
 import { clientSettings, KafkaConnection, loadPlatformaticClient } from './connection.js';
 import { scanDeadLetters } from './dead-letters.js';
+import { describeGroups } from './groups.js';
 import { type KafkaTransportOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { publishBatch } from './publish.js';
 import { KafkaSubscription } from './subscription.js';
@@ -60,6 +62,8 @@ export class KafkaTransport implements Transport {
   private readonly connection: KafkaConnection;
   private readonly topology: KafkaTopology;
   private readonly subscriptions = new Set<KafkaSubscription>();
+  /** Groups this instance subscribed to, by core topic (described even before they committed). */
+  private readonly knownGroups = new Map<string, Set<string>>();
   private closing: Promise<void> | undefined;
 
   /** @throws ConfigError for options that can never work. */
@@ -116,6 +120,8 @@ export class KafkaTransport implements Transport {
     if (c.isClosed) throw new BusClosedError('the Kafka transport is closed');
     const names = this.topology.names(spec.topic, spec.group);
     if (!c.isConnected) throw c.unavailable();
+    const known = this.knownGroups.get(spec.topic) ?? new Set<string>();
+    this.knownGroups.set(spec.topic, known.add(spec.group));
     try {
       await this.topology.prepareGroup(names, spec.startFrom);
     } catch (error) {
@@ -160,6 +166,35 @@ export class KafkaTransport implements Transport {
       return await scanDeadLetters({ client: c.client, options: this.options, logger: c.logger, send: (b) => c.send(b) }, names, scan);
     } catch (error) {
       throw c.mapError(error, `reading dead letters of ${names.groupId}`);
+    }
+  }
+
+  /**
+   * The consumer groups of `topic` with their committed-offset lag (`backlog`), the lag on their
+   * retry topic (`retrying`) and the dead letters not yet walked (`deadLetters`), from the group
+   * list, committed offsets and watermarks only (no member joins). `inFlight` is absent. The
+   * groups: those of the cluster named `naming.groupId(topic, <group>)` that committed on the
+   * topic, and those this instance subscribed to. See `groups.ts`.
+   */
+  async describeGroups(topic: string): Promise<readonly GroupDescription[]> {
+    const c = this.connection;
+    if (c.isClosed) throw new BusClosedError('the Kafka transport is closed');
+    const kafkaTopic = this.topology.kafkaTopic(topic);
+    if (!c.isConnected) throw c.unavailable();
+    const naming = this.options.naming;
+    try {
+      return await describeGroups(
+        {
+          client: c.client,
+          groupId: (t, g) => naming.groupId(t, g),
+          names: (t, g) => this.topology.names(t, g),
+          known: (t) => this.knownGroups.get(t) ?? [],
+        },
+        topic,
+        kafkaTopic,
+      );
+    } catch (error) {
+      throw c.mapError(error, `describing the groups of ${kafkaTopic}`);
     }
   }
 

@@ -4,6 +4,7 @@ import {
   type DeadLetterScan,
   type DeadLetterTarget,
   type Delivery,
+  type GroupDescription,
   isBusError,
   type OutgoingMessage,
   type PublishOutcome,
@@ -18,6 +19,7 @@ import {
 import { Connection, reasonOf } from './connection.js';
 import { type DeadLetterStore, processDeadLetters } from './dead-letters.js';
 import type { CopyWriter } from './delivery.js';
+import { describeGroups, type GroupInspector } from './groups.js';
 import { type RabbitMqOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { ORDERED_PUBLISH_CALLS, Publisher } from './publish.js';
 import { type ConsumerHost, RabbitSubscription } from './subscription.js';
@@ -70,6 +72,10 @@ export class RabbitMqTransport implements Transport {
   private readonly consumerHost: ConsumerHost;
   /** What the dead-letter walk sees of the transport. */
   private readonly deadLetterStore: DeadLetterStore;
+  /** What `describeGroups` sees of the transport. */
+  private readonly groupInspector: GroupInspector;
+  /** Groups this instance subscribed to, by topic (AMQP cannot list them: see `groups.ts`). */
+  private readonly knownGroups = new Map<string, Set<string>>();
 
   constructor(options: RabbitMqOptions = {}) {
     this.options = resolveOptions(options);
@@ -128,6 +134,11 @@ export class RabbitMqTransport implements Transport {
       sendToQueue: copies.sendToQueue,
       deliveryLimit: this.options.deliveryLimit,
     };
+    this.groupInspector = {
+      channel,
+      groupNamesOf: (topic, group) => topology.groupNamesOf(topic, group),
+      delayTiersMs: this.options.delayTiersMs,
+    };
   }
 
   /** Exchanges and queues this instance declared so far (names only). */
@@ -170,6 +181,8 @@ export class RabbitMqTransport implements Transport {
     const final = this.connection.finalError;
     if (final) throw final;
     const names = this.topology.groupNamesOf(spec.topic, spec.group);
+    const known = this.knownGroups.get(spec.topic) ?? new Set<string>();
+    this.knownGroups.set(spec.topic, known.add(spec.group));
     const sub = new RabbitSubscription(this.consumerHost, spec, names, onDelivery);
     try {
       await sub.start();
@@ -186,6 +199,26 @@ export class RabbitMqTransport implements Transport {
     return processDeadLetters(this.deadLetterStore, target, scan).catch((error: unknown) => {
       throw this.busError(error, 'the dead-letter walk');
     });
+  }
+
+  /**
+   * The depths of the queues of `topic`'s groups, read with passive declarations on a channel of
+   * its own (nothing consumed): `backlog` = ready messages in the group queue, `retrying` = messages
+   * in its delay queues, `deadLetters` = messages in its dead-letter queue. `inFlight` is absent:
+   * AMQP counts only ready messages.
+   *
+   * AMQP cannot list queues, so the groups described are `groups` when given, else the groups this
+   * instance subscribed to on `topic` (also closed ones); a group whose queue does not exist is left
+   * out. See `groups.ts`.
+   */
+  async describeGroups(topic: string, groups?: readonly string[]): Promise<readonly GroupDescription[]> {
+    const final = this.connection.finalError;
+    if (final) throw final;
+    try {
+      return await describeGroups(this.groupInspector, topic, groups ?? this.knownGroups.get(topic) ?? []);
+    } catch (error) {
+      throw this.busError(error, `describing the groups of ${topic}`);
+    }
   }
 
   /** `error` as a `BusError`: a raw client error becomes a retryable `BrokerUnavailableError` naming the endpoint. */

@@ -9,6 +9,7 @@ import {
   type DeadLetterScan,
   type DeadLetterTarget,
   type Delivery,
+  type GroupDescription,
   type OutgoingMessage,
   type PublishOutcome,
   type StoredDeadLetter,
@@ -21,6 +22,7 @@ import {
 } from '@busbar/core/transport';
 import { RedisConnection } from './connection.js';
 import { scanDeadLetters } from './dead-letters.js';
+import { describeGroups } from './groups.js';
 import { type RedisStreamsOptions, type ResolvedSettings, resolveOptions } from './options.js';
 import { Publisher } from './publish.js';
 import { TRIM_ACKED } from './scripts.js';
@@ -149,6 +151,22 @@ export class RedisStreamsTransport implements Transport {
       return await scanDeadLetters(client, keys, scan);
     } catch (error) {
       throw this.connection.toBusError(error, `the dead letters of ${keys.dlq}`);
+    }
+  }
+
+  /**
+   * The consumer groups of `topic` (every group `XINFO GROUPS` lists on its stream, from any
+   * process) with their backlog (`lag` on the stream and the group's retry stream), in-flight
+   * entries (pending), retries waiting in the delayed set and dead letters (see `groups.ts`).
+   * Reads broker state only. `[]` when nothing was ever published or subscribed on `topic`.
+   */
+  async describeGroups(topic: string): Promise<readonly GroupDescription[]> {
+    const client = this.connection.ready();
+    checkBrokerName(topic, this.capabilities, 'topic');
+    try {
+      return await describeGroups(client, this.settings.keyPrefix, topic);
+    } catch (error) {
+      throw this.connection.toBusError(error, `describing the groups of ${streamKey(this.settings.keyPrefix, topic)}`);
     }
   }
 
