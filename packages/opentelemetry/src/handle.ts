@@ -2,10 +2,11 @@
  * The handle interceptor: one `process {destination}` CONSUMER span per handler run — a child of
  * the producer's context the message carries (or linked to it, `consumerContext: 'link'`), active
  * while the handler runs so the handler's own spans are its children — and the consumer metrics.
+ * Without a producer context (or with `'link'`) the span starts a new trace.
  * The span ends with the delivery's outcome (see open-spans.ts).
  */
 import type { HandleInterceptor } from '@busbar/core';
-import { type Attributes, context, type Link, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
+import { type Attributes, context, type Link, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import { errorType } from './instruments.js';
 import { deliveryKey } from './open-spans.js';
 import {
@@ -52,7 +53,9 @@ export function handleInterceptor(shared: Shared, attachedBuses: () => number): 
     }
     const ce = call.attributes;
     const producer = parseTraceparent(ce.traceparent, ce.tracestate);
-    let parent = context.active();
+    // Never the ambient context of the delivery: that is whatever async context the broker client
+    // (or, on memory, the publisher) happened to run in — not this message's.
+    let parent = ROOT_CONTEXT;
     let links: Link[] | undefined;
     if (producer !== undefined) {
       if (shared.consumerContext === 'parent') parent = trace.setSpanContext(parent, producer);
