@@ -32,11 +32,11 @@ export function handleInterceptor(shared: Shared, attachedBuses: () => number): 
     const started = performance.now();
     let record: ((error: unknown) => void) | undefined;
     if (instruments !== undefined) {
-      instruments.consumed.add(1, base);
-      instruments.inFlight.add(1, base);
+      instruments.consumed.add(base);
+      instruments.inFlight.add(base);
       record = (error) => {
-        instruments.inFlight.add(-1, base);
-        const attrs: Attributes = error === undefined ? base : { ...base, [ATTR_ERROR_TYPE]: errorType(error) };
+        instruments.inFlight.add(base, -1);
+        const attrs = error === undefined ? base : attributes.withError(base, errorType(error));
         instruments.processDuration.record((performance.now() - started) / 1000, attrs);
       };
     }

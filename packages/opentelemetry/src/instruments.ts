@@ -1,9 +1,26 @@
 /**
  * The metric instruments, created once per {@link busbarTelemetry} from its meter, and the
- * attribute sets they are recorded with (cached per destination and group: no object per message).
+ * attribute sets they are recorded with (cached per destination, group, outcome and error type: no
+ * object per message).
+ *
+ * Counters are counted here, per attribute set, and reported by asynchronous (observable)
+ * instruments at each collection: the SDK hashes the attributes of every synchronous recording,
+ * which would cost more than the rest of the telemetry. The two duration histograms are recorded
+ * synchronously (the API has no asynchronous histogram).
  */
-import type { Attributes, Counter, Histogram, Meter, UpDownCounter } from '@opentelemetry/api';
+import type {
+  Attributes,
+  BatchObservableResult,
+  Histogram,
+  Meter,
+  Observable,
+  ObservableCounter,
+  ObservableUpDownCounter,
+} from '@opentelemetry/api';
 import {
+  ATTR_BUSBAR_DEAD_LETTER_REASON,
+  ATTR_BUSBAR_OUTCOME,
+  ATTR_ERROR_TYPE,
   ATTR_MESSAGING_CONSUMER_GROUP_NAME,
   ATTR_MESSAGING_DESTINATION_NAME,
   ATTR_MESSAGING_OPERATION_NAME,
@@ -25,27 +42,45 @@ import {
 /** Bucket boundaries for the two duration histograms, seconds (semconv's advice for messaging). */
 const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10];
 
-/** The synchronous instruments. */
+/** A count per attribute set (keyed by identity: the sets come from {@link AttributeCache}). */
+export class Tally {
+  readonly #counts = new Map<Attributes, number>();
+
+  constructor(readonly instrument: ObservableCounter | ObservableUpDownCounter) {}
+
+  add(attributes: Attributes, n = 1): void {
+    this.#counts.set(attributes, (this.#counts.get(attributes) ?? 0) + n);
+  }
+
+  observe(result: BatchObservableResult): void {
+    for (const [attributes, n] of this.#counts) result.observe(this.instrument, n, attributes);
+  }
+}
+
+/** The instruments. */
 export interface Instruments {
-  readonly sent: Counter;
-  readonly consumed: Counter;
+  readonly sent: Tally;
+  readonly consumed: Tally;
+  readonly outcomes: Tally;
+  readonly retries: Tally;
+  readonly deadLetters: Tally;
+  readonly duplicates: Tally;
+  readonly inFlight: Tally;
   readonly operationDuration: Histogram;
   readonly processDuration: Histogram;
-  readonly outcomes: Counter;
-  readonly retries: Counter;
-  readonly deadLetters: Counter;
-  readonly duplicates: Counter;
-  readonly inFlight: UpDownCounter;
 }
 
 export function createInstruments(meter: Meter): Instruments {
   const messages = { unit: '{message}' };
-  return {
-    sent: meter.createCounter(METRIC_SENT_MESSAGES, {
-      ...messages,
-      description: 'Number of messages the producer attempted to send to the broker.',
-    }),
-    consumed: meter.createCounter(METRIC_CONSUMED_MESSAGES, { ...messages, description: 'Number of messages delivered to a handler.' }),
+  const counter = (name: string, description: string) => new Tally(meter.createObservableCounter(name, { ...messages, description }));
+  const instruments: Instruments = {
+    sent: counter(METRIC_SENT_MESSAGES, 'Number of messages the producer attempted to send to the broker.'),
+    consumed: counter(METRIC_CONSUMED_MESSAGES, 'Number of messages delivered to a handler.'),
+    outcomes: counter(METRIC_OUTCOMES, 'Deliveries settled, by outcome.'),
+    retries: counter(METRIC_RETRIES, 'Deliveries scheduled for a retry.'),
+    deadLetters: counter(METRIC_DEAD_LETTERS, 'Messages dead-lettered, by reason.'),
+    duplicates: counter(METRIC_DUPLICATES, 'Deliveries absorbed by the idempotency store.'),
+    inFlight: new Tally(meter.createObservableUpDownCounter(METRIC_IN_FLIGHT, { ...messages, description: 'Handler runs in progress.' })),
     operationDuration: meter.createHistogram(METRIC_OPERATION_DURATION, {
       unit: 's',
       description: 'Duration of a publish, from the call until the broker confirmed it (or it failed).',
@@ -56,18 +91,30 @@ export function createInstruments(meter: Meter): Instruments {
       description: 'Duration of a handler run.',
       advice: { explicitBucketBoundaries: DURATION_BUCKETS },
     }),
-    outcomes: meter.createCounter(METRIC_OUTCOMES, { ...messages, description: 'Deliveries settled, by outcome.' }),
-    retries: meter.createCounter(METRIC_RETRIES, { ...messages, description: 'Deliveries scheduled for a retry.' }),
-    deadLetters: meter.createCounter(METRIC_DEAD_LETTERS, { ...messages, description: 'Messages dead-lettered, by reason.' }),
-    duplicates: meter.createCounter(METRIC_DUPLICATES, { ...messages, description: 'Deliveries absorbed by the idempotency store.' }),
-    inFlight: meter.createUpDownCounter(METRIC_IN_FLIGHT, { ...messages, description: 'Handler runs in progress.' }),
   };
+  const tallies = [
+    instruments.sent,
+    instruments.consumed,
+    instruments.outcomes,
+    instruments.retries,
+    instruments.deadLetters,
+    instruments.duplicates,
+    instruments.inFlight,
+  ];
+  meter.addBatchObservableCallback(
+    (result) => {
+      for (const t of tallies) t.observe(result);
+    },
+    tallies.map((t) => t.instrument as Observable),
+  );
+  return instruments;
 }
 
-/** Frozen attribute sets, one per (system, destination[, group]). */
+/** Frozen attribute sets, one per (system, destination[, group][, outcome | error type]). */
 export class AttributeCache {
   readonly #send = new Map<string, Attributes>();
   readonly #process = new Map<string, Attributes>();
+  readonly #derived = new WeakMap<Attributes, Map<string, Attributes>>();
 
   /** `{ system, destination, operation send }`. */
   send(system: string, topic: string): Attributes {
@@ -101,6 +148,40 @@ export class AttributeCache {
     }
     return a;
   }
+
+  /** `base` plus `error.type`. */
+  withError(base: Attributes, type: string): Attributes {
+    return derive(this.#derived, base, `e\u0000${type}`, () => ({ [ATTR_ERROR_TYPE]: type }));
+  }
+
+  /** `base` plus `busbar.delivery.outcome` (and the dead-letter reason). */
+  withOutcome(base: Attributes, outcome: string, reason: string | undefined): Attributes {
+    return derive(this.#derived, base, `o\u0000${outcome}\u0000${reason ?? ''}`, () =>
+      reason === undefined
+        ? { [ATTR_BUSBAR_OUTCOME]: outcome }
+        : { [ATTR_BUSBAR_OUTCOME]: outcome, [ATTR_BUSBAR_DEAD_LETTER_REASON]: reason },
+    );
+  }
+
+  /** `base` plus the dead-letter reason. */
+  withReason(base: Attributes, reason: string): Attributes {
+    return derive(this.#derived, base, `r\u0000${reason}`, () => ({ [ATTR_BUSBAR_DEAD_LETTER_REASON]: reason }));
+  }
+}
+
+/** Extends a cached set: `base` plus `extra`, cached under `key`. */
+function derive(cache: WeakMap<Attributes, Map<string, Attributes>>, base: Attributes, key: string, extra: () => Attributes): Attributes {
+  let byKey = cache.get(base);
+  if (byKey === undefined) {
+    byKey = new Map();
+    cache.set(base, byKey);
+  }
+  let a = byKey.get(key);
+  if (a === undefined) {
+    a = Object.freeze({ ...base, ...extra() });
+    byKey.set(key, a);
+  }
+  return a;
 }
 
 /** `error.type` of a thrown value: a `BusError`'s `code`, else the error's `name`, else `_OTHER`. */

@@ -20,8 +20,8 @@ export function publishInterceptor(shared: Shared): PublishInterceptor {
       instruments === undefined
         ? undefined
         : (error: unknown) => {
-            const attrs: Attributes = error === undefined ? base : { ...base, [ATTR_ERROR_TYPE]: errorType(error) };
-            instruments.sent.add(1, attrs);
+            const attrs = error === undefined ? base : attributes.withError(base, errorType(error));
+            instruments.sent.add(attrs);
             instruments.operationDuration.record((performance.now() - started) / 1000, attrs);
           };
     if (tracer === undefined) {

@@ -11,7 +11,7 @@ import { AttributeCache, createInstruments } from './instruments.js';
 import { OpenSpans } from './open-spans.js';
 import type { TelemetryOptions } from './options.js';
 import { publishInterceptor } from './publish.js';
-import { ATTR_BUSBAR_DEAD_LETTER_REASON, ATTR_BUSBAR_OUTCOME, SCHEMA_URL } from './semconv.js';
+import { SCHEMA_URL } from './semconv.js';
 import { type Shared, SystemNames } from './shared.js';
 
 /** The instrumentation scope name of the tracer and the meter. */
@@ -86,17 +86,13 @@ export function busbarTelemetry(options: TelemetryOptions = {}): BusbarTelemetry
       const onOutcome = (info: Parameters<typeof shared.open.settle>[0], outcome: Parameters<typeof shared.open.settle>[1]) => {
         shared.open.settle(info, outcome);
         if (instruments === undefined) return;
-        const base = shared.attributes.process(system, info.topic, info.group);
-        instruments.outcomes.add(
-          1,
-          outcome.status === 'dead-lettered'
-            ? { ...base, [ATTR_BUSBAR_OUTCOME]: outcome.status, [ATTR_BUSBAR_DEAD_LETTER_REASON]: outcome.reason.kind }
-            : { ...base, [ATTR_BUSBAR_OUTCOME]: outcome.status },
-        );
-        if (outcome.status === 'retried') instruments.retries.add(1, base);
-        else if (outcome.status === 'dead-lettered')
-          instruments.deadLetters.add(1, { ...base, [ATTR_BUSBAR_DEAD_LETTER_REASON]: outcome.reason.kind });
-        else if (outcome.status === 'duplicate') instruments.duplicates.add(1, base);
+        const cache = shared.attributes;
+        const base = cache.process(system, info.topic, info.group);
+        const reason = outcome.status === 'dead-lettered' ? outcome.reason.kind : undefined;
+        instruments.outcomes.add(cache.withOutcome(base, outcome.status, reason));
+        if (outcome.status === 'retried') instruments.retries.add(base);
+        else if (reason !== undefined) instruments.deadLetters.add(cache.withReason(base, reason));
+        else if (outcome.status === 'duplicate') instruments.duplicates.add(base);
       };
       bus.on('outcome', onOutcome);
       const stopGauges = gauges?.watch(bus);
