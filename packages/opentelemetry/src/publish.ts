@@ -4,7 +4,7 @@
  * `ce_tracestate`), and the producer metrics.
  */
 import type { PublishInterceptor } from '@busbar/core';
-import { type Attributes, context, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
+import { context, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import { errorType } from './instruments.js';
 import { ATTR_CLOUDEVENTS_EVENT_ID, ATTR_CLOUDEVENTS_EVENT_TYPE, ATTR_ERROR_TYPE, ATTR_MESSAGING_MESSAGE_ID } from './semconv.js';
 import type { Shared } from './shared.js';
