@@ -13,6 +13,8 @@ import {
   ATTR_ERROR_TYPE,
   ATTR_MESSAGING_CONSUMER_GROUP_NAME,
   ATTR_MESSAGING_DESTINATION_NAME,
+  ATTR_MESSAGING_DESTINATION_PARTITION_ID,
+  ATTR_MESSAGING_KAFKA_OFFSET,
   ATTR_MESSAGING_MESSAGE_ID,
   ATTR_MESSAGING_OPERATION_TYPE,
   ATTR_MESSAGING_SYSTEM,
@@ -104,6 +106,10 @@ export function telemetryCases(suite: Suite): void {
           [ATTR_BUSBAR_ATTEMPT]: 1,
           [ATTR_BUSBAR_OUTCOME]: 'acked',
         });
+        if (bus.transport.name === 'kafka') {
+          expect(p.attributes[ATTR_MESSAGING_DESTINATION_PARTITION_ID], 'Kafka partition').toMatch(/^\d+$/);
+          expect(p.attributes[ATTR_MESSAGING_KAFKA_OFFSET], 'Kafka offset').toBeTypeOf('number');
+        }
         const user = all.find((s) => s.name === `user ${group}`);
         expect(user && parentOf(user), `user span of ${group} is a child of its process span`).toBe(idOf(p));
       }
