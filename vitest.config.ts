@@ -15,6 +15,14 @@ export default defineConfig({
         test: { name: 'memory', include: ['packages/memory/test/**/*.test.ts'], environment: 'node' },
       },
       {
+        // @busbar/opentelemetry and its Prometheus example (memory transport, no broker needed).
+        test: {
+          name: 'opentelemetry',
+          include: ['packages/opentelemetry/test/**/*.test.ts', 'packages/example-otel/test/**/*.test.ts'],
+          environment: 'node',
+        },
+      },
+      {
         // Runs the built demo against dead ports (no broker needed): a failed start exits.
         test: { name: 'demo', include: ['packages/demo/test/**/*.test.ts'], environment: 'node', testTimeout: 60_000 },
       },

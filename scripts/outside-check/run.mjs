@@ -16,13 +16,15 @@ import { extractBlocks } from './readme-blocks.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '..', '..');
-const PACKAGES = ['core', 'memory', 'rabbitmq', 'kafka', 'redis-streams', 'conformance'];
+const PACKAGES = ['core', 'memory', 'rabbitmq', 'kafka', 'redis-streams', 'conformance', 'opentelemetry'];
 const REPO = 'https://github.com/busbar/busbar';
 // Versions of what a user's project brings itself, the same as the workspace's.
 const rootPkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
 const USER_DEPS = {
   zod: '^4.1.0',
   ioredis: '^5.8.2',
+  // The peer of @busbar/opentelemetry (the user brings the OpenTelemetry API, and the SDK).
+  '@opentelemetry/api': '^1.10.0',
   typescript: rootPkg.devDependencies.typescript,
   vitest: rootPkg.devDependencies.vitest,
   '@types/node': rootPkg.devDependencies['@types/node'],
@@ -205,7 +207,7 @@ function project(layout) {
     name: `busbar-outside-${layout}`,
     private: true,
     type: 'module',
-    dependencies: { ...busbar, zod: USER_DEPS.zod, ioredis: USER_DEPS.ioredis },
+    dependencies: { ...busbar, zod: USER_DEPS.zod, ioredis: USER_DEPS.ioredis, '@opentelemetry/api': USER_DEPS['@opentelemetry/api'] },
     devDependencies: { typescript: USER_DEPS.typescript, vitest: USER_DEPS.vitest, '@types/node': USER_DEPS['@types/node'] },
     // Every @busbar/* (also as another package's dependency or peer) is the tarball, never the registry.
     ...(layout === 'npm' ? { overrides: busbar } : { pnpm: { overrides: busbar } }),

@@ -1,5 +1,5 @@
 /** Busbar over any transport, as an {@link Impl}: `EventBus` with its defaults (validation, JSON, auto-batching). */
-import { type DeliveryInfo, type DeliveryOutcome, defineEvent, EventBus, type Transport } from '@busbar/core';
+import { type DeliveryInfo, type DeliveryOutcome, defineEvent, EventBus, type Interceptors, type Transport } from '@busbar/core';
 import { z } from 'zod';
 import type { Consumer, Impl } from './impl.js';
 import type { Payload } from './payload.js';
@@ -25,6 +25,14 @@ export interface BusbarImplOptions {
   description?: string;
   /** Replace the bus and transport before every round (see {@link Impl.recycle}). @defaultValue false */
   recycle?: boolean;
+  /** Interceptors for every bus, and what to attach to it (the `busbar-otel` subject). @defaultValue none */
+  instrument?: Instrumentation;
+}
+
+/** What {@link BusbarImplOptions.instrument} gives each bus (e.g. `@busbar/opentelemetry`'s `busbarTelemetry()`). */
+export interface Instrumentation {
+  readonly interceptors: Interceptors;
+  attach(bus: EventBus): () => void;
 }
 
 /** Busbar's EventBus over a transport. */
@@ -33,6 +41,7 @@ export class BusbarImpl implements Impl {
   readonly description: string;
   private bus: EventBus | undefined;
   private transport: Transport | undefined;
+  private detach: (() => void) | undefined;
 
   constructor(private readonly options: BusbarImplOptions) {
     this.label = options.label ?? 'busbar';
@@ -47,7 +56,14 @@ export class BusbarImpl implements Impl {
 
   async open(): Promise<void> {
     this.transport = this.options.transport();
-    this.bus = new EventBus({ transport: this.transport, namespace: this.options.namespace, source: 'urn:busbar:bench' });
+    const instrument = this.options.instrument;
+    this.bus = new EventBus({
+      transport: this.transport,
+      namespace: this.options.namespace,
+      source: 'urn:busbar:bench',
+      ...(instrument ? { interceptors: instrument.interceptors } : {}),
+    });
+    this.detach = instrument?.attach(this.bus);
     await this.bus.ready();
   }
 
@@ -89,6 +105,7 @@ export class BusbarImpl implements Impl {
 
   async close(): Promise<void> {
     try {
+      this.detach?.();
       await this.bus?.close();
     } finally {
       await this.options.cleanup(this.options.namespace, this.transport);

@@ -10,12 +10,21 @@ import { failureCases } from './cases/failures.js';
 import { groupCases } from './cases/groups.js';
 import { lifecycleCases } from './cases/lifecycle.js';
 import { structuredCases } from './cases/structured.js';
+import { telemetryCases } from './cases/telemetry.js';
 import { createSuite } from './helpers.js';
 import type { ConformanceTarget } from './target.js';
 
 export { Order, Rich, topicEvent, UserV1, UserV2 } from './events.js';
 export { CaseContext, Collector, Counter, deferred, envelopeHeaders, FAST_BACKOFF, pool, within } from './helpers.js';
 export type { ConformanceTarget, RawBrokerClient, RawProbe } from './target.js';
+export {
+  ensureContextManager,
+  MetricsProbe,
+  MetricsSnapshot,
+  SpanRecorder,
+  type TelemetryKit,
+  telemetryKit,
+} from './telemetry-kit.js';
 
 /**
  * Registers the conformance cases for `target` (vitest `describe`/`it`). Each case runs in its
@@ -29,5 +38,6 @@ export function runConformance(target: ConformanceTarget): void {
     describe('retries, dead letters and idempotency', () => failureCases(suite));
     describe('lifecycle and validation', () => lifecycleCases(suite));
     describe('CloudEvents structured mode', () => structuredCases(suite));
+    describe('OpenTelemetry traces and metrics', () => telemetryCases(suite));
   });
 }

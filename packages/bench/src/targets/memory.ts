@@ -10,6 +10,7 @@ import { MemoryTransport } from '@busbar/memory';
 import { EventEmitter } from 'eventemitter3';
 import { BenchEvent, BusbarImpl } from '../busbar.js';
 import type { Consumer, Impl, Target } from '../impl.js';
+import { otelInstrumentation } from '../otel.js';
 import { type Payload, payloadFactory } from '../payload.js';
 import { versionOf } from '../versions.js';
 
@@ -216,7 +217,19 @@ export function memoryTarget(runId: string, full: boolean): Target {
         () => new EventEmitter() as unknown as Emitter,
         false,
       ),
-    peers: () => [
+    peers: (bytes) => [
+      // Busbar's own variant (kept with --no-peers): the same bus with @busbar/opentelemetry on the
+      // SDK (batch span processor, dropping exporter, uncollected metric reader).
+      new BusbarImpl({
+        label: 'busbar-otel',
+        transport: () => new MemoryTransport(),
+        namespace: `bench-${runId}-o${bytes}`,
+        cleanup: async () => {},
+        recycle: true,
+        instrument: otelInstrumentation(),
+        description:
+          'Busbar EventBus over MemoryTransport with @busbar/opentelemetry (OpenTelemetry SDK, spans to a dropping exporter, metrics aggregated)',
+      }),
       new EmitterImpl(
         'raw+json',
         'eventemitter3, awaited async listener, JSON round trip',
