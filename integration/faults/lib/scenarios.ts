@@ -536,6 +536,8 @@ export async function hostileInput(t: FaultTarget, env: FaultEnv): Promise<void>
     const maxHeaderBytes = 16 * 1024; // below AMQP clients' 64 KiB header-table limit
     const consumer = await s.consumer({ maxPayloadBytes, maxHeaderBytes });
     const bus = await s.bus(t.spec('direct'), { maxPayloadBytes, maxHeaderBytes });
+    // Dead-letter reasons spell an attribute as the transport's binding does (AMQP: cloudEvents_id).
+    const attr = (name: string) => new RegExp(`${(bus.transport.attributePrefix ?? 'ce_').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}${name}`);
     const cases: Hostile[] = [
       { name: 'not-json', body: 'this is not JSON', kind: 'undecodable', detail: /JSON/ },
       { name: 'truncated-json', body: '{"n": 1, "pad": "abc', kind: 'undecodable', detail: /JSON/ },
@@ -548,11 +550,11 @@ export async function hostileInput(t: FaultTarget, env: FaultEnv): Promise<void>
         kind: 'undecodable',
         detail: /constructor|proto/i,
       },
-      { name: 'missing-id', headers: { ce_id: undefined }, kind: 'invalid-envelope', detail: /ce_id/ },
-      { name: 'missing-source', headers: { ce_source: undefined }, kind: 'invalid-envelope', detail: /ce_source/ },
+      { name: 'missing-id', headers: { ce_id: undefined }, kind: 'invalid-envelope', detail: attr('id') },
+      { name: 'missing-source', headers: { ce_source: undefined }, kind: 'invalid-envelope', detail: attr('source') },
       { name: 'wrong-specversion', headers: { ce_specversion: '0.3' }, kind: 'invalid-envelope', detail: /specversion/ },
-      { name: 'unknown-type', headers: { ce_type: 'faults.unknown' }, kind: 'invalid-envelope', detail: /ce_type/ },
-      { name: 'binary-type', headers: { ce_type: 'faults.\u0000\u0001\u0002order' }, kind: 'invalid-envelope', detail: /ce_type/ },
+      { name: 'unknown-type', headers: { ce_type: 'faults.unknown' }, kind: 'invalid-envelope', detail: attr('type') },
+      { name: 'binary-type', headers: { ce_type: 'faults.\u0000\u0001\u0002order' }, kind: 'invalid-envelope', detail: attr('type') },
       { name: 'wrong-content-type', headers: { 'content-type': 'text/plain' }, kind: 'invalid-envelope', detail: /content-type/ },
       { name: 'bad-version', headers: { ce_eventversion: 'one' }, kind: 'invalid-envelope', detail: /eventversion/ },
       { name: 'newer-version', headers: { ce_eventversion: '99' }, kind: 'unsupported-version', detail: /version 99/ },
